@@ -1,0 +1,96 @@
+//! Balancing strategies: the one seam for choosing a server.
+//!
+//! A strategy is built once per snapshot from its pool's servers and then only reads: `pick` must not
+//! block, lock, allocate or await. Readiness is read live from each server, so a server that stops
+//! being ready is skipped without rebuilding anything. Adding a strategy means one new file here and
+//! one arm in [`build`] (plus its name in `config::StrategyKind`); the proxy does not change.
+
+mod round_robin;
+
+pub use round_robin::RoundRobin;
+
+use crate::config::StrategyKind;
+use crate::upstream::Upstream;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What a strategy may look at when choosing: the client and the request head.
+#[derive(Debug)]
+pub struct PickCtx<'a> {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The request head (method, URI, headers), for strategies that hash on part of it.
+    pub parts: &'a http::request::Parts,
+}
+
+/// One pool's servers as of one snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Upstreams<'a>(pub &'a [Arc<Upstream>]);
+
+impl<'a> Upstreams<'a> {
+    /// Number of servers, ready or not.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the pool has no servers at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether server `i` may take a new request now.
+    pub fn is_ready(&self, i: usize) -> bool {
+        self.0.get(i).is_some_and(|u| u.is_ready())
+    }
+
+    /// The ready servers with their indices, in pool order.
+    pub fn ready(&self) -> impl Iterator<Item = (usize, &'a Arc<Upstream>)> + 'a {
+        self.0.iter().enumerate().filter(|(_, u)| u.is_ready())
+    }
+}
+
+/// Chooses a server for a request.
+pub trait Strategy: Send + Sync + fmt::Debug {
+    /// Index of a *ready* server, or `None` when none is ready. Must not block, lock or allocate.
+    fn pick(&self, ctx: &PickCtx<'_>, ups: Upstreams<'_>) -> Option<usize>;
+}
+
+/// Builds the strategy a pool's config names, for that pool's servers.
+pub fn build(kind: StrategyKind, _ups: &[Arc<Upstream>]) -> Box<dyn Strategy> {
+    match kind {
+        StrategyKind::RoundRobin => Box::new(RoundRobin::default()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Helpers for strategy tests: pools of servers with chosen weights.
+    use super::*;
+    use crate::upstream::{UpstreamKey, UpstreamStats};
+
+    pub(crate) fn pool(weights: &[u32]) -> Vec<Arc<Upstream>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| {
+                let addr = format!("127.0.0.1:{}", 9000 + i);
+                Arc::new(Upstream {
+                    key: UpstreamKey { pool: "p".into(), name: addr.as_str().into() },
+                    authority: addr.parse().unwrap(),
+                    addr,
+                    weight,
+                    stats: Arc::new(UpstreamStats::default()),
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn parts() -> http::request::Parts {
+        http::Request::new(()).into_parts().0
+    }
+
+    pub(crate) fn client() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 40000))
+    }
+}

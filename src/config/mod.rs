@@ -1,0 +1,302 @@
+//! `lb.toml`: parse, then validate into types.
+//!
+//! [`Config::from_toml`] is the single entry point (tests use it without a filesystem). It reads the
+//! TOML into a spanned tree, deserializes the raw shape while collecting every unknown key, then
+//! validates every value. All problems are reported together, each naming its key path and line.
+//! See docs/configuration.md for every key and its default.
+
+mod duration;
+mod locate;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::parse as parse_duration;
+
+/// A validated configuration. Every field holds its final type and default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Addresses to accept client connections on. At least one.
+    pub listeners: Vec<ListenerConfig>,
+    /// Timeouts; see [`Timeouts`] for each default.
+    pub timeouts: Timeouts,
+    /// Size and count limits; see [`Limits`] for each default.
+    pub limits: Limits,
+    /// HTTP protocol options.
+    pub http: HttpOptions,
+    /// Upstream pools, sorted by name.
+    pub pools: Vec<PoolConfig>,
+    /// Routes in the order they are tried (most specific first); see [`RouteConfig`].
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Address to bind, e.g. `0.0.0.0:8080`. Port 0 picks a free port (used by tests).
+    pub addr: SocketAddr,
+}
+
+/// Every timeout lb applies. Defaults follow what nginx, HAProxy and Envoy ship.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect to an upstream server. Default 5s (HAProxy's documented `timeout connect`).
+    pub connect: Duration,
+    /// From sending the request upstream to receiving response headers. Default 60s (nginx
+    /// `proxy_read_timeout`).
+    pub response: Duration,
+    /// From the first byte of a request head to its end. Default 10s (HAProxy `timeout http-request`).
+    pub client_header: Duration,
+    /// Idle time allowed on a client connection between requests. Default 75s (nginx
+    /// `keepalive_timeout`).
+    pub keepalive: Duration,
+    /// Idle time allowed on an upgraded (WebSocket) tunnel in both directions. Default 1h (HAProxy
+    /// `timeout tunnel` as documented).
+    pub tunnel_idle: Duration,
+    /// How long an idle pooled upstream connection is kept. Default 60s.
+    pub upstream_idle: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish. Default 30s.
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            response: Duration::from_secs(60),
+            client_header: Duration::from_secs(10),
+            keepalive: Duration::from_secs(75),
+            tunnel_idle: Duration::from_secs(3600),
+            upstream_idle: Duration::from_secs(60),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Size and count limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head (request line and headers) in bytes; larger gets 431. Default 32768
+    /// (nginx's 4 x 8k `large_client_header_buffers`); minimum 8192.
+    pub max_header_bytes: usize,
+    /// Most request header fields; more gets 431. Default 100 (Envoy's `max_headers_count`).
+    pub max_headers: usize,
+    /// Most concurrent client connections across all listeners; further connections wait in the
+    /// kernel's accept queue. Default 10000.
+    pub max_connections: usize,
+    /// Most idle keep-alive connections kept per upstream server. Default 64.
+    pub upstream_idle_per_server: usize,
+    /// Most concurrent streams per HTTP/2 client connection. Default 128 (nginx).
+    pub h2_max_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+            upstream_idle_per_server: 64,
+            h2_max_streams: 128,
+        }
+    }
+}
+
+/// HTTP protocol options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// `Upgrade` tokens that are tunnelled (lowercase). Default `["websocket"]`. `h2c` is never allowed.
+    pub upgrades: Vec<String>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self { upgrades: vec!["websocket".to_owned()] }
+    }
+}
+
+/// A named group of upstream servers and the strategy that chooses among them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// The pool's name, the key under `[pools]`.
+    pub name: String,
+    /// How a server is chosen. Default round robin.
+    pub strategy: StrategyKind,
+    /// The servers, in file order. May be empty (every request then gets 503).
+    pub servers: Vec<ServerConfig>,
+}
+
+/// The balancing strategies `strategy = "..."` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrategyKind {
+    /// `round_robin`: each ready server in turn.
+    RoundRobin,
+}
+
+impl StrategyKind {
+    /// Every accepted spelling, for error messages.
+    pub const NAMES: &'static [&'static str] = &["round_robin"];
+
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "round_robin" => Some(Self::RoundRobin),
+            _ => None,
+        }
+    }
+}
+
+/// One upstream server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Stable identity within its pool (state survives reloads by this name). Default: `addr`.
+    pub name: String,
+    /// `host:port` to connect to; a host name is resolved on each new connection.
+    pub addr: String,
+    /// Relative weight, 0..=1000. Default 1. 0 drains the server: it gets no new requests.
+    pub weight: u32,
+}
+
+/// One routing rule: requests whose Host and path match go to `pool`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Host to match (without port, case-insensitive); `None` matches any host.
+    pub host: Option<HostMatch>,
+    /// Path prefix to match on segment boundaries (`/api` matches `/api` and `/api/x`, not `/apix`);
+    /// `None` matches any path.
+    pub path_prefix: Option<String>,
+    /// Index into [`Config::pools`].
+    pub pool: usize,
+}
+
+/// How a route matches the request's host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// `example.com`: exactly this host.
+    Exact(String),
+    /// `*.example.com`: any host ending in `.example.com` (stored with the leading dot).
+    Suffix(String),
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// One or more problems, each with its key path and line.
+    #[error("{}", render(.0))]
+    Invalid(Vec<Issue>),
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Key path such as `pools.web.servers[1].addr`; empty for syntax errors.
+    pub path: String,
+    /// 1-based line in the file, where known.
+    pub line: Option<usize>,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+impl std::fmt::Display for Issue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+fn render(issues: &[Issue]) -> String {
+    let mut out = match issues.len() {
+        1 => "1 configuration error:".to_owned(),
+        n => format!("{n} configuration errors:"),
+    };
+    for issue in issues {
+        out.push_str("\n  ");
+        out.push_str(&issue.to_string());
+    }
+    out
+}
+
+impl ConfigError {
+    /// The individual problems (empty for a read error).
+    pub fn issues(&self) -> &[Issue] {
+        match self {
+            Self::Invalid(issues) => issues,
+            Self::Read { .. } => &[],
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text, reporting every problem at once.
+    pub fn from_toml(src: &str) -> Result<Self, ConfigError> {
+        let table = toml::de::DeTable::parse(src).map_err(|e| syntax_issue(src, &e))?;
+        let mut unknown = Vec::new();
+        let de = toml::de::Deserializer::from(table.clone());
+        let raw: raw::RawConfig = serde_ignored::deserialize(de, |path| unknown.push(key_path(&path)))
+            .map_err(|e| syntax_issue(src, &e))?;
+        let mut issues: Vec<Issue> = unknown
+            .into_iter()
+            .map(|path| Issue { path, line: None, message: "unknown key".to_owned() })
+            .collect();
+        let config = validate::validate(raw, &mut issues);
+        if issues.is_empty() {
+            return Ok(config);
+        }
+        for issue in &mut issues {
+            issue.line = issue.line.or_else(|| locate::line_of(src, table.get_ref(), &issue.path));
+        }
+        issues.sort_by_key(|i| i.line.unwrap_or(0));
+        Err(ConfigError::Invalid(issues))
+    }
+}
+
+/// Renders serde_ignored's path in the same `a.b[0].c` form every other message uses.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => match key_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            key_path(parent)
+        }
+    }
+}
+
+/// A TOML syntax or type error: serde stops at the first one, so it is reported alone.
+fn syntax_issue(src: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map(|span| locate::line_at(src, span.start));
+    ConfigError::Invalid(vec![Issue {
+        path: String::new(),
+        line,
+        message: e.message().trim().to_owned(),
+    }])
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,73 @@
+//! The file's shape, exactly as serde reads it. Every field is optional here; `validate` turns these into
+//! the typed [`super::Config`] and reports every problem at once. Unknown keys are not rejected by serde
+//! (that would stop at the first one) but collected by `serde_ignored` in `super::from_toml`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub pools: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawListener {
+    pub addr: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTimeouts {
+    pub connect: Option<String>,
+    pub response: Option<String>,
+    pub client_header: Option<String>,
+    pub keepalive: Option<String>,
+    pub tunnel_idle: Option<String>,
+    pub upstream_idle: Option<String>,
+    pub drain: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawLimits {
+    pub max_header_bytes: Option<i64>,
+    pub max_headers: Option<i64>,
+    pub max_connections: Option<i64>,
+    pub upstream_idle_per_server: Option<i64>,
+    pub h2_max_streams: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawHttp {
+    pub upgrades: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawPool {
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawServer {
+    pub name: Option<String>,
+    pub addr: Option<String>,
+    pub weight: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRoute {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub pool: Option<String>,
+}

@@ -1,0 +1,165 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[[listeners]]
+addr = "127.0.0.1:8080"
+
+[pools.web]
+servers = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002", name = "b", weight = 3 }]
+"#;
+
+fn issues(src: &str) -> Vec<String> {
+    match Config::from_toml(src) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.issues().iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults_and_an_implicit_default_route() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(c.timeouts, Timeouts::default());
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.http.upgrades, vec!["websocket"]);
+    assert_eq!(c.pools[0].servers[0].name, "127.0.0.1:9001");
+    assert_eq!(c.pools[0].servers[0].weight, 1);
+    assert_eq!(c.pools[0].servers[1].weight, 3);
+    assert_eq!(c.routes, vec![RouteConfig { host: None, path_prefix: None, pool: 0 }]);
+}
+
+#[test]
+fn the_shipped_lb_toml_is_valid() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/lb.toml")).unwrap();
+    Config::from_toml(&text).unwrap();
+}
+
+#[test]
+fn unknown_keys_are_all_reported_with_path_and_line() {
+    let src = format!("{MINIMAL}\n[timeouts]\nconect = \"1s\"\n\n[pools.api]\nservers = [{{ addr = \"127.0.0.1:1\", wieght = 2 }}]\n");
+    let got = issues(&src);
+    assert!(got.contains(&"line 9: timeouts.conect: unknown key".to_owned()), "{got:?}");
+    assert!(got.iter().any(|m| m.starts_with("line 12: pools.api.servers[0].wieght: unknown key")), "{got:?}");
+    assert!(got.iter().any(|m| m.contains("routes: required when more than one pool")), "{got:?}");
+}
+
+#[test]
+fn bad_values_are_all_reported_at_once() {
+    let src = r#"
+[[listeners]]
+addr = "localhost:80"
+
+[timeouts]
+connect = "5"
+response = "0s"
+
+[limits]
+max_header_bytes = 100
+
+[http]
+upgrades = ["websocket", "h2c"]
+
+[pools.web]
+strategy = "fastest"
+servers = [
+  { addr = "http://10.0.0.1:80" },
+  { addr = "10.0.0.2" },
+  { addr = "10.0.0.3:80", weight = -1 },
+  { addr = "10.0.0.3:80" },
+]
+
+[[routes]]
+path_prefix = "api"
+pool = "nope"
+"#;
+    let got = issues(src);
+    let expect = [
+        "line 3: listeners[0].addr: \"localhost:80\" is not an IP:port address",
+        "line 6: timeouts.connect: \"5\" has no unit",
+        "line 7: timeouts.response: must be greater than zero",
+        "line 10: limits.max_header_bytes: 100 is out of range 8192..=1048576",
+        "line 13: http.upgrades[1]: \"h2c\" is never forwarded",
+        "line 16: pools.web.strategy: unknown strategy \"fastest\"",
+        "pools.web.servers[0].addr: \"http://10.0.0.1:80\" must be \"host:port\" without scheme",
+        "pools.web.servers[1].addr: \"10.0.0.2\" needs a host and a non-zero port",
+        "pools.web.servers[2].weight: -1 is out of range 0..=1000",
+        "pools.web.servers[3].name: \"10.0.0.3:80\" is used by an earlier server",
+        "routes[0].path_prefix: \"api\" must start with '/'",
+        "routes[0].pool: unknown pool \"nope\"",
+    ];
+    for e in expect {
+        assert!(got.iter().any(|m| m.contains(e)), "missing {e:?} in {got:#?}");
+    }
+    assert_eq!(got.len(), expect.len(), "{got:#?}");
+}
+
+#[test]
+fn syntax_and_type_errors_name_the_line() {
+    let got = issues("[[listeners]]\naddr = \"127.0.0.1:1\"\n[pools.web]\nservers = [{ addr = 5 }]\n");
+    assert_eq!(got.len(), 1);
+    assert!(got[0].starts_with("line 4: "), "{got:?}");
+    assert!(got[0].contains("string"), "{got:?}");
+    let got = issues("[[listeners]\n");
+    assert!(got[0].starts_with("line 1: "), "{got:?}");
+}
+
+#[test]
+fn missing_sections_are_reported() {
+    let got = issues("");
+    assert!(got.iter().any(|m| m.contains("listeners: at least one listener")), "{got:?}");
+    assert!(got.iter().any(|m| m.contains("pools: at least one pool")), "{got:?}");
+}
+
+#[test]
+fn routes_are_ordered_most_specific_first() {
+    let src = r#"
+[[listeners]]
+addr = "127.0.0.1:8080"
+[pools.a]
+[pools.b]
+[[routes]]
+pool = "a"
+[[routes]]
+host = "*.example.com"
+pool = "b"
+[[routes]]
+host = "API.example.com"
+path_prefix = "/v1/"
+pool = "b"
+[[routes]]
+host = "api.example.com"
+pool = "a"
+[[routes]]
+path_prefix = "/static"
+pool = "b"
+"#;
+    let c = Config::from_toml(src).unwrap();
+    let order: Vec<_> = c.routes.iter().map(|r| (r.host.clone(), r.path_prefix.clone())).collect();
+    assert_eq!(
+        order,
+        vec![
+            (Some(HostMatch::Exact("api.example.com".into())), Some("/v1".into())),
+            (Some(HostMatch::Exact("api.example.com".into())), None),
+            (Some(HostMatch::Suffix(".example.com".into())), None),
+            (None, Some("/static".into())),
+            (None, None),
+        ]
+    );
+}
+
+#[test]
+fn duplicate_routes_and_listeners_are_refused() {
+    let src = r#"
+[[listeners]]
+addr = "127.0.0.1:8080"
+[[listeners]]
+addr = "127.0.0.1:8080"
+[pools.a]
+[[routes]]
+pool = "a"
+[[routes]]
+pool = "a"
+"#;
+    let got = issues(src);
+    assert!(got.iter().any(|m| m.contains("listeners[1].addr: 127.0.0.1:8080 is used by an earlier")), "{got:?}");
+    assert!(got.iter().any(|m| m.contains("routes[1]: matches the same host")), "{got:?}");
+}

@@ -1,0 +1,274 @@
+//! Raw shape -> typed [`Config`], collecting every problem instead of stopping at the first.
+
+use super::raw::{RawConfig, RawHttp, RawLimits, RawPool, RawRoute, RawTimeouts};
+use super::{
+    duration, Config, HostMatch, HttpOptions, Issue, Limits, ListenerConfig, PoolConfig, RouteConfig,
+    ServerConfig, StrategyKind, Timeouts,
+};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Largest accepted server weight (HAProxy allows 256; a little headroom for ratios).
+const MAX_WEIGHT: i64 = 1000;
+
+struct Issues<'a>(&'a mut Vec<Issue>);
+
+impl Issues<'_> {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Issue { path: path.into(), line: None, message: message.into() });
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
+    let mut out = Issues(issues);
+    let listeners = listeners(&raw, &mut out);
+    let timeouts = timeouts(&raw.timeouts, &mut out);
+    let limits = limits(&raw.limits, &mut out);
+    let http = http(&raw.http, &mut out);
+    let pools: Vec<PoolConfig> = raw.pools.iter().map(|(name, p)| pool(name, p, &mut out)).collect();
+    let routes = routes(&raw.routes, &pools, &mut out);
+    Config { listeners, timeouts, limits, http, pools, routes }
+}
+
+fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
+    if raw.listeners.is_empty() {
+        out.push("listeners", "at least one listener is required, e.g. [[listeners]] addr = \"0.0.0.0:8080\"");
+    }
+    let mut seen = HashSet::new();
+    let mut result = Vec::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}].addr");
+        let Some(text) = &l.addr else {
+            out.push(path, "is required");
+            continue;
+        };
+        match text.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() != 0 && !seen.insert(addr) => {
+                out.push(path, format!("{addr} is used by an earlier listener"));
+            }
+            Ok(addr) => result.push(ListenerConfig { addr }),
+            Err(_) => out.push(path, format!("{text:?} is not an IP:port address (e.g. \"0.0.0.0:8080\")")),
+        }
+    }
+    result
+}
+
+fn timeouts(raw: &RawTimeouts, out: &mut Issues<'_>) -> Timeouts {
+    let d = Timeouts::default();
+    let mut get = |key: &str, value: &Option<String>, default: Duration| -> Duration {
+        let Some(text) = value else { return default };
+        match duration::parse(text) {
+            Ok(v) if v.is_zero() => {
+                out.push(format!("timeouts.{key}"), "must be greater than zero");
+                default
+            }
+            Ok(v) => v,
+            Err(e) => {
+                out.push(format!("timeouts.{key}"), e);
+                default
+            }
+        }
+    };
+    Timeouts {
+        connect: get("connect", &raw.connect, d.connect),
+        response: get("response", &raw.response, d.response),
+        client_header: get("client_header", &raw.client_header, d.client_header),
+        keepalive: get("keepalive", &raw.keepalive, d.keepalive),
+        tunnel_idle: get("tunnel_idle", &raw.tunnel_idle, d.tunnel_idle),
+        upstream_idle: get("upstream_idle", &raw.upstream_idle, d.upstream_idle),
+        drain: get("drain", &raw.drain, d.drain),
+    }
+}
+
+fn limits(raw: &RawLimits, out: &mut Issues<'_>) -> Limits {
+    let d = Limits::default();
+    let mut get = |key: &str, value: Option<i64>, min: i64, max: i64, default: usize| -> usize {
+        match value {
+            None => default,
+            Some(v) if (min..=max).contains(&v) => usize::try_from(v).unwrap_or(default),
+            Some(v) => {
+                out.push(format!("limits.{key}"), format!("{v} is out of range {min}..={max}"));
+                default
+            }
+        }
+    };
+    let streams = get("h2_max_streams", raw.h2_max_streams, 1, 65_535, d.h2_max_streams as usize);
+    Limits {
+        max_header_bytes: get("max_header_bytes", raw.max_header_bytes, 8192, 1 << 20, d.max_header_bytes),
+        max_headers: get("max_headers", raw.max_headers, 1, 1000, d.max_headers),
+        max_connections: get("max_connections", raw.max_connections, 1, 1_000_000, d.max_connections),
+        upstream_idle_per_server: get(
+            "upstream_idle_per_server",
+            raw.upstream_idle_per_server,
+            0,
+            100_000,
+            d.upstream_idle_per_server,
+        ),
+        h2_max_streams: u32::try_from(streams).unwrap_or(d.h2_max_streams),
+    }
+}
+
+fn http(raw: &RawHttp, out: &mut Issues<'_>) -> HttpOptions {
+    let Some(tokens) = &raw.upgrades else { return HttpOptions::default() };
+    let mut upgrades = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let lower = token.to_ascii_lowercase();
+        let path = format!("http.upgrades[{i}]");
+        if lower == "h2c" {
+            out.push(path, "\"h2c\" is never forwarded: lb speaks HTTP/2 to clients itself");
+        } else if lower.is_empty() || !lower.bytes().all(is_token_byte) {
+            out.push(path, format!("{token:?} is not an HTTP token"));
+        } else {
+            upgrades.push(lower);
+        }
+    }
+    HttpOptions { upgrades }
+}
+
+/// RFC 9110 `tchar`, minus '/' so that protocol versions ("websocket/13") are not accepted by accident.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
+    let base = format!("pools.{name}");
+    if !is_name(name) {
+        out.push(&base, "pool names may use only letters, digits, '_' and '-'");
+    }
+    let strategy = match raw.strategy.as_deref() {
+        None => StrategyKind::RoundRobin,
+        Some(s) => StrategyKind::parse(s).unwrap_or_else(|| {
+            out.push(
+                format!("{base}.strategy"),
+                format!("unknown strategy {s:?}; expected one of {:?}", StrategyKind::NAMES),
+            );
+            StrategyKind::RoundRobin
+        }),
+    };
+    let mut names = HashSet::new();
+    let mut servers = Vec::new();
+    for (i, s) in raw.servers.iter().enumerate() {
+        let path = format!("{base}.servers[{i}]");
+        let Some(addr) = &s.addr else {
+            out.push(format!("{path}.addr"), "is required (\"host:port\")");
+            continue;
+        };
+        if let Err(e) = check_authority(addr) {
+            out.push(format!("{path}.addr"), e);
+        }
+        let name = s.name.clone().unwrap_or_else(|| addr.clone());
+        if s.name.is_some() && name.trim().is_empty() {
+            out.push(format!("{path}.name"), "must not be empty");
+        }
+        if !names.insert(name.clone()) {
+            out.push(format!("{path}.name"), format!("{name:?} is used by an earlier server in this pool"));
+        }
+        let weight = match s.weight {
+            None => 1,
+            Some(w) if (0..=MAX_WEIGHT).contains(&w) => u32::try_from(w).unwrap_or(1),
+            Some(w) => {
+                out.push(format!("{path}.weight"), format!("{w} is out of range 0..={MAX_WEIGHT}"));
+                1
+            }
+        };
+        servers.push(ServerConfig { name, addr: addr.clone(), weight });
+    }
+    PoolConfig { name: name.to_owned(), strategy, servers }
+}
+
+/// A server address is `host:port`: an IP literal or a DNS name, a port, nothing else.
+fn check_authority(addr: &str) -> Result<(), String> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    if addr.contains("://") || addr.contains('/') || addr.contains('@') {
+        return Err(format!("{addr:?} must be \"host:port\" without scheme, path or credentials"));
+    }
+    let authority: http::uri::Authority =
+        addr.parse().map_err(|_| format!("{addr:?} is not a valid \"host:port\""))?;
+    match authority.port_u16() {
+        Some(p) if p != 0 && !authority.host().is_empty() => Ok(()),
+        _ => Err(format!("{addr:?} needs a host and a non-zero port, e.g. \"10.0.0.5:8080\"")),
+    }
+}
+
+fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<RouteConfig> {
+    if pools.is_empty() {
+        out.push("pools", "at least one pool is required, e.g. [pools.web] with servers");
+        return Vec::new();
+    }
+    if raw.is_empty() {
+        if pools.len() > 1 {
+            out.push("routes", "required when more than one pool is defined: which pool gets which request?");
+        }
+        return vec![RouteConfig { host: None, path_prefix: None, pool: 0 }];
+    }
+    let mut seen = HashSet::new();
+    let mut result = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let host = r.host.as_deref().and_then(|h| host_match(h, &format!("{path}.host"), out));
+        let prefix = r.path_prefix.as_deref().and_then(|p| path_prefix(p, &format!("{path}.path_prefix"), out));
+        let pool = match &r.pool {
+            None => {
+                out.push(format!("{path}.pool"), "is required");
+                continue;
+            }
+            Some(name) => match pools.iter().position(|p| &p.name == name) {
+                Some(index) => index,
+                None => {
+                    out.push(format!("{path}.pool"), format!("unknown pool {name:?}"));
+                    continue;
+                }
+            },
+        };
+        let route = RouteConfig { host, path_prefix: prefix, pool };
+        if !seen.insert((route.host.clone(), route.path_prefix.clone())) {
+            out.push(path, "matches the same host and path prefix as an earlier route");
+            continue;
+        }
+        result.push(route);
+    }
+    // Most specific first: exact host, then longer wildcard, then any host; within that, longer prefix.
+    result.sort_by_key(|r| {
+        let host_rank = match &r.host {
+            Some(HostMatch::Exact(_)) => (0, 0),
+            Some(HostMatch::Suffix(s)) => (1, usize::MAX - s.len()),
+            None => (2, 0),
+        };
+        (host_rank, usize::MAX - r.path_prefix.as_ref().map_or(0, String::len))
+    });
+    result
+}
+
+fn host_match(host: &str, path: &str, out: &mut Issues<'_>) -> Option<HostMatch> {
+    let lower = host.to_ascii_lowercase();
+    let (suffix, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let valid = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        out.push(path, format!("{host:?} is not a host name (write \"example.com\" or \"*.example.com\", no port)"));
+        return None;
+    }
+    Some(if suffix { HostMatch::Suffix(format!(".{name}")) } else { HostMatch::Exact(lower) })
+}
+
+fn path_prefix(prefix: &str, path: &str, out: &mut Issues<'_>) -> Option<String> {
+    if !prefix.starts_with('/') || prefix.contains(['?', '#', ' ']) {
+        out.push(path, format!("{prefix:?} must start with '/' and hold no query, fragment or space"));
+        return None;
+    }
+    // "/api/" and "/api" mean the same thing: match on segment boundaries.
+    let trimmed = prefix.trim_end_matches('/');
+    Some(if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() })
+}

@@ -1,0 +1,18 @@
+//! lb: an HTTP reverse proxy and layer-7 load balancer.
+//!
+//! The path of a request: [`server`] accepts and speaks HTTP with hyper, [`proxy`] routes it with the
+//! current [`runtime::Snapshot`] ([`router`]), asks the pool's [`balance::Strategy`] for a server
+//! ([`upstream`]), forwards it over the pooled client and streams the answer back. [`config`] turns
+//! `lb.toml` into the typed [`config::Config`] a snapshot is built from. See docs/architecture.md.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod balance;
+pub mod config;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod upstream;

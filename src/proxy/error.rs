@@ -1,0 +1,97 @@
+//! Every way a request can fail, and the one place failures become responses.
+
+use super::body::ResponseBody;
+use http::{header, HeaderValue, Response, StatusCode};
+use std::time::Duration;
+
+/// Who caused a failure, for logs and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client sent something we refuse.
+    Client,
+    /// The upstream server failed or was too slow.
+    Upstream,
+    /// lb's own configuration left no answer (no route, no ready server).
+    Config,
+}
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request is malformed in a way hyper does not catch.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The client's request body broke off or was malformed (e.g. an invalid chunk size).
+    #[error("client request body: {0}")]
+    ClientBody(String),
+    /// No route matches the request's host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// The chosen pool has no ready server.
+    #[error("pool {pool}: no server is ready")]
+    NoReadyServer {
+        /// The pool.
+        pool: String,
+    },
+    /// Connecting to the upstream was refused or failed.
+    #[error("upstream {upstream}: connect failed: {reason}")]
+    Connect {
+        /// Pool/server.
+        upstream: String,
+        /// The underlying error.
+        reason: String,
+    },
+    /// The upstream did not answer (connect or response headers) in time.
+    #[error("upstream {upstream}: no response within {after:?}")]
+    Timeout {
+        /// Pool/server.
+        upstream: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The upstream reset the connection or sent an invalid response.
+    #[error("upstream {upstream}: {reason}")]
+    Upstream {
+        /// Pool/server.
+        upstream: String,
+        /// The underlying error.
+        reason: String,
+    },
+}
+
+impl ProxyError {
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoReadyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Who caused it.
+    pub fn source(&self) -> Source {
+        match self {
+            Self::BadRequest(_) | Self::ClientBody(_) => Source::Client,
+            Self::NoRoute | Self::NoReadyServer { .. } => Source::Config,
+            Self::Connect { .. } | Self::Timeout { .. } | Self::Upstream { .. } => Source::Upstream,
+        }
+    }
+}
+
+/// The response for a failure: its status, a one-line text body, and `Connection: close` when the
+/// client's own bytes were at fault (the connection's framing can no longer be trusted).
+pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
+    let status = err.status();
+    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let mut resp = Response::new(ResponseBody::full(text));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if err.source() == Source::Client {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

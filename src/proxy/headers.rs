@@ -1,0 +1,150 @@
+//! Header hygiene (RFC 9110 section 7.6.1) and the X-Forwarded-* headers.
+//!
+//! Hop-by-hop fields describe one connection and must not travel past it: `Connection` and every
+//! field it names, `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Connection`.
+//! hyper frames each side's body itself, so dropping `Transfer-Encoding` never loses the body.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+use std::net::IpAddr;
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The `Upgrade` token of an HTTP/1.1 request that asks for a protocol switch lb is configured to
+/// tunnel, lowercased. `None` when there is no upgrade, it is not allowed, or it is `h2c` (never).
+pub fn allowed_upgrade(version: Version, headers: &HeaderMap, allowed: &[String]) -> Option<String> {
+    if version != Version::HTTP_11 || !connection_has(headers, "upgrade") {
+        return None;
+    }
+    let value = headers.get(header::UPGRADE)?.to_str().ok()?;
+    // Only a single protocol is tunnelled: lists ("websocket, foo") are ambiguous about the result.
+    let token = value.trim().to_ascii_lowercase();
+    let name = token.split('/').next().unwrap_or("");
+    (name != "h2c" && allowed.iter().any(|a| a == name)).then_some(token)
+}
+
+/// Whether any `Connection` field lists `option` (case-insensitive).
+fn connection_has(headers: &HeaderMap, option: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(option))
+}
+
+/// Removes every hop-by-hop field, including those named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [&header::CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRAILER] {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+}
+
+/// Restores the two fields a protocol switch needs after hop-by-hop stripping.
+pub fn set_upgrade(headers: &mut HeaderMap, token: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, token);
+}
+
+/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// Proto and Host are overwritten, never trusted from the client: only lb knows how it was reached.
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&HeaderValue>) {
+    let ip = client.to_canonical().to_string();
+    let xff = match joined(headers, &X_FORWARDED_FOR) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    match host {
+        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+}
+
+/// All values of a repeated field joined with ", " (RFC 9110 section 5.3), if any is present.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = values.next()?.to_owned();
+    Some(values.fold(first, |acc, v| acc + ", " + v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_fields() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "foo"),
+            ("x-secret", "1"),
+            ("foo", "2"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn appends_forwarded_for_and_overwrites_proto_and_host() {
+        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-proto", "https")]);
+        let host = HeaderValue::from_static("example.com");
+        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), "http", Some(&host));
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, "::ffff:10.0.0.1".parse().unwrap(), "http", None);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+    }
+
+    #[test]
+    fn only_configured_upgrades_and_never_h2c() {
+        let allowed = vec!["websocket".to_owned(), "h2c".to_owned()];
+        let ws = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")]);
+        assert_eq!(allowed_upgrade(Version::HTTP_11, &ws, &allowed).as_deref(), Some("websocket"));
+        assert_eq!(allowed_upgrade(Version::HTTP_10, &ws, &allowed), None);
+        let h2c = map(&[("connection", "upgrade"), ("upgrade", "h2c")]);
+        assert_eq!(allowed_upgrade(Version::HTTP_11, &h2c, &allowed), None);
+        let other = map(&[("connection", "upgrade"), ("upgrade", "foo")]);
+        assert_eq!(allowed_upgrade(Version::HTTP_11, &other, &allowed), None);
+        let no_conn = map(&[("upgrade", "websocket")]);
+        assert_eq!(allowed_upgrade(Version::HTTP_11, &no_conn, &allowed), None);
+    }
+}

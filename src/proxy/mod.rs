@@ -1,0 +1,235 @@
+//! The request path: route -> pool -> strategy -> pooled upstream client -> streamed response.
+//!
+//! [`Proxy`] is a `tower::Service` built once per client connection. Each request loads the runtime
+//! snapshot once and uses it to the end. Failures become responses in exactly one place
+//! ([`error::error_response`]) and are logged there with their cause.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod tunnel;
+
+use crate::balance::PickCtx;
+use crate::runtime::Runtime;
+use crate::server::ActiveRequest;
+use body::{RequestBody, ResponseBody};
+use error::ProxyError;
+use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// The process-wide pooled upstream client (HTTP/1.1, keep-alive).
+pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+/// Builds the upstream client: one connection pool shared by every listener and request.
+pub fn upstream_client(config: &crate::config::Config) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.timeouts.connect));
+    connector.set_nodelay(true);
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(config.timeouts.upstream_idle)
+        .pool_max_idle_per_host(config.limits.upstream_idle_per_server)
+        .build(connector)
+}
+
+/// What every request of one client connection shares.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Current routing state.
+    pub runtime: Arc<Runtime>,
+    /// The pooled upstream client.
+    pub client: UpstreamClient,
+}
+
+/// The proxy service for one client connection.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    client_addr: SocketAddr,
+    /// Counts this connection's active requests for its idle timer; `None` outside a server.
+    conn: Option<Arc<crate::server::Activity>>,
+}
+
+impl Proxy {
+    /// A service for requests arriving from `client_addr`.
+    pub fn new(shared: Arc<Shared>, client_addr: SocketAddr, conn: Option<Arc<crate::server::Activity>>) -> Self {
+        Self { shared, client_addr, conn }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for Proxy {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let active = self.conn.as_ref().map(ActiveRequest::begin);
+        let shared = Arc::clone(&self.shared);
+        let client = self.client_addr;
+        Box::pin(async move {
+            let mut resp = match forward(&shared, client, req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    log_failure(&e, client);
+                    error::error_response(&e)
+                }
+            };
+            if let Some(active) = active {
+                resp.body_mut().hold_conn(active);
+            }
+            Ok(resp)
+        })
+    }
+}
+
+fn log_failure(e: &ProxyError, client: SocketAddr) {
+    let status = e.status().as_u16();
+    match e.source() {
+        error::Source::Client => tracing::debug!(%client, status, error = %e, "request refused"),
+        _ => tracing::warn!(%client, status, error = %e, "request failed"),
+    }
+}
+
+async fn forward(shared: &Shared, client: SocketAddr, req: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
+    let snap = shared.runtime.snapshot();
+    let (mut parts, body) = req.into_parts();
+    let host = request_host(&parts)?;
+    let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+    let pool_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
+    let pool = snap.pools.get(pool_index).ok_or(ProxyError::NoRoute)?;
+    let upstream = pool
+        .pick(&PickCtx { client, parts: &parts })
+        .ok_or_else(|| ProxyError::NoReadyServer { pool: pool.name.to_string() })?;
+    let guard = upstream.stats.begin();
+    let who = || format!("{}/{}", upstream.key.pool, upstream.key.name);
+
+    let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
+    let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let (Some(token), Some(_)) = (&upgrade, &client_upgrade) {
+        if let Ok(value) = HeaderValue::from_str(token) {
+            headers::set_upgrade(&mut parts.headers, value);
+        }
+    }
+    if let Some(h) = &host {
+        if !parts.headers.contains_key(header::HOST) {
+            // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
+            parts.headers.insert(header::HOST, h.clone());
+        }
+    }
+    headers::set_forwarded(&mut parts.headers, client.ip(), "http", host.as_ref());
+    parts.uri = upstream_uri(&parts.uri, &upstream.authority)?;
+    parts.version = Version::HTTP_11;
+
+    let (body, broken) = RequestBody::watch(body);
+    let timeout = snap.config.timeouts.response;
+    let result = tokio::time::timeout(timeout, shared.client.request(Request::from_parts(parts, body))).await;
+    let mut resp = match result {
+        Err(_) => return Err(ProxyError::Timeout { upstream: who(), after: timeout }),
+        Ok(Err(e)) if broken.as_ref().is_some_and(|b| b.load(Ordering::Relaxed)) => {
+            return Err(ProxyError::ClientBody(error_chain(&e)));
+        }
+        Ok(Err(e)) => return Err(upstream_error(&e, who(), snap.config.timeouts.connect)),
+        Ok(Ok(resp)) => resp,
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(ProxyError::Upstream { upstream: who(), reason: "101 without an upgrade request".into() });
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        let token = parts.headers.get(header::UPGRADE).cloned();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        if let Some(token) = token {
+            headers::set_upgrade(&mut parts.headers, token);
+        }
+        tunnel::spawn(client_upgrade, upstream_upgrade, guard, snap.config.timeouts.tunnel_idle, who());
+        return Ok(Response::from_parts(parts, ResponseBody::full("")));
+    }
+
+    headers::strip_hop_by_hop(resp.headers_mut());
+    let mut resp = resp.map(ResponseBody::stream);
+    resp.body_mut().hold_upstream(guard);
+    Ok(resp)
+}
+
+/// The request's host: the `Host` field, or the URI authority (HTTP/2's `:authority`). RFC 9112
+/// section 3.2: an HTTP/1.1 request without exactly one Host is answered 400.
+fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    if let Some(h) = first {
+        return Ok(Some(h.clone()));
+    }
+    if let Some(authority) = parts.uri.authority() {
+        return Ok(HeaderValue::from_str(authority.as_str()).ok());
+    }
+    if parts.version == Version::HTTP_11 {
+        return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
+    }
+    Ok(None)
+}
+
+/// `http://<upstream>/<original path and query>`.
+fn upstream_uri(original: &Uri, authority: &uri::Authority) -> Result<Uri, ProxyError> {
+    let path = original.path_and_query().cloned().unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme(uri::Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+}
+
+/// Classifies a client error: refused/reset -> 502, connect timeout -> 504.
+fn upstream_error(e: &hyper_util::client::legacy::Error, upstream: String, connect: Duration) -> ProxyError {
+    let reason = error_chain(e);
+    if e.is_connect() && has_io_kind(e, std::io::ErrorKind::TimedOut) {
+        return ProxyError::Timeout { upstream, after: connect };
+    }
+    if e.is_connect() {
+        return ProxyError::Connect { upstream, reason };
+    }
+    ProxyError::Upstream { upstream, reason }
+}
+
+fn has_io_kind(e: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == kind) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// "outer: inner: innermost", so logs show the root cause.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}

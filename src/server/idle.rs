@@ -1,0 +1,263 @@
+//! Client connection timeouts that hyper cannot express on its own.
+//!
+//! hyper's HTTP/1 header timer also runs while a keep-alive connection sits idle, so it cannot give a
+//! short "client must send its head quickly" limit together with a longer "idle connections may
+//! stay" limit. [`IdleIo`] wraps the socket and enforces both:
+//! * from the first byte of a request head (or from accept) until the request starts: `client_header`;
+//! * from the end of the last response until the next byte: `keepalive`;
+//! * never while a request is in flight (per-request timeouts govern that).
+//!
+//! The deadline is re-evaluated lazily when its timer fires, so the request path only touches two
+//! atomics per request ([`ActiveRequest`]).
+
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Request activity of one client connection, shared by its service and its socket wrapper.
+#[derive(Debug)]
+pub struct Activity {
+    start: Instant,
+    active: AtomicUsize,
+    /// Milliseconds since `start` when the last response finished.
+    last_done_ms: AtomicU64,
+}
+
+impl Activity {
+    /// Activity of a connection accepted now.
+    pub fn new() -> Self {
+        Self { start: Instant::now(), active: AtomicUsize::new(0), last_done_ms: AtomicU64::new(0) }
+    }
+
+    fn since_start(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One request in progress on a connection; held by the response body until it ends.
+#[derive(Debug)]
+pub struct ActiveRequest(Arc<Activity>);
+
+impl ActiveRequest {
+    /// Marks a request as started on this connection.
+    pub fn begin(activity: &Arc<Activity>) -> Self {
+        activity.active.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        let now = self.0.since_start(Instant::now());
+        // Store the finish time before the count drops, so the timer never sees "idle since 0".
+        self.0.last_done_ms.fetch_max(now, Ordering::AcqRel);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+pin_project! {
+    /// A client socket that fails reads with `TimedOut` once the connection has been idle, or
+    /// sending a request head, for too long. hyper then closes it.
+    pub struct IdleIo<T> {
+        #[pin]
+        io: T,
+        // Boxed so the wrapper stays Unpin, as hyper requires of its IO.
+        timer: Pin<Box<Sleep>>,
+        activity: Arc<Activity>,
+        client_header: Duration,
+        keepalive: Duration,
+        // When bytes of the current request head began arriving (ms since start); accept counts.
+        head_started_ms: Option<u64>,
+        // HTTP/2 multiplexes requests and pings: only the idle rule applies.
+        h2: bool,
+        first_read: bool,
+    }
+}
+
+impl<T> IdleIo<T> {
+    /// Wraps a freshly accepted socket; the first request head must arrive within `client_header`.
+    pub fn new(io: T, activity: Arc<Activity>, client_header: Duration, keepalive: Duration) -> Self {
+        let timer = Box::pin(tokio::time::sleep_until(activity.start + client_header));
+        Self { io, timer, activity, client_header, keepalive, head_started_ms: Some(0), h2: false, first_read: true }
+    }
+}
+
+/// The moment the connection times out, or `None` while a request is in flight.
+fn deadline(
+    activity: &Activity,
+    head_started_ms: Option<u64>,
+    h2: bool,
+    client_header: Duration,
+    keepalive: Duration,
+) -> Option<Instant> {
+    if activity.active.load(Ordering::Acquire) > 0 {
+        return None;
+    }
+    let idle_since = activity.last_done_ms.load(Ordering::Acquire);
+    match head_started_ms {
+        Some(head) if !h2 && head >= idle_since => Some(activity.at(head) + client_header),
+        _ => Some(activity.at(idle_since) + keepalive),
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for IdleIo<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        if let Poll::Ready(result) = this.io.poll_read(cx, buf) {
+            let fresh = &buf.filled()[before..];
+            if !fresh.is_empty() {
+                if std::mem::take(this.first_read) {
+                    *this.h2 = fresh.starts_with(H2_PREFACE);
+                }
+                let idle_since = this.activity.last_done_ms.load(Ordering::Acquire);
+                let idle = this.activity.active.load(Ordering::Acquire) == 0;
+                let head_is_new = this.head_started_ms.is_none_or(|h| h < idle_since);
+                if idle && !*this.h2 && head_is_new {
+                    // A new request head starts: it must complete within client_header.
+                    let now = this.activity.since_start(Instant::now());
+                    *this.head_started_ms = Some(now);
+                    let due = this.activity.at(now) + *this.client_header;
+                    if due < this.timer.deadline() {
+                        this.timer.as_mut().reset(due);
+                    }
+                }
+            }
+            return Poll::Ready(result);
+        }
+        // No data: the timer decides whether waiting any longer is allowed.
+        while this.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let due = deadline(this.activity, *this.head_started_ms, *this.h2, *this.client_header, *this.keepalive);
+            match due {
+                Some(due) if due <= now => {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client connection timed out")));
+                }
+                Some(due) => this.timer.as_mut().reset(due),
+                // Busy: look again after one keep-alive period; the real deadline is always later.
+                None => this.timer.as_mut().reset(now + *this.keepalive),
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const HEAD: Duration = Duration::from_secs(10);
+    const IDLE: Duration = Duration::from_secs(75);
+
+    fn wrap() -> (IdleIo<tokio::io::DuplexStream>, tokio::io::DuplexStream, Arc<Activity>) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let activity = Arc::new(Activity::new());
+        (IdleIo::new(ours, Arc::clone(&activity), HEAD, IDLE), theirs, activity)
+    }
+
+    async fn read_err_after(io: &mut IdleIo<tokio::io::DuplexStream>) -> Duration {
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        let err = Box::pin(io).read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_new_connection_gets_the_header_timeout() {
+        let (mut io, _peer, _) = wrap();
+        assert_eq!(read_err_after(&mut io).await, HEAD);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_head_times_out_from_its_first_byte() {
+        let (io, mut peer, _) = wrap();
+        let mut io = Box::pin(io);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        peer.write_all(b"GET / HT").await.unwrap();
+        let mut buf = [0u8; 64];
+        io.read(&mut buf).await.unwrap();
+        let start = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // The head began at t=0 (accept), so it has 10s in all, 7s of them left.
+        assert_eq!(start.elapsed(), Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_connections_never_time_out_and_idle_ones_get_keepalive() {
+        let (io, mut peer, activity) = wrap();
+        let mut io = Box::pin(io);
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        io.read(&mut buf).await.unwrap();
+        let active = ActiveRequest::begin(&activity);
+        // A slow request: nothing read for far longer than either timeout.
+        let waited = tokio::time::timeout(Duration::from_secs(500), io.read(&mut buf)).await;
+        assert!(waited.is_err(), "must not time out while a request is in flight");
+        drop(active);
+        let start = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_connections_only_get_the_idle_rule() {
+        let (io, mut peer, _) = wrap();
+        let mut io = Box::pin(io);
+        peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        io.read(&mut buf).await.unwrap();
+        let start = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), IDLE);
+    }
+}
