@@ -26,6 +26,9 @@ use tokio::time::{Instant, Sleep};
 pub struct Activity {
     start: Instant,
     active: AtomicUsize,
+    /// Requests finished so far: tells a new head apart from the previous one without relying on
+    /// clock resolution.
+    done: AtomicU64,
     /// Milliseconds since `start` when the last response finished.
     last_done_ms: AtomicU64,
 }
@@ -33,7 +36,7 @@ pub struct Activity {
 impl Activity {
     /// Activity of a connection accepted now.
     pub fn new() -> Self {
-        Self { start: Instant::now(), active: AtomicUsize::new(0), last_done_ms: AtomicU64::new(0) }
+        Self { start: Instant::now(), active: AtomicUsize::new(0), done: AtomicU64::new(0), last_done_ms: AtomicU64::new(0) }
     }
 
     fn since_start(&self, at: Instant) -> u64 {
@@ -68,6 +71,7 @@ impl Drop for ActiveRequest {
         let now = self.0.since_start(Instant::now());
         // Store the finish time before the count drops, so the timer never sees "idle since 0".
         self.0.last_done_ms.fetch_max(now, Ordering::AcqRel);
+        self.0.done.fetch_add(1, Ordering::AcqRel);
         self.0.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -85,8 +89,9 @@ pin_project! {
         activity: Arc<Activity>,
         client_header: Duration,
         keepalive: Duration,
-        // When bytes of the current request head began arriving (ms since start); accept counts.
-        head_started_ms: Option<u64>,
+        // The request head being received: (requests done when it began, ms since start). Accept
+        // counts as the start of the first head.
+        head: Option<(u64, u64)>,
         // HTTP/2 multiplexes requests and pings: only the idle rule applies.
         h2: bool,
         first_read: bool,
@@ -97,14 +102,14 @@ impl<T> IdleIo<T> {
     /// Wraps a freshly accepted socket; the first request head must arrive within `client_header`.
     pub fn new(io: T, activity: Arc<Activity>, client_header: Duration, keepalive: Duration) -> Self {
         let timer = Box::pin(tokio::time::sleep_until(activity.start + client_header));
-        Self { io, timer, activity, client_header, keepalive, head_started_ms: Some(0), h2: false, first_read: true }
+        Self { io, timer, activity, client_header, keepalive, head: Some((0, 0)), h2: false, first_read: true }
     }
 }
 
 /// The moment the connection times out, or `None` while a request is in flight.
 fn deadline(
     activity: &Activity,
-    head_started_ms: Option<u64>,
+    head: Option<(u64, u64)>,
     h2: bool,
     client_header: Duration,
     keepalive: Duration,
@@ -112,10 +117,11 @@ fn deadline(
     if activity.active.load(Ordering::Acquire) > 0 {
         return None;
     }
-    let idle_since = activity.last_done_ms.load(Ordering::Acquire);
-    match head_started_ms {
-        Some(head) if !h2 && head >= idle_since => Some(activity.at(head) + client_header),
-        _ => Some(activity.at(idle_since) + keepalive),
+    let done = activity.done.load(Ordering::Acquire);
+    match head {
+        // No request has finished since this head began: it is still being received.
+        Some((epoch, started_ms)) if !h2 && epoch == done => Some(activity.at(started_ms) + client_header),
+        _ => Some(activity.at(activity.last_done_ms.load(Ordering::Acquire)) + keepalive),
     }
 }
 
@@ -129,13 +135,13 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
                 if std::mem::take(this.first_read) {
                     *this.h2 = fresh.starts_with(H2_PREFACE);
                 }
-                let idle_since = this.activity.last_done_ms.load(Ordering::Acquire);
+                let done = this.activity.done.load(Ordering::Acquire);
                 let idle = this.activity.active.load(Ordering::Acquire) == 0;
-                let head_is_new = this.head_started_ms.is_none_or(|h| h < idle_since);
+                let head_is_new = this.head.is_none_or(|(epoch, _)| epoch != done);
                 if idle && !*this.h2 && head_is_new {
                     // A new request head starts: it must complete within client_header.
                     let now = this.activity.since_start(Instant::now());
-                    *this.head_started_ms = Some(now);
+                    *this.head = Some((done, now));
                     let due = this.activity.at(now) + *this.client_header;
                     if due < this.timer.deadline() {
                         this.timer.as_mut().reset(due);
@@ -147,7 +153,7 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
         // No data: the timer decides whether waiting any longer is allowed.
         while this.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            let due = deadline(this.activity, *this.head_started_ms, *this.h2, *this.client_header, *this.keepalive);
+            let due = deadline(this.activity, *this.head, *this.h2, *this.client_header, *this.keepalive);
             match due {
                 Some(due) if due <= now => {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client connection timed out")));
@@ -242,6 +248,20 @@ mod tests {
         let waited = tokio::time::timeout(Duration::from_secs(500), io.read(&mut buf)).await;
         assert!(waited.is_err(), "must not time out while a request is in flight");
         drop(active);
+        let start = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_done_within_the_accept_millisecond_still_earns_keepalive() {
+        let (io, mut peer, activity) = wrap();
+        let mut io = Box::pin(io);
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        io.read(&mut buf).await.unwrap();
+        drop(ActiveRequest::begin(&activity));
         let start = Instant::now();
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);

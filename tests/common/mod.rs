@@ -1,0 +1,263 @@
+//! Test fixtures: named upstream servers that count what they see, and lb started in-process on
+//! 127.0.0.1 port 0. Nothing here sleeps to wait for state: readiness comes from bound sockets and
+//! `eventually` polls with a bound.
+#![allow(dead_code, unreachable_pub)]
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use lb::config::Config;
+use lb::runtime::Runtime;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// What a backend has seen.
+#[derive(Default)]
+pub struct Seen {
+    pub connections: AtomicUsize,
+    pub requests: AtomicUsize,
+    /// Requests that reached the handler and are not yet answered.
+    pub in_progress: AtomicUsize,
+    /// Request heads, in arrival order.
+    pub heads: Mutex<Vec<http::request::Parts>>,
+}
+
+/// A named upstream server on 127.0.0.1:0. Paths:
+/// `/` answers its name; `/slow?ms=N` answers after N ms; `/big?bytes=N` streams N bytes;
+/// `/echo` streams the request body back; `/ws` switches protocols and echoes raw bytes.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub seen: Arc<Seen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let (n, s) = (name.to_owned(), Arc::clone(&seen));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let (n, s) = (n.clone(), Arc::clone(&s));
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(n.clone(), Arc::clone(&s), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Self { name: name.to_owned(), addr, seen, task }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.seen.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.seen.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn last_head(&self) -> http::request::Parts {
+        self.seen.heads.lock().unwrap().last().cloned().expect("backend saw no request")
+    }
+}
+
+fn query_num(req: &Request<Incoming>, key: &str) -> u64 {
+    req.uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn handle(name: String, seen: Arc<Seen>, mut req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    seen.heads.lock().unwrap().push(clone_parts(&req));
+    seen.in_progress.fetch_add(1, Ordering::SeqCst);
+    let full = |s: String| Full::new(Bytes::from(s)).map_err(|e: Infallible| match e {}).boxed();
+    let resp = match req.uri().path() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(query_num(&req, "ms"))).await;
+            Response::new(full(name))
+        }
+        "/big" => {
+            let total = query_num(&req, "bytes");
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let frames = futures_frames(total, chunk);
+            let mut resp = Response::new(StreamBody::new(frames).boxed());
+            resp.headers_mut().insert("content-length", total.into());
+            resp
+        }
+        "/echo" => {
+            let body = req.into_body().map_err(std::io::Error::other).boxed();
+            Response::new(body)
+        }
+        "/ws" => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    let mut io = TokioIo::new(upgraded);
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            let mut resp = Response::new(full(String::new()));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            resp.headers_mut().insert("connection", "upgrade".parse().unwrap());
+            resp.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+            resp
+        }
+        _ => {
+            let mut resp = Response::new(full(name));
+            resp.headers_mut().insert("connection", "x-backend-hop".parse().unwrap());
+            resp.headers_mut().insert("x-backend-hop", "secret".parse().unwrap());
+            resp.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+            resp
+        }
+    };
+    seen.in_progress.fetch_sub(1, Ordering::SeqCst);
+    Ok(resp)
+}
+
+fn futures_frames(total: u64, chunk: Bytes) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send {
+    let mut left = total;
+    futures_util::stream::poll_fn(move |_| {
+        if left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = left.min(chunk.len() as u64);
+        left -= n;
+        std::task::Poll::Ready(Some(Ok(Frame::data(chunk.slice(..n as usize)))))
+    })
+}
+
+fn clone_parts(req: &Request<Incoming>) -> http::request::Parts {
+    let mut b = Request::builder().method(req.method()).uri(req.uri()).version(req.version());
+    for (k, v) in req.headers() {
+        b = b.header(k, v);
+    }
+    b.body(()).unwrap().into_parts().0
+}
+
+/// An address nothing listens on: bound, then released.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// lb served in-process from TOML text; its first listener is `addr`.
+pub struct Lb {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Lb {
+    pub async fn start(toml: &str) -> Self {
+        let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}"));
+        let listeners = lb::server::bind(&config).await.unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = Arc::new(Runtime::new(config));
+        let task = tokio::spawn(lb::server::serve(listeners, runtime, async {
+            let _ = rx.await;
+        }));
+        Self { addr, stop: Some(tx), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Triggers graceful shutdown and waits for `serve` to return.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// `[[listeners]]` on port 0 plus one pool `web` of `servers` (as `(name, addr)`).
+pub fn config_with(servers: &[(&str, SocketAddr)], extra: &str) -> String {
+    let list: Vec<String> =
+        servers.iter().map(|(n, a)| format!("{{ name = \"{n}\", addr = \"{a}\" }}")).collect();
+    format!("[[listeners]]\naddr = \"127.0.0.1:0\"\n\n[pools.web]\nservers = [{}]\n{extra}\n", list.join(", "))
+}
+
+pub type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// GET `url`; returns status and the whole body as text.
+pub async fn get(client: &Client, url: &str) -> (StatusCode, String) {
+    let resp = client.get(url.parse().unwrap()).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Sends raw bytes on a fresh connection and reads until the server closes (bounded by 10s).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Polls `check` every 10ms until it holds, failing after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

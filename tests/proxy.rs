@@ -1,0 +1,331 @@
+//! The request path end to end: real upstreams, lb in-process, real HTTP clients.
+
+mod common;
+
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use bytes::Bytes;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn three() -> (Backend, Backend, Backend) {
+    (Backend::start("a").await, Backend::start("b").await, Backend::start("c").await)
+}
+
+#[tokio::test]
+async fn round_robin_spreads_300_requests_exactly_and_reuses_connections() {
+    let (a, b, c) = three().await;
+    let lb = Lb::start(&config_with(&[("a", a.addr), ("b", b.addr), ("c", c.addr)], "")).await;
+    let client = client();
+    let mut answers = Vec::new();
+    for _ in 0..300 {
+        let (status, body) = get(&client, &lb.url("/")).await;
+        assert_eq!(status, StatusCode::OK);
+        answers.push(body);
+    }
+    for backend in [&a, &b, &c] {
+        assert_eq!(answers.iter().filter(|n| **n == backend.name).count(), 100, "{}", backend.name);
+        assert_eq!(backend.requests(), 100);
+        // Sequential requests need one pooled connection per upstream; allow a little slack.
+        assert!(backend.connections() <= 3, "{} accepted {} connections", backend.name, backend.connections());
+    }
+    assert_eq!(&answers[..3], &["a", "b", "c"], "rotation follows pool order");
+}
+
+#[tokio::test]
+async fn http2_clients_are_served_and_upstreams_get_http11_with_host() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    let (status, body) = get(&h2_client(), &lb.url("/h2")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
+    let head = a.last_head();
+    assert_eq!(head.version, http::Version::HTTP_11);
+    assert_eq!(head.headers["host"], lb.addr.to_string().as_str());
+    assert_eq!(head.headers["x-forwarded-host"], lb.addr.to_string().as_str());
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_and_forwarded_headers_set() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    let req = Request::get(lb.url("/hdr"))
+        .header("host", "shop.example")
+        .header("connection", "keep-alive, X-Hop")
+        .header("x-hop", "must not pass")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("trailer", "x-t")
+        .header("proxy-connection", "keep-alive")
+        .header("upgrade", "websocket")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .header("x-end-to-end", "kept")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Response side: the backend's hop-by-hop fields are dropped too.
+    assert!(resp.headers().get("x-backend-hop").is_none());
+    assert!(resp.headers().get("keep-alive").is_none());
+    let h = a.last_head().headers;
+    for gone in ["x-hop", "keep-alive", "te", "trailer", "proxy-connection", "upgrade", "transfer-encoding"] {
+        assert!(h.get(gone).is_none(), "{gone} reached the upstream: {h:?}");
+    }
+    // The upstream connection's own Connection field may say keep-alive, never what the client named.
+    assert!(h.get_all("connection").iter().all(|v| !v.to_str().unwrap().contains("X-Hop")));
+    assert_eq!(h["host"], "shop.example");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "shop.example");
+    assert_eq!(h["x-end-to-end"], "kept");
+}
+
+#[tokio::test]
+async fn request_and_response_bodies_stream_through() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let req = Request::post(lb.url("/echo")).body(Full::new(Bytes::from(payload.clone()))).unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body == payload, "echoed body differs");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled_both_ways() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed before the 101 head ended");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    let seen = a.last_head().headers;
+    assert_eq!(seen["upgrade"], "websocket");
+    assert_eq!(seen["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    for msg in [&b"hello"[..], b"second message"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, msg);
+    }
+}
+
+#[tokio::test]
+async fn other_upgrades_and_h2c_are_not_forwarded() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    for token in ["h2c", "foo/1"] {
+        let req = format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {token}\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nConnection: close\r\n\r\n");
+        let answer = raw(lb.addr, req.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let h = a.last_head().headers;
+        assert!(h.get("upgrade").is_none() && h.get("http2-settings").is_none(), "{h:?}");
+    }
+}
+
+#[tokio::test]
+async fn failures_map_to_clear_statuses() {
+    let slow = Backend::start("slow").await;
+    let dead = closed_port().await;
+    let toml = format!(
+        r#"[[listeners]]
+addr = "127.0.0.1:0"
+[timeouts]
+response = "300ms"
+[pools.dead]
+servers = [{{ addr = "{dead}" }}]
+[pools.slow]
+servers = [{{ addr = "{}" }}]
+[pools.drained]
+servers = [{{ addr = "{}", weight = 0 }}]
+[pools.empty]
+[[routes]]
+host = "dead.test"
+pool = "dead"
+[[routes]]
+host = "slow.test"
+pool = "slow"
+[[routes]]
+host = "drained.test"
+pool = "drained"
+[[routes]]
+host = "empty.test"
+pool = "empty"
+"#,
+        slow.addr, slow.addr
+    );
+    let lb = Lb::start(&toml).await;
+    let client = client();
+    let status = |host: &'static str, path: &'static str| {
+        let client = client.clone();
+        let url = lb.url(path);
+        async move {
+            let req = Request::get(url).header("host", host).body(Full::new(Bytes::new())).unwrap();
+            client.request(req).await.unwrap().status()
+        }
+    };
+    assert_eq!(status("dead.test", "/").await, StatusCode::BAD_GATEWAY);
+    assert_eq!(status("slow.test", "/slow?ms=3000").await, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(status("drained.test", "/").await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(status("empty.test", "/").await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(status("nobody.test", "/").await, StatusCode::NOT_FOUND);
+    assert_eq!(slow.requests(), 1, "the drained server received nothing");
+}
+
+#[tokio::test]
+async fn routes_by_host_and_path_prefix() {
+    let (a, b, c) = three().await;
+    let toml = format!(
+        r#"[[listeners]]
+addr = "127.0.0.1:0"
+[pools.api]
+servers = [{{ addr = "{}" }}]
+[pools.static]
+servers = [{{ addr = "{}" }}]
+[pools.default]
+servers = [{{ addr = "{}" }}]
+[[routes]]
+host = "*.example.com"
+path_prefix = "/api"
+pool = "api"
+[[routes]]
+path_prefix = "/static/"
+pool = "static"
+[[routes]]
+pool = "default"
+"#,
+        a.addr, b.addr, c.addr
+    );
+    let lb = Lb::start(&toml).await;
+    let client = client();
+    for (host, path, want) in [
+        ("www.example.com", "/api/v1", "a"),
+        ("www.example.com:8080", "/api", "a"),
+        ("example.com", "/api", "c"),
+        ("www.example.com", "/apix", "c"),
+        ("other", "/static/app.js", "b"),
+        ("other", "/", "c"),
+    ] {
+        let req = Request::get(lb.url(path)).header("host", host).body(Full::new(Bytes::new())).unwrap();
+        let resp = client.request(req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, want, "{host}{path}");
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_and_the_connection_closed() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    let cases: [&[u8]; 4] = [
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabcd",
+        b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    ];
+    for case in cases {
+        let answer = raw(lb.addr, case).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{:?} -> {answer:?}", String::from_utf8_lossy(case));
+    }
+    assert_eq!(a.requests(), 0, "nothing ambiguous reached the upstream");
+    let answer = raw(lb.addr, b"GET / HTTP/1.1\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "HTTP/1.1 without Host: {answer:?}");
+    assert_eq!(a.requests(), 0);
+}
+
+#[tokio::test]
+async fn invalid_chunk_size_gets_400_and_close() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    let answer = raw(lb.addr, b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert!(!answer.contains("HTTP/1.1 200"), "a second request was answered: {answer:?}");
+    let paths: Vec<String> = a.seen.heads.lock().unwrap().iter().map(|h| h.uri.path().to_owned()).collect();
+    assert!(!paths.contains(&"/smuggled".to_owned()), "{paths:?}");
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_never_forwarded_ambiguously() {
+    // hyper resolves this per RFC 9112 section 6.1: Transfer-Encoding wins, Content-Length is removed
+    // and the connection is closed after the response, so nothing can be smuggled behind the body.
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    let answer = raw(
+        lb.addr,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "exactly one response, then close: {answer:?}");
+    let heads = a.seen.heads.lock().unwrap();
+    assert!(heads.iter().all(|h| h.uri.path() != "/smuggled"));
+    for h in heads.iter() {
+        assert!(h.headers.get("content-length").is_none_or(|v| v == "3"), "{h:?}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "[limits]\nmax_header_bytes = 16384\nmax_headers = 20")).await;
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "y".repeat(20_000));
+    assert!(raw(lb.addr, big.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let req = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    assert!(raw(lb.addr, req.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    assert_eq!(a.requests(), 0);
+}
+
+#[tokio::test]
+async fn slow_request_heads_and_idle_connections_are_closed() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "[timeouts]\nclient_header = \"300ms\"\nkeepalive = \"600ms\"")).await;
+    // A head that never ends is cut off (slowloris).
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let start = tokio::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "lb kept a half-sent head open");
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    // An idle keep-alive connection lives past client_header but closes after keepalive.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 12];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let start = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "idle connection never closed");
+    assert!(start.elapsed() >= Duration::from_millis(500), "closed after {:?}", start.elapsed());
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_requests_finish() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    let client = client();
+    let url = lb.url("/slow?ms=500");
+    let pending = tokio::spawn(async move { get(&client, &url).await });
+    let seen = a.seen.clone();
+    eventually(Duration::from_secs(5), || {
+        let seen = seen.clone();
+        async move { seen.in_progress.load(std::sync::atomic::Ordering::SeqCst) == 1 }
+    })
+    .await;
+    let addr = lb.addr;
+    lb.shutdown().await;
+    let (status, body) = pending.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+}
