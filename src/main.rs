@@ -55,7 +55,10 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting runtime")?;
     rt.block_on(async {
         let listeners = lb::server::bind(&config).await?;
         for l in &listeners {
@@ -63,24 +66,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             println!("lb listening on http://{}", l.local_addr()?);
         }
         let runtime = Arc::new(Runtime::new(config));
-        lb::server::serve(listeners, runtime, shutdown_signal()).await;
+        lb::server::serve(listeners, runtime, lb::server::shutdown_signal()).await;
         Ok(())
     })
-}
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; use Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
 }

@@ -56,7 +56,10 @@ impl Runtime {
     pub fn new(config: Config) -> Self {
         let mut stats = HashMap::new();
         let snapshot = build(config, 1, &mut stats);
-        Self { current: ArcSwap::from_pointee(snapshot), stats: Mutex::new(stats) }
+        Self {
+            current: ArcSwap::from_pointee(snapshot),
+            stats: Mutex::new(stats),
+        }
     }
 
     /// The current snapshot. Load once per request; safe to hold across `.await`.
@@ -67,12 +70,18 @@ impl Runtime {
     /// Builds a snapshot from `config`, re-attaching live state of servers whose identity is unchanged,
     /// and swaps it in. Requests in flight finish on the snapshot they started with.
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
-        let mut stats = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stats = self
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let generation = self.current.load().generation + 1;
         let snapshot = Arc::new(build(config, generation, &mut stats));
         self.current.store(Arc::clone(&snapshot));
-        let live: std::collections::HashSet<&UpstreamKey> =
-            snapshot.pools.iter().flat_map(|p| p.upstreams.iter().map(|u| &u.key)).collect();
+        let live: std::collections::HashSet<&UpstreamKey> = snapshot
+            .pools
+            .iter()
+            .flat_map(|p| p.upstreams.iter().map(|u| &u.key))
+            .collect();
         stats.retain(|key, _| live.contains(key));
         snapshot
     }
@@ -88,19 +97,37 @@ fn build(config: Config, generation: u64, stats: &mut HashMap<UpstreamKey, Arc<U
                 .servers
                 .iter()
                 .filter_map(|s| {
-                    let key = UpstreamKey { pool: Arc::clone(&name), name: s.name.as_str().into() };
+                    let key = UpstreamKey {
+                        pool: Arc::clone(&name),
+                        name: s.name.as_str().into(),
+                    };
                     // Validation already checked the address; a failure here would be a bug, so skip
                     // the server rather than take the process down.
                     let authority = s.addr.parse().ok()?;
                     let stats = Arc::clone(stats.entry(key.clone()).or_default());
-                    Some(Arc::new(Upstream { key, addr: s.addr.clone(), authority, weight: s.weight, stats }))
+                    Some(Arc::new(Upstream {
+                        key,
+                        addr: s.addr.clone(),
+                        authority,
+                        weight: s.weight,
+                        stats,
+                    }))
                 })
                 .collect();
             let strategy = balance::build(pool.strategy, &upstreams);
-            Pool { name, upstreams, strategy }
+            Pool {
+                name,
+                upstreams,
+                strategy,
+            }
         })
         .collect();
-    Snapshot { generation, router: Router::new(&config.routes), pools, config: Arc::new(config) }
+    Snapshot {
+        generation,
+        router: Router::new(&config.routes),
+        pools,
+        config: Arc::new(config),
+    }
 }
 
 #[cfg(test)]
@@ -108,20 +135,32 @@ mod tests {
     use super::*;
 
     fn config(servers: &str) -> Config {
-        Config::from_toml(&format!("[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{servers}]\n"))
-            .unwrap()
+        Config::from_toml(&format!(
+            "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{servers}]\n"
+        ))
+        .unwrap()
     }
 
     #[test]
     fn apply_keeps_state_of_unchanged_servers() {
-        let rt = Runtime::new(config(r#"{ name = "a", addr = "127.0.0.1:1" }, { name = "b", addr = "127.0.0.1:2" }"#));
+        let rt = Runtime::new(config(
+            r#"{ name = "a", addr = "127.0.0.1:1" }, { name = "b", addr = "127.0.0.1:2" }"#,
+        ));
         let before = rt.snapshot();
         let guard = before.pools[0].upstreams[0].stats.begin();
         let after = rt.apply(config(r#"{ name = "a", addr = "127.0.0.1:3", weight = 5 }"#));
         assert_eq!(after.generation, 2);
-        assert_eq!(after.pools[0].upstreams[0].stats.in_flight(), 1, "same stats re-attached by name");
+        assert_eq!(
+            after.pools[0].upstreams[0].stats.in_flight(),
+            1,
+            "same stats re-attached by name"
+        );
         drop(guard);
         assert_eq!(after.pools[0].upstreams[0].stats.in_flight(), 0);
-        assert_eq!(rt.stats.lock().unwrap().len(), 1, "removed server's state is dropped");
+        assert_eq!(
+            rt.stats.lock().unwrap().len(),
+            1,
+            "removed server's state is dropped"
+        );
     }
 }

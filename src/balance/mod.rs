@@ -76,7 +76,10 @@ pub(crate) mod testing {
             .map(|(i, &weight)| {
                 let addr = format!("127.0.0.1:{}", 9000 + i);
                 Arc::new(Upstream {
-                    key: UpstreamKey { pool: "p".into(), name: addr.as_str().into() },
+                    key: UpstreamKey {
+                        pool: "p".into(),
+                        name: addr.as_str().into(),
+                    },
                     authority: addr.parse().unwrap(),
                     addr,
                     weight,

@@ -30,13 +30,19 @@ mod tests {
     fn picks(rr: &RoundRobin, weights: &[u32], n: usize) -> Vec<usize> {
         let ups = pool(weights);
         let parts = parts();
-        let ctx = PickCtx { client: client(), parts: &parts };
+        let ctx = PickCtx {
+            client: client(),
+            parts: &parts,
+        };
         (0..n).map(|_| rr.pick(&ctx, Upstreams(&ups)).unwrap()).collect()
     }
 
     #[test]
     fn rotates_evenly() {
-        assert_eq!(picks(&RoundRobin::default(), &[1, 1, 1], 6), vec![0, 1, 2, 0, 1, 2]);
+        assert_eq!(
+            picks(&RoundRobin::default(), &[1, 1, 1], 6),
+            vec![0, 1, 2, 0, 1, 2]
+        );
     }
 
     #[test]
@@ -48,7 +54,10 @@ mod tests {
     fn none_when_nothing_is_ready() {
         let ups = pool(&[0, 0]);
         let parts = parts();
-        let ctx = PickCtx { client: client(), parts: &parts };
+        let ctx = PickCtx {
+            client: client(),
+            parts: &parts,
+        };
         assert_eq!(RoundRobin::default().pick(&ctx, Upstreams(&ups)), None);
         assert_eq!(RoundRobin::default().pick(&ctx, Upstreams(&[])), None);
     }

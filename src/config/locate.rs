@@ -72,7 +72,13 @@ mod tests {
     fn splits_paths() {
         assert_eq!(
             segments("pools.web.servers[1].addr"),
-            vec![Seg::Key("pools"), Seg::Key("web"), Seg::Key("servers"), Seg::Index(1), Seg::Key("addr")]
+            vec![
+                Seg::Key("pools"),
+                Seg::Key("web"),
+                Seg::Key("servers"),
+                Seg::Index(1),
+                Seg::Key("addr")
+            ]
         );
     }
 

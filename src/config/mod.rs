@@ -114,7 +114,9 @@ pub struct HttpOptions {
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        Self { upgrades: vec!["websocket".to_owned()] }
+        Self {
+            upgrades: vec!["websocket".to_owned()],
+        }
     }
 }
 
@@ -244,8 +246,10 @@ impl ConfigError {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_toml(&text)
     }
 
@@ -258,14 +262,20 @@ impl Config {
             .map_err(|e| syntax_issue(src, &e))?;
         let mut issues: Vec<Issue> = unknown
             .into_iter()
-            .map(|path| Issue { path, line: None, message: "unknown key".to_owned() })
+            .map(|path| Issue {
+                path,
+                line: None,
+                message: "unknown key".to_owned(),
+            })
             .collect();
         let config = validate::validate(raw, &mut issues);
         if issues.is_empty() {
             return Ok(config);
         }
         for issue in &mut issues {
-            issue.line = issue.line.or_else(|| locate::line_of(src, table.get_ref(), &issue.path));
+            issue.line = issue
+                .line
+                .or_else(|| locate::line_of(src, table.get_ref(), &issue.path));
         }
         issues.sort_by_key(|i| i.line.unwrap_or(0));
         Err(ConfigError::Invalid(issues))

@@ -24,7 +24,14 @@ fn minimal_config_gets_defaults_and_an_implicit_default_route() {
     assert_eq!(c.pools[0].servers[0].name, "127.0.0.1:9001");
     assert_eq!(c.pools[0].servers[0].weight, 1);
     assert_eq!(c.pools[0].servers[1].weight, 3);
-    assert_eq!(c.routes, vec![RouteConfig { host: None, path_prefix: None, pool: 0 }]);
+    assert_eq!(
+        c.routes,
+        vec![RouteConfig {
+            host: None,
+            path_prefix: None,
+            pool: 0
+        }]
+    );
 }
 
 #[test]
@@ -37,9 +44,20 @@ fn the_shipped_lb_toml_is_valid() {
 fn unknown_keys_are_all_reported_with_path_and_line() {
     let src = format!("{MINIMAL}\n[timeouts]\nconect = \"1s\"\n\n[pools.api]\nservers = [{{ addr = \"127.0.0.1:1\", wieght = 2 }}]\n");
     let got = issues(&src);
-    assert!(got.contains(&"line 9: timeouts.conect: unknown key".to_owned()), "{got:?}");
-    assert!(got.iter().any(|m| m.starts_with("line 12: pools.api.servers[0].wieght: unknown key")), "{got:?}");
-    assert!(got.iter().any(|m| m.contains("routes: required when more than one pool")), "{got:?}");
+    assert!(
+        got.contains(&"line 9: timeouts.conect: unknown key".to_owned()),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|m| m.starts_with("line 12: pools.api.servers[0].wieght: unknown key")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|m| m.contains("routes: required when more than one pool")),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -105,8 +123,14 @@ fn syntax_and_type_errors_name_the_line() {
 #[test]
 fn missing_sections_are_reported() {
     let got = issues("");
-    assert!(got.iter().any(|m| m.contains("listeners: at least one listener")), "{got:?}");
-    assert!(got.iter().any(|m| m.contains("pools: at least one pool")), "{got:?}");
+    assert!(
+        got.iter().any(|m| m.contains("listeners: at least one listener")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().any(|m| m.contains("pools: at least one pool")),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -133,11 +157,18 @@ path_prefix = "/static"
 pool = "b"
 "#;
     let c = Config::from_toml(src).unwrap();
-    let order: Vec<_> = c.routes.iter().map(|r| (r.host.clone(), r.path_prefix.clone())).collect();
+    let order: Vec<_> = c
+        .routes
+        .iter()
+        .map(|r| (r.host.clone(), r.path_prefix.clone()))
+        .collect();
     assert_eq!(
         order,
         vec![
-            (Some(HostMatch::Exact("api.example.com".into())), Some("/v1".into())),
+            (
+                Some(HostMatch::Exact("api.example.com".into())),
+                Some("/v1".into())
+            ),
             (Some(HostMatch::Exact("api.example.com".into())), None),
             (Some(HostMatch::Suffix(".example.com".into())), None),
             (None, Some("/static".into())),
@@ -160,6 +191,13 @@ pool = "a"
 pool = "a"
 "#;
     let got = issues(src);
-    assert!(got.iter().any(|m| m.contains("listeners[1].addr: 127.0.0.1:8080 is used by an earlier")), "{got:?}");
-    assert!(got.iter().any(|m| m.contains("routes[1]: matches the same host")), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|m| m.contains("listeners[1].addr: 127.0.0.1:8080 is used by an earlier")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().any(|m| m.contains("routes[1]: matches the same host")),
+        "{got:?}"
+    );
 }

@@ -16,7 +16,11 @@ struct Issues<'a>(&'a mut Vec<Issue>);
 
 impl Issues<'_> {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Issue { path: path.into(), line: None, message: message.into() });
+        self.0.push(Issue {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        });
     }
 }
 
@@ -26,14 +30,28 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
     let timeouts = timeouts(&raw.timeouts, &mut out);
     let limits = limits(&raw.limits, &mut out);
     let http = http(&raw.http, &mut out);
-    let pools: Vec<PoolConfig> = raw.pools.iter().map(|(name, p)| pool(name, p, &mut out)).collect();
+    let pools: Vec<PoolConfig> = raw
+        .pools
+        .iter()
+        .map(|(name, p)| pool(name, p, &mut out))
+        .collect();
     let routes = routes(&raw.routes, &pools, &mut out);
-    Config { listeners, timeouts, limits, http, pools, routes }
+    Config {
+        listeners,
+        timeouts,
+        limits,
+        http,
+        pools,
+        routes,
+    }
 }
 
 fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
     if raw.listeners.is_empty() {
-        out.push("listeners", "at least one listener is required, e.g. [[listeners]] addr = \"0.0.0.0:8080\"");
+        out.push(
+            "listeners",
+            "at least one listener is required, e.g. [[listeners]] addr = \"0.0.0.0:8080\"",
+        );
     }
     let mut seen = HashSet::new();
     let mut result = Vec::new();
@@ -48,7 +66,10 @@ fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
                 out.push(path, format!("{addr} is used by an earlier listener"));
             }
             Ok(addr) => result.push(ListenerConfig { addr }),
-            Err(_) => out.push(path, format!("{text:?} is not an IP:port address (e.g. \"0.0.0.0:8080\")")),
+            Err(_) => out.push(
+                path,
+                format!("{text:?} is not an IP:port address (e.g. \"0.0.0.0:8080\")"),
+            ),
         }
     }
     result
@@ -88,16 +109,37 @@ fn limits(raw: &RawLimits, out: &mut Issues<'_>) -> Limits {
             None => default,
             Some(v) if (min..=max).contains(&v) => usize::try_from(v).unwrap_or(default),
             Some(v) => {
-                out.push(format!("limits.{key}"), format!("{v} is out of range {min}..={max}"));
+                out.push(
+                    format!("limits.{key}"),
+                    format!("{v} is out of range {min}..={max}"),
+                );
                 default
             }
         }
     };
-    let streams = get("h2_max_streams", raw.h2_max_streams, 1, 65_535, d.h2_max_streams as usize);
+    let streams = get(
+        "h2_max_streams",
+        raw.h2_max_streams,
+        1,
+        65_535,
+        d.h2_max_streams as usize,
+    );
     Limits {
-        max_header_bytes: get("max_header_bytes", raw.max_header_bytes, 8192, 1 << 20, d.max_header_bytes),
+        max_header_bytes: get(
+            "max_header_bytes",
+            raw.max_header_bytes,
+            8192,
+            1 << 20,
+            d.max_header_bytes,
+        ),
         max_headers: get("max_headers", raw.max_headers, 1, 1000, d.max_headers),
-        max_connections: get("max_connections", raw.max_connections, 1, 1_000_000, d.max_connections),
+        max_connections: get(
+            "max_connections",
+            raw.max_connections,
+            1,
+            1_000_000,
+            d.max_connections,
+        ),
         upstream_idle_per_server: get(
             "upstream_idle_per_server",
             raw.upstream_idle_per_server,
@@ -110,13 +152,18 @@ fn limits(raw: &RawLimits, out: &mut Issues<'_>) -> Limits {
 }
 
 fn http(raw: &RawHttp, out: &mut Issues<'_>) -> HttpOptions {
-    let Some(tokens) = &raw.upgrades else { return HttpOptions::default() };
+    let Some(tokens) = &raw.upgrades else {
+        return HttpOptions::default();
+    };
     let mut upgrades = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
         let lower = token.to_ascii_lowercase();
         let path = format!("http.upgrades[{i}]");
         if lower == "h2c" {
-            out.push(path, "\"h2c\" is never forwarded: lb speaks HTTP/2 to clients itself");
+            out.push(
+                path,
+                "\"h2c\" is never forwarded: lb speaks HTTP/2 to clients itself",
+            );
         } else if lower.is_empty() || !lower.bytes().all(is_token_byte) {
             out.push(path, format!("{token:?} is not an HTTP token"));
         } else {
@@ -132,7 +179,10 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 fn is_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
@@ -145,7 +195,10 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
         Some(s) => StrategyKind::parse(s).unwrap_or_else(|| {
             out.push(
                 format!("{base}.strategy"),
-                format!("unknown strategy {s:?}; expected one of {:?}", StrategyKind::NAMES),
+                format!(
+                    "unknown strategy {s:?}; expected one of {:?}",
+                    StrategyKind::NAMES
+                ),
             );
             StrategyKind::RoundRobin
         }),
@@ -166,19 +219,33 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
             out.push(format!("{path}.name"), "must not be empty");
         }
         if !names.insert(name.clone()) {
-            out.push(format!("{path}.name"), format!("{name:?} is used by an earlier server in this pool"));
+            out.push(
+                format!("{path}.name"),
+                format!("{name:?} is used by an earlier server in this pool"),
+            );
         }
         let weight = match s.weight {
             None => 1,
             Some(w) if (0..=MAX_WEIGHT).contains(&w) => u32::try_from(w).unwrap_or(1),
             Some(w) => {
-                out.push(format!("{path}.weight"), format!("{w} is out of range 0..={MAX_WEIGHT}"));
+                out.push(
+                    format!("{path}.weight"),
+                    format!("{w} is out of range 0..={MAX_WEIGHT}"),
+                );
                 1
             }
         };
-        servers.push(ServerConfig { name, addr: addr.clone(), weight });
+        servers.push(ServerConfig {
+            name,
+            addr: addr.clone(),
+            weight,
+        });
     }
-    PoolConfig { name: name.to_owned(), strategy, servers }
+    PoolConfig {
+        name: name.to_owned(),
+        strategy,
+        servers,
+    }
 }
 
 /// A server address is `host:port`: an IP literal or a DNS name, a port, nothing else.
@@ -187,33 +254,54 @@ fn check_authority(addr: &str) -> Result<(), String> {
         return Ok(());
     }
     if addr.contains("://") || addr.contains('/') || addr.contains('@') {
-        return Err(format!("{addr:?} must be \"host:port\" without scheme, path or credentials"));
+        return Err(format!(
+            "{addr:?} must be \"host:port\" without scheme, path or credentials"
+        ));
     }
-    let authority: http::uri::Authority =
-        addr.parse().map_err(|_| format!("{addr:?} is not a valid \"host:port\""))?;
+    let authority: http::uri::Authority = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not a valid \"host:port\""))?;
     match authority.port_u16() {
         Some(p) if p != 0 && !authority.host().is_empty() => Ok(()),
-        _ => Err(format!("{addr:?} needs a host and a non-zero port, e.g. \"10.0.0.5:8080\"")),
+        _ => Err(format!(
+            "{addr:?} needs a host and a non-zero port, e.g. \"10.0.0.5:8080\""
+        )),
     }
 }
 
 fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<RouteConfig> {
     if pools.is_empty() {
-        out.push("pools", "at least one pool is required, e.g. [pools.web] with servers");
+        out.push(
+            "pools",
+            "at least one pool is required, e.g. [pools.web] with servers",
+        );
         return Vec::new();
     }
     if raw.is_empty() {
         if pools.len() > 1 {
-            out.push("routes", "required when more than one pool is defined: which pool gets which request?");
+            out.push(
+                "routes",
+                "required when more than one pool is defined: which pool gets which request?",
+            );
         }
-        return vec![RouteConfig { host: None, path_prefix: None, pool: 0 }];
+        return vec![RouteConfig {
+            host: None,
+            path_prefix: None,
+            pool: 0,
+        }];
     }
     let mut seen = HashSet::new();
     let mut result = Vec::new();
     for (i, r) in raw.iter().enumerate() {
         let path = format!("routes[{i}]");
-        let host = r.host.as_deref().and_then(|h| host_match(h, &format!("{path}.host"), out));
-        let prefix = r.path_prefix.as_deref().and_then(|p| path_prefix(p, &format!("{path}.path_prefix"), out));
+        let host = r
+            .host
+            .as_deref()
+            .and_then(|h| host_match(h, &format!("{path}.host"), out));
+        let prefix = r
+            .path_prefix
+            .as_deref()
+            .and_then(|p| path_prefix(p, &format!("{path}.path_prefix"), out));
         let pool = match &r.pool {
             None => {
                 out.push(format!("{path}.pool"), "is required");
@@ -227,7 +315,11 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
                 }
             },
         };
-        let route = RouteConfig { host, path_prefix: prefix, pool };
+        let route = RouteConfig {
+            host,
+            path_prefix: prefix,
+            pool,
+        };
         if !seen.insert((route.host.clone(), route.path_prefix.clone())) {
             out.push(path, "matches the same host and path prefix as an earlier route");
             continue;
@@ -241,7 +333,10 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
             Some(HostMatch::Suffix(s)) => (1, usize::MAX - s.len()),
             None => (2, 0),
         };
-        (host_rank, usize::MAX - r.path_prefix.as_ref().map_or(0, String::len))
+        (
+            host_rank,
+            usize::MAX - r.path_prefix.as_ref().map_or(0, String::len),
+        )
     });
     result
 }
@@ -254,21 +349,38 @@ fn host_match(host: &str, path: &str, out: &mut Issues<'_>) -> Option<HostMatch>
     };
     let valid = !name.is_empty()
         && name.split('.').all(|label| {
-            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if !valid {
-        out.push(path, format!("{host:?} is not a host name (write \"example.com\" or \"*.example.com\", no port)"));
+        out.push(
+            path,
+            format!("{host:?} is not a host name (write \"example.com\" or \"*.example.com\", no port)"),
+        );
         return None;
     }
-    Some(if suffix { HostMatch::Suffix(format!(".{name}")) } else { HostMatch::Exact(lower) })
+    Some(if suffix {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(lower)
+    })
 }
 
 fn path_prefix(prefix: &str, path: &str, out: &mut Issues<'_>) -> Option<String> {
     if !prefix.starts_with('/') || prefix.contains(['?', '#', ' ']) {
-        out.push(path, format!("{prefix:?} must start with '/' and hold no query, fragment or space"));
+        out.push(
+            path,
+            format!("{prefix:?} must start with '/' and hold no query, fragment or space"),
+        );
         return None;
     }
     // "/api/" and "/api" mean the same thing: match on segment boundaries.
     let trimmed = prefix.trim_end_matches('/');
-    Some(if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() })
+    Some(if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    })
 }

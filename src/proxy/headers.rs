@@ -51,7 +51,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in [&header::CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRAILER] {
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+    ] {
         headers.remove(name);
     }
     headers.remove(header::TRANSFER_ENCODING);
@@ -66,7 +72,12 @@ pub fn set_upgrade(headers: &mut HeaderMap, token: HeaderValue) {
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
 /// Proto and Host are overwritten, never trusted from the client: only lb knows how it was reached.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
     let ip = client.to_canonical().to_string();
     let xff = match joined(headers, &X_FORWARDED_FOR) {
         Some(prior) => format!("{prior}, {ip}"),
@@ -96,7 +107,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -123,7 +137,11 @@ mod tests {
 
     #[test]
     fn appends_forwarded_for_and_overwrites_proto_and_host() {
-        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-proto", "https")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
         let host = HeaderValue::from_static("example.com");
         set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), "http", Some(&host));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
@@ -138,7 +156,10 @@ mod tests {
     fn only_configured_upgrades_and_never_h2c() {
         let allowed = vec!["websocket".to_owned(), "h2c".to_owned()];
         let ws = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")]);
-        assert_eq!(allowed_upgrade(Version::HTTP_11, &ws, &allowed).as_deref(), Some("websocket"));
+        assert_eq!(
+            allowed_upgrade(Version::HTTP_11, &ws, &allowed).as_deref(),
+            Some("websocket")
+        );
         assert_eq!(allowed_upgrade(Version::HTTP_10, &ws, &allowed), None);
         let h2c = map(&[("connection", "upgrade"), ("upgrade", "h2c")]);
         assert_eq!(allowed_upgrade(Version::HTTP_11, &h2c, &allowed), None);

@@ -62,8 +62,16 @@ pub struct Proxy {
 
 impl Proxy {
     /// A service for requests arriving from `client_addr`.
-    pub fn new(shared: Arc<Shared>, client_addr: SocketAddr, conn: Option<Arc<crate::server::Activity>>) -> Self {
-        Self { shared, client_addr, conn }
+    pub fn new(
+        shared: Arc<Shared>,
+        client_addr: SocketAddr,
+        conn: Option<Arc<crate::server::Activity>>,
+    ) -> Self {
+        Self {
+            shared,
+            client_addr,
+            conn,
+        }
     }
 }
 
@@ -104,21 +112,35 @@ fn log_failure(e: &ProxyError, client: SocketAddr) {
     }
 }
 
-async fn forward(shared: &Shared, client: SocketAddr, req: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
+async fn forward(
+    shared: &Shared,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let snap = shared.runtime.snapshot();
     let (mut parts, body) = req.into_parts();
     let host = request_host(&parts)?;
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-    let pool_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
+    let pool_index = snap
+        .router
+        .route(host_str, parts.uri.path())
+        .ok_or(ProxyError::NoRoute)?;
     let pool = snap.pools.get(pool_index).ok_or(ProxyError::NoRoute)?;
     let upstream = pool
-        .pick(&PickCtx { client, parts: &parts })
-        .ok_or_else(|| ProxyError::NoReadyServer { pool: pool.name.to_string() })?;
+        .pick(&PickCtx {
+            client,
+            parts: &parts,
+        })
+        .ok_or_else(|| ProxyError::NoReadyServer {
+            pool: pool.name.to_string(),
+        })?;
     let guard = upstream.stats.begin();
     let who = || format!("{}/{}", upstream.key.pool, upstream.key.name);
 
     let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
-    let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let client_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     headers::strip_hop_by_hop(&mut parts.headers);
     if let (Some(token), Some(_)) = (&upgrade, &client_upgrade) {
         if let Ok(value) = HeaderValue::from_str(token) {
@@ -139,7 +161,12 @@ async fn forward(shared: &Shared, client: SocketAddr, req: Request<Incoming>) ->
     let timeout = snap.config.timeouts.response;
     let result = tokio::time::timeout(timeout, shared.client.request(Request::from_parts(parts, body))).await;
     let mut resp = match result {
-        Err(_) => return Err(ProxyError::Timeout { upstream: who(), after: timeout }),
+        Err(_) => {
+            return Err(ProxyError::Timeout {
+                upstream: who(),
+                after: timeout,
+            })
+        }
         Ok(Err(e)) if broken.as_ref().is_some_and(|b| b.load(Ordering::Relaxed)) => {
             return Err(ProxyError::ClientBody(error_chain(&e)));
         }
@@ -149,7 +176,10 @@ async fn forward(shared: &Shared, client: SocketAddr, req: Request<Incoming>) ->
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
-            return Err(ProxyError::Upstream { upstream: who(), reason: "101 without an upgrade request".into() });
+            return Err(ProxyError::Upstream {
+                upstream: who(),
+                reason: "101 without an upgrade request".into(),
+            });
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
@@ -158,7 +188,13 @@ async fn forward(shared: &Shared, client: SocketAddr, req: Request<Incoming>) ->
         if let Some(token) = token {
             headers::set_upgrade(&mut parts.headers, token);
         }
-        tunnel::spawn(client_upgrade, upstream_upgrade, guard, snap.config.timeouts.tunnel_idle, who());
+        tunnel::spawn(
+            client_upgrade,
+            upstream_upgrade,
+            guard,
+            snap.config.timeouts.tunnel_idle,
+            who(),
+        );
         return Ok(Response::from_parts(parts, ResponseBody::full("")));
     }
 
@@ -190,7 +226,10 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Pro
 
 /// `http://<upstream>/<original path and query>`.
 fn upstream_uri(original: &Uri, authority: &uri::Authority) -> Result<Uri, ProxyError> {
-    let path = original.path_and_query().cloned().unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
+    let path = original
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
     Uri::builder()
         .scheme(uri::Scheme::HTTP)
         .authority(authority.clone())
@@ -203,7 +242,10 @@ fn upstream_uri(original: &Uri, authority: &uri::Authority) -> Result<Uri, Proxy
 fn upstream_error(e: &hyper_util::client::legacy::Error, upstream: String, connect: Duration) -> ProxyError {
     let reason = error_chain(e);
     if e.is_connect() && has_io_kind(e, std::io::ErrorKind::TimedOut) {
-        return ProxyError::Timeout { upstream, after: connect };
+        return ProxyError::Timeout {
+            upstream,
+            after: connect,
+        };
     }
     if e.is_connect() {
         return ProxyError::Connect { upstream, reason };
@@ -214,7 +256,10 @@ fn upstream_error(e: &hyper_util::client::legacy::Error, upstream: String, conne
 fn has_io_kind(e: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == kind) {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == kind)
+        {
             return true;
         }
         cur = err.source();

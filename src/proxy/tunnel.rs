@@ -92,7 +92,9 @@ mod tests {
     async fn idle_tunnels_are_closed() {
         let (client, _client_peer) = tokio::io::duplex(64);
         let (upstream, _upstream_peer) = tokio::io::duplex(64);
-        let err = relay(client, upstream, Duration::from_secs(30)).await.unwrap_err();
+        let err = relay(client, upstream, Duration::from_secs(30))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

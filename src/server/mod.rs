@@ -7,7 +7,7 @@
 
 mod idle;
 
-pub use idle::{Activity, ActiveRequest, IdleIo};
+pub use idle::{ActiveRequest, Activity, IdleIo};
 
 use crate::config::Config;
 use crate::proxy::{self, Proxy, Shared};
@@ -42,7 +42,10 @@ pub async fn bind(config: &Config) -> io::Result<Vec<TcpListener>> {
 /// Serves `listeners` with the runtime's current config until `shutdown` completes, then drains.
 pub async fn serve(listeners: Vec<TcpListener>, runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) {
     let config = Arc::clone(&runtime.snapshot().config);
-    let shared = Arc::new(Shared { client: proxy::upstream_client(&config), runtime });
+    let shared = Arc::new(Shared {
+        client: proxy::upstream_client(&config),
+        runtime,
+    });
     let builder = Arc::new(http_builder(&config));
     let max = config.limits.max_connections;
     let permits = Arc::new(Semaphore::new(max));
@@ -62,7 +65,9 @@ pub async fn serve(listeners: Vec<TcpListener>, runtime: Arc<Runtime>, shutdown:
     let _ = stop_tx.send(true);
     // Every connection holds one permit: when all are back, every connection has closed.
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(config.timeouts.drain, permits.acquire_many(all)).await.is_ok();
+    let drained = tokio::time::timeout(config.timeouts.drain, permits.acquire_many(all))
+        .await
+        .is_ok();
     if drained {
         tracing::info!("all connections closed");
     } else {
@@ -71,12 +76,32 @@ pub async fn serve(listeners: Vec<TcpListener>, runtime: Arc<Runtime>, shutdown:
     }
 }
 
+/// Resolves on SIGTERM or SIGINT (Ctrl-C): the signals that start a graceful shutdown.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop lb");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let limits = &config.limits;
     let mut h1 = builder.http1();
     // Header and idle timeouts are enforced by IdleIo; hyper's own timer would merge the two.
-    h1.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true).max_buf_size(limits.max_header_bytes);
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(limits.max_header_bytes);
     if limits.max_headers != crate::config::Limits::default().max_headers {
         // hyper keeps the default count on the stack; any other count costs a heap allocation.
         h1.max_headers(limits.max_headers);
@@ -141,9 +166,16 @@ struct Conn {
 impl Conn {
     async fn serve(mut self, stream: TcpStream, peer: SocketAddr) {
         let activity = Arc::new(Activity::new());
-        let io = IdleIo::new(stream, Arc::clone(&activity), self.timeouts.client_header, self.timeouts.keepalive);
+        let io = IdleIo::new(
+            stream,
+            Arc::clone(&activity),
+            self.timeouts.client_header,
+            self.timeouts.keepalive,
+        );
         let service = TowerToHyperService::new(Proxy::new(Arc::clone(&self.shared), peer, Some(activity)));
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,

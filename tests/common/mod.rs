@@ -57,7 +57,9 @@ impl Backend {
         let (n, s) = (name.to_owned(), Arc::clone(&seen));
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 s.connections.fetch_add(1, Ordering::SeqCst);
                 let (n, s) = (n.clone(), Arc::clone(&s));
                 tokio::spawn(async move {
@@ -69,7 +71,12 @@ impl Backend {
                 });
             }
         });
-        Self { name: name.to_owned(), addr, seen, task }
+        Self {
+            name: name.to_owned(),
+            addr,
+            seen,
+            task,
+        }
     }
 
     pub fn requests(&self) -> usize {
@@ -81,23 +88,40 @@ impl Backend {
     }
 
     pub fn last_head(&self) -> http::request::Parts {
-        self.seen.heads.lock().unwrap().last().cloned().expect("backend saw no request")
+        self.seen
+            .heads
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("backend saw no request")
     }
 }
 
 fn query_num(req: &Request<Incoming>, key: &str) -> u64 {
     req.uri()
         .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')))
+        .and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        })
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
-async fn handle(name: String, seen: Arc<Seen>, mut req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+async fn handle(
+    name: String,
+    seen: Arc<Seen>,
+    mut req: Request<Incoming>,
+) -> Result<Response<BoxBody>, Infallible> {
     seen.requests.fetch_add(1, Ordering::SeqCst);
     seen.heads.lock().unwrap().push(clone_parts(&req));
     seen.in_progress.fetch_add(1, Ordering::SeqCst);
-    let full = |s: String| Full::new(Bytes::from(s)).map_err(|e: Infallible| match e {}).boxed();
+    let full = |s: String| {
+        Full::new(Bytes::from(s))
+            .map_err(|e: Infallible| match e {})
+            .boxed()
+    };
     let resp = match req.uri().path() {
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(query_num(&req, "ms"))).await;
@@ -130,15 +154,19 @@ async fn handle(name: String, seen: Arc<Seen>, mut req: Request<Incoming>) -> Re
             });
             let mut resp = Response::new(full(String::new()));
             *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            resp.headers_mut().insert("connection", "upgrade".parse().unwrap());
+            resp.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
             resp.headers_mut().insert("upgrade", "websocket".parse().unwrap());
             resp
         }
         _ => {
             let mut resp = Response::new(full(name));
-            resp.headers_mut().insert("connection", "x-backend-hop".parse().unwrap());
-            resp.headers_mut().insert("x-backend-hop", "secret".parse().unwrap());
-            resp.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+            resp.headers_mut()
+                .insert("connection", "x-backend-hop".parse().unwrap());
+            resp.headers_mut()
+                .insert("x-backend-hop", "secret".parse().unwrap());
+            resp.headers_mut()
+                .insert("keep-alive", "timeout=5".parse().unwrap());
             resp
         }
     };
@@ -146,7 +174,10 @@ async fn handle(name: String, seen: Arc<Seen>, mut req: Request<Incoming>) -> Re
     Ok(resp)
 }
 
-fn futures_frames(total: u64, chunk: Bytes) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send {
+fn futures_frames(
+    total: u64,
+    chunk: Bytes,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send {
     let mut left = total;
     futures_util::stream::poll_fn(move |_| {
         if left == 0 {
@@ -159,7 +190,10 @@ fn futures_frames(total: u64, chunk: Bytes) -> impl futures_core::Stream<Item = 
 }
 
 fn clone_parts(req: &Request<Incoming>) -> http::request::Parts {
-    let mut b = Request::builder().method(req.method()).uri(req.uri()).version(req.version());
+    let mut b = Request::builder()
+        .method(req.method())
+        .uri(req.uri())
+        .version(req.version());
     for (k, v) in req.headers() {
         b = b.header(k, v);
     }
@@ -189,7 +223,11 @@ impl Lb {
         let task = tokio::spawn(lb::server::serve(listeners, runtime, async {
             let _ = rx.await;
         }));
-        Self { addr, stop: Some(tx), task: Some(task) }
+        Self {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -217,19 +255,27 @@ impl Drop for Lb {
 
 /// `[[listeners]]` on port 0 plus one pool `web` of `servers` (as `(name, addr)`).
 pub fn config_with(servers: &[(&str, SocketAddr)], extra: &str) -> String {
-    let list: Vec<String> =
-        servers.iter().map(|(n, a)| format!("{{ name = \"{n}\", addr = \"{a}\" }}")).collect();
-    format!("[[listeners]]\naddr = \"127.0.0.1:0\"\n\n[pools.web]\nservers = [{}]\n{extra}\n", list.join(", "))
+    let list: Vec<String> = servers
+        .iter()
+        .map(|(n, a)| format!("{{ name = \"{n}\", addr = \"{a}\" }}"))
+        .collect();
+    format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n\n[pools.web]\nservers = [{}]\n{extra}\n",
+        list.join(", ")
+    )
 }
 
-pub type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+pub type Client =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
 }
 
 pub fn h2_client() -> Client {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 /// GET `url`; returns status and the whole body as text.
@@ -257,7 +303,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {limit:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
