@@ -411,3 +411,66 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_connect_timeout_is_504_and_a_reset_is_502() {
+    // A listener that never accepts, with its accept queue already full: the kernel drops further
+    // SYNs, so connecting hangs until lb's connect timeout (all on 127.0.0.1).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(0).unwrap();
+    let full_addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(full_addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    // An upstream that accepts and immediately closes: a reset/empty answer.
+    let rude = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rude_addr = rude.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = rude.accept().await {
+            drop(s);
+        }
+    });
+    let toml = format!(
+        r#"[[listeners]]
+addr = "127.0.0.1:0"
+[timeouts]
+connect = "300ms"
+[pools.full]
+servers = [{{ addr = "{full_addr}" }}]
+[pools.rude]
+servers = [{{ addr = "{rude_addr}" }}]
+[[routes]]
+host = "full.test"
+pool = "full"
+[[routes]]
+host = "rude.test"
+pool = "rude"
+"#
+    );
+    let lb = Lb::start(&toml).await;
+    let client = client();
+    for (host, want) in [
+        ("full.test", StatusCode::GATEWAY_TIMEOUT),
+        ("rude.test", StatusCode::BAD_GATEWAY),
+    ] {
+        let req = Request::get(lb.url("/"))
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let status = client.request(req).await.unwrap().status();
+        assert_eq!(status, want, "{host}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{host} took {:?}",
+            started.elapsed()
+        );
+    }
+    drop(fillers);
+}

@@ -37,8 +37,23 @@ fn connection_has(headers: &HeaderMap, option: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(option))
 }
 
+/// The fields removed from every message, besides those `Connection` names.
+const HOP_BY_HOP: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
 /// Removes every hop-by-hop field, including those named by `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass of cheap name comparisons instead of seven hashed removals.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -51,17 +66,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
 }
 
 /// Restores the two fields a protocol switch needs after hop-by-hop stripping.
@@ -70,20 +77,29 @@ pub fn set_upgrade(headers: &mut HeaderMap, token: HeaderValue) {
     headers.insert(header::UPGRADE, token);
 }
 
+/// The client address as an `X-Forwarded-For` element; computed once per connection.
+pub fn client_ip_value(client: IpAddr) -> HeaderValue {
+    let ip = client.to_canonical().to_string();
+    HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
 /// Proto and Host are overwritten, never trusted from the client: only lb knows how it was reached.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let ip = client.to_canonical().to_string();
     let xff = match joined(headers, &X_FORWARDED_FOR) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
+        // Joining needs a new value; the common case (no prior field) reuses the connection's.
+        Some(prior) => {
+            let ip = client.to_str().unwrap_or("unknown");
+            HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
+        }
+        None => Some(client.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
+    if let Some(value) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -143,12 +159,22 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let host = HeaderValue::from_static("example.com");
-        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), "http", Some(&host));
+        set_forwarded(
+            &mut h,
+            &client_ip_value("10.0.0.9".parse().unwrap()),
+            "http",
+            Some(&host),
+        );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, "::ffff:10.0.0.1".parse().unwrap(), "http", None);
+        set_forwarded(
+            &mut h,
+            &client_ip_value("::ffff:10.0.0.1".parse().unwrap()),
+            "http",
+            None,
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
     }
 

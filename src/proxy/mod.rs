@@ -56,6 +56,8 @@ pub struct Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     client_addr: SocketAddr,
+    /// The client's `X-Forwarded-For` element, formatted once per connection.
+    client_ip: HeaderValue,
     /// Counts this connection's active requests for its idle timer; `None` outside a server.
     conn: Option<Arc<crate::server::Activity>>,
 }
@@ -67,9 +69,11 @@ impl Proxy {
         client_addr: SocketAddr,
         conn: Option<Arc<crate::server::Activity>>,
     ) -> Self {
+        let client_ip = headers::client_ip_value(client_addr.ip());
         Self {
             shared,
             client_addr,
+            client_ip,
             conn,
         }
     }
@@ -88,8 +92,9 @@ impl tower::Service<Request<Incoming>> for Proxy {
         let active = self.conn.as_ref().map(ActiveRequest::begin);
         let shared = Arc::clone(&self.shared);
         let client = self.client_addr;
+        let client_ip = self.client_ip.clone();
         Box::pin(async move {
-            let mut resp = match forward(&shared, client, req).await {
+            let mut resp = match forward(&shared, client, &client_ip, req).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     log_failure(&e, client);
@@ -115,6 +120,7 @@ fn log_failure(e: &ProxyError, client: SocketAddr) {
 async fn forward(
     shared: &Shared,
     client: SocketAddr,
+    client_ip: &HeaderValue,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let snap = shared.runtime.snapshot();
@@ -153,7 +159,7 @@ async fn forward(
             parts.headers.insert(header::HOST, h.clone());
         }
     }
-    headers::set_forwarded(&mut parts.headers, client.ip(), "http", host.as_ref());
+    headers::set_forwarded(&mut parts.headers, client_ip, "http", host.as_ref());
     parts.uri = upstream_uri(&parts.uri, &upstream.authority)?;
     parts.version = Version::HTTP_11;
 
