@@ -15,4 +15,5 @@ pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod stall;
 pub mod upstream;

@@ -474,3 +474,29 @@ pool = "rude"
     }
     drop(fillers);
 }
+
+#[tokio::test]
+async fn an_upstream_that_stalls_mid_body_does_not_hang_the_client() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "[timeouts]\nresponse = \"300ms\"")).await;
+    let resp = client().get(lb.url("/stall").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "headers arrived in time");
+    let started = tokio::time::Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await;
+    let body = body.expect("the client was left hanging");
+    assert!(body.is_err(), "a cut-off body must not look complete");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn connect_requests_are_refused_with_405() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    let answer = raw(
+        lb.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer:?}");
+    assert_eq!(a.requests(), 0);
+}

@@ -2,6 +2,7 @@
 //! that remembers whether the client broke it.
 
 use crate::server::ActiveRequest;
+use crate::stall::Stall;
 use crate::upstream::InFlight;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -11,6 +12,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -31,6 +33,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Inner,
         guards: Guards,
+        // For upstream bodies: the longest pause allowed between two reads.
+        stall: Option<Stall>,
     }
 }
 
@@ -43,11 +47,13 @@ pin_project_lite::pin_project! {
 }
 
 impl ResponseBody {
-    /// Streams an upstream body.
-    pub fn stream(body: Incoming) -> Self {
+    /// Streams an upstream body; a pause longer than `read_timeout` between two reads fails it (the
+    /// client's response is then aborted rather than left hanging).
+    pub fn stream(body: Incoming, read_timeout: Duration) -> Self {
         Self {
             inner: Inner::Stream { body },
             guards: Guards::default(),
+            stall: Some(Stall::new(read_timeout)),
         }
     }
 
@@ -58,6 +64,7 @@ impl ResponseBody {
                 body: Full::new(bytes.into()),
             },
             guards: Guards::default(),
+            stall: None,
         }
     }
 
@@ -82,7 +89,21 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let frame = match this.inner.project() {
-            InnerProj::Stream { body } => ready!(body.poll_frame(cx)).map(|r| r.map_err(BoxError::from)),
+            InnerProj::Stream { body } => match body.poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    if let Some(stall) = this.stall.as_mut() {
+                        stall.progress();
+                    }
+                    frame.map(|r| r.map_err(BoxError::from))
+                }
+                Poll::Pending => {
+                    let stalled = this.stall.as_mut().is_some_and(|stall| stall.expired(cx));
+                    if !stalled {
+                        return Poll::Pending;
+                    }
+                    Some(Err(BoxError::from("upstream response body stalled")))
+                }
+            },
             InnerProj::Full { body } => ready!(body.poll_frame(cx)).map(|r| r.map_err(BoxError::from)),
         };
         if !matches!(frame, Some(Ok(_))) {

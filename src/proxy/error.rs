@@ -24,6 +24,9 @@ pub enum ProxyError {
     /// The client's request body broke off or was malformed (e.g. an invalid chunk size).
     #[error("client request body: {0}")]
     ClientBody(String),
+    /// `CONNECT`: lb does not open tunnels to arbitrary destinations.
+    #[error("CONNECT is not supported")]
+    MethodNotAllowed,
     /// No route matches the request's host and path.
     #[error("no route for this host and path")]
     NoRoute,
@@ -65,6 +68,7 @@ impl ProxyError {
         match self {
             Self::BadRequest(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoReadyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -74,7 +78,7 @@ impl ProxyError {
     /// Who caused it.
     pub fn source(&self) -> Source {
         match self {
-            Self::BadRequest(_) | Self::ClientBody(_) => Source::Client,
+            Self::BadRequest(_) | Self::ClientBody(_) | Self::MethodNotAllowed => Source::Client,
             Self::NoRoute | Self::NoReadyServer { .. } => Source::Config,
             Self::Connect { .. } | Self::Timeout { .. } | Self::Upstream { .. } => Source::Upstream,
         }

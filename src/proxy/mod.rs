@@ -124,6 +124,10 @@ async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let snap = shared.runtime.snapshot();
+    if req.method() == http::Method::CONNECT {
+        // lb is a reverse proxy: it does not open tunnels to arbitrary destinations.
+        return Err(ProxyError::MethodNotAllowed);
+    }
     let (mut parts, body) = req.into_parts();
     let host = request_host(&parts)?;
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
@@ -205,7 +209,7 @@ async fn forward(
     }
 
     headers::strip_hop_by_hop(resp.headers_mut());
-    let mut resp = resp.map(ResponseBody::stream);
+    let mut resp = resp.map(|body| ResponseBody::stream(body, timeout));
     resp.body_mut().hold_upstream(guard);
     Ok(resp)
 }

@@ -48,11 +48,11 @@ where
         tokio::select! {
             n = a_read.read(&mut a_buf), if a_open => match n? {
                 0 => { a_open = false; b_write.shutdown().await.ok(); }
-                n => { b_write.write_all(&a_buf[..n]).await?; a_to_b += n as u64; }
+                n => { write_within(&mut b_write, &a_buf[..n], idle).await?; a_to_b += n as u64; }
             },
             n = b_read.read(&mut b_buf), if b_open => match n? {
                 0 => { b_open = false; a_write.shutdown().await.ok(); }
-                n => { a_write.write_all(&b_buf[..n]).await?; b_to_a += n as u64; }
+                n => { write_within(&mut a_write, &b_buf[..n], idle).await?; b_to_a += n as u64; }
             },
             () = tokio::time::sleep(idle) => {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle timeout"));
@@ -60,6 +60,18 @@ where
         }
     }
     Ok((a_to_b, b_to_a))
+}
+
+/// A write the other side does not drain within the idle timeout ends the tunnel too: otherwise a
+/// peer that stops reading would hold it open forever.
+async fn write_within<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8], idle: Duration) -> io::Result<()> {
+    match tokio::time::timeout(idle, w.write_all(bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "tunnel peer stopped reading",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -86,6 +98,17 @@ mod tests {
         assert_eq!(&buf, b"bye!");
         drop(upstream_peer);
         assert_eq!(task.await.unwrap().unwrap(), (4, 8));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_ends_the_tunnel() {
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (upstream, _upstream_peer) = tokio::io::duplex(64);
+        let task = tokio::spawn(relay(client, upstream, Duration::from_secs(30)));
+        // The upstream never reads: its 64-byte buffer fills and the relay's write blocks.
+        let _ = tokio::time::timeout(Duration::from_secs(1), client_peer.write_all(&[0u8; 4096])).await;
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
     #[tokio::test(start_paused = true)]

@@ -21,6 +21,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::config::Timeouts;
+use crate::stall::Stall;
+
 /// Request activity of one client connection, shared by its service and its socket wrapper.
 #[derive(Debug)]
 pub struct Activity {
@@ -94,6 +97,8 @@ pin_project! {
         activity: Arc<Activity>,
         client_header: Duration,
         keepalive: Duration,
+        // A client that stops reading our writes for this long is cut off.
+        send: Stall,
         // The request head being received: (requests done when it began, ms since start). Accept
         // counts as the start of the first head.
         head: Option<(u64, u64)>,
@@ -105,7 +110,8 @@ pin_project! {
 
 impl<T> IdleIo<T> {
     /// Wraps a freshly accepted socket; the first request head must arrive within `client_header`.
-    pub fn new(io: T, activity: Arc<Activity>, client_header: Duration, keepalive: Duration) -> Self {
+    pub fn new(io: T, activity: Arc<Activity>, timeouts: &Timeouts) -> Self {
+        let (client_header, keepalive) = (timeouts.client_header, timeouts.keepalive);
         let timer = Box::pin(tokio::time::sleep_until(activity.start + client_header));
         Self {
             io,
@@ -113,6 +119,7 @@ impl<T> IdleIo<T> {
             activity,
             client_header,
             keepalive,
+            send: Stall::new(timeouts.client_send),
             head: Some((0, 0)),
             h2: false,
             first_read: true,
@@ -192,11 +199,15 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
 
 impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
+        let this = self.project();
+        let result = this.io.poll_write(cx, buf);
+        send_deadline(this.send, cx, result)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        let this = self.project();
+        let result = this.io.poll_flush(cx);
+        send_deadline(this.send, cx, result)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -208,11 +219,32 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let result = this.io.poll_write_vectored(cx, bufs);
+        send_deadline(this.send, cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+/// A write that stays blocked (the client stopped reading) for `client_send` fails with `TimedOut`.
+fn send_deadline<R>(
+    send: &mut Stall,
+    cx: &mut Context<'_>,
+    result: Poll<io::Result<R>>,
+) -> Poll<io::Result<R>> {
+    match result {
+        Poll::Ready(r) => {
+            send.progress();
+            Poll::Ready(r)
+        }
+        Poll::Pending if send.expired(cx) => Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client stopped reading",
+        ))),
+        Poll::Pending => Poll::Pending,
     }
 }
 
@@ -223,6 +255,7 @@ mod tests {
 
     const HEAD: Duration = Duration::from_secs(10);
     const IDLE: Duration = Duration::from_secs(75);
+    const SEND: Duration = Duration::from_secs(60);
 
     fn wrap() -> (
         IdleIo<tokio::io::DuplexStream>,
@@ -231,8 +264,14 @@ mod tests {
     ) {
         let (ours, theirs) = tokio::io::duplex(1024);
         let activity = Arc::new(Activity::new());
+        let timeouts = Timeouts {
+            client_header: HEAD,
+            keepalive: IDLE,
+            client_send: SEND,
+            ..Timeouts::default()
+        };
         (
-            IdleIo::new(ours, Arc::clone(&activity), HEAD, IDLE),
+            IdleIo::new(ours, Arc::clone(&activity), &timeouts),
             theirs,
             activity,
         )
@@ -297,6 +336,23 @@ mod tests {
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_off() {
+        let (io, _peer, _) = wrap();
+        let mut io = Box::pin(io);
+        let start = Instant::now();
+        // The duplex buffer (1 KiB) fills and the peer never reads.
+        let chunk = [0u8; 4096];
+        let err = loop {
+            match io.write(&chunk).await {
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), SEND);
     }
 
     #[tokio::test(start_paused = true)]

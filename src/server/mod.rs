@@ -166,12 +166,7 @@ struct Conn {
 impl Conn {
     async fn serve(mut self, stream: TcpStream, peer: SocketAddr) {
         let activity = Arc::new(Activity::new());
-        let io = IdleIo::new(
-            stream,
-            Arc::clone(&activity),
-            self.timeouts.client_header,
-            self.timeouts.keepalive,
-        );
+        let io = IdleIo::new(stream, Arc::clone(&activity), &self.timeouts);
         let service = TowerToHyperService::new(Proxy::new(Arc::clone(&self.shared), peer, Some(activity)));
         let conn = self
             .builder

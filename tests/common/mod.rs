@@ -35,7 +35,7 @@ pub struct Seen {
 
 /// A named upstream server on 127.0.0.1:0. Paths:
 /// `/` answers its name; `/slow?ms=N` answers after N ms; `/big?bytes=N` streams N bytes;
-/// `/echo` streams the request body back; `/ws` switches protocols and echoes raw bytes.
+/// `/echo` streams the request body back; `/stall` sends a first chunk and then nothing; `/ws` switches protocols and echoes raw bytes.
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
@@ -134,6 +134,12 @@ async fn handle(
             let mut resp = Response::new(StreamBody::new(frames).boxed());
             resp.headers_mut().insert("content-length", total.into());
             resp
+        }
+        "/stall" => {
+            // Headers and a first chunk, then nothing, forever.
+            let first = futures_util::stream::iter([Ok(Frame::data(Bytes::from_static(b"partial")))]);
+            let frames = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+            Response::new(StreamBody::new(frames).boxed())
         }
         "/echo" => {
             let body = req.into_body().map_err(std::io::Error::other).boxed();
