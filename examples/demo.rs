@@ -39,12 +39,7 @@ async fn main() -> anyhow::Result<()> {
             l.local_addr()?.port()
         );
     }
-    lb::server::serve(
-        listeners,
-        Arc::new(Runtime::new(config)),
-        lb::server::shutdown_signal(),
-    )
-    .await;
+    lb::server::serve(listeners, Arc::new(Runtime::new(config)), lb::server::shutdown_signal()).await;
     Ok(())
 }
 
@@ -58,9 +53,8 @@ async fn app(listener: tokio::net::TcpListener, greeting: String) {
                 let body = Full::new(greeting.clone());
                 async move { Ok::<_, Infallible>(hyper::Response::new(body)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }

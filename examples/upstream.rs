@@ -11,9 +11,7 @@ use std::convert::Infallible;
 fn main() -> anyhow::Result<()> {
     let addrs: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(!addrs.is_empty(), "usage: upstream ADDR [ADDR...]");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         for addr in addrs {
             let listener = tokio::net::TcpListener::bind(&addr).await?;

@@ -55,10 +55,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting runtime")?;
     rt.block_on(async {
         let listeners = lb::server::bind(&config).await?;
         for l in &listeners {

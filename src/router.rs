@@ -15,9 +15,7 @@ pub struct Router {
 impl Router {
     /// Builds a router from config routes (already ordered and validated).
     pub fn new(routes: &[RouteConfig]) -> Self {
-        Self {
-            routes: routes.into(),
-        }
+        Self { routes: routes.into() }
     }
 
     /// Index of the pool for a request with this host (may include a port) and path.
@@ -58,9 +56,7 @@ fn host_matches(rule: Option<&HostMatch>, host: Option<&str>) -> bool {
 fn prefix_matches(prefix: Option<&str>, path: &str) -> bool {
     match prefix {
         None | Some("/") => true,
-        Some(p) => path
-            .strip_prefix(p)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+        Some(p) => path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
     }
 }
 

@@ -19,11 +19,7 @@ pub struct Stall {
 impl Stall {
     /// A detector for stalls longer than `limit`.
     pub fn new(limit: Duration) -> Self {
-        Self {
-            limit,
-            timer: None,
-            armed: false,
-        }
+        Self { limit, timer: None, armed: false }
     }
 
     /// The operation made progress: the next stall starts counting afresh.
@@ -35,9 +31,7 @@ impl Stall {
     /// has passed. Registers `cx` to be woken when it does.
     pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let deadline = Instant::now() + self.limit;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if !self.armed {
             timer.as_mut().reset(deadline);
             self.armed = true;

@@ -29,13 +29,8 @@ fn spawn_lb(config: &tempfile::NamedTempFile) -> (Child, SocketAddr) {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("lb listening on http://")
-        .unwrap_or_else(|| panic!("{line:?}"));
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("lb listening on http://").unwrap_or_else(|| panic!("{line:?}"));
     (child, addr.parse().unwrap())
 }
 
@@ -45,10 +40,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "lb did not exit within {limit:?}"
-        );
+        assert!(std::time::Instant::now() < deadline, "lb did not exit within {limit:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -57,10 +49,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 fn version_is_printed() {
     let out = lb().arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap().trim(),
-        format!("lb {}", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), format!("lb {}", env!("CARGO_PKG_VERSION")));
 }
 
 #[test]
@@ -70,27 +59,15 @@ fn check_accepts_the_shipped_config_and_rejects_bad_ones_naming_each_key() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let bad = write_config("[[listeners]]\naddr = \"127.0.0.1:8080\"\n\n[pools.web]\nstrategy = \"fastest\"\nservers = [{ addr = \"nope\" }]\nretries = 3\n");
-    let out = lb()
-        .args(["check", "--config", bad.path().to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = lb().args(["check", "--config", bad.path().to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("3 configuration errors"), "{err}");
-    assert!(
-        err.contains("line 5: pools.web.strategy: unknown strategy \"fastest\""),
-        "{err}"
-    );
-    assert!(
-        err.contains("line 6: pools.web.servers[0].addr: \"nope\""),
-        "{err}"
-    );
+    assert!(err.contains("line 5: pools.web.strategy: unknown strategy \"fastest\""), "{err}");
+    assert!(err.contains("line 6: pools.web.servers[0].addr: \"nope\""), "{err}");
     assert!(err.contains("line 7: pools.web.retries: unknown key"), "{err}");
 
-    let out = lb()
-        .args(["check", "--config", "/nonexistent/lb.toml"])
-        .output()
-        .unwrap();
+    let out = lb().args(["check", "--config", "/nonexistent/lb.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/lb.toml"));
 }
@@ -110,14 +87,9 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let (status, body) = pending.await.unwrap();
-    assert_eq!(
-        (status, body.as_str()),
-        (StatusCode::OK, "a"),
-        "in-flight request was cut"
-    );
-    let exit = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
-        .await
-        .unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "a"), "in-flight request was cut");
+    let exit =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10))).await.unwrap();
     assert!(exit.success(), "{exit:?}");
 }
 
@@ -134,10 +106,7 @@ async fn a_256_mib_response_streams_through_in_bounded_memory() {
     let a = Backend::start("a").await;
     let config = write_config(&config_with(&[("a", a.addr)], ""));
     let (mut child, addr) = spawn_lb(&config);
-    let resp = client()
-        .get(format!("http://{addr}/big?bytes={SIZE}").parse().unwrap())
-        .await
-        .unwrap();
+    let resp = client().get(format!("http://{addr}/big?bytes={SIZE}").parse().unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     let mut total = 0u64;
@@ -149,9 +118,6 @@ async fn a_256_mib_response_streams_through_in_bounded_memory() {
     child.kill().unwrap();
     child.wait().unwrap();
     // Buffering the body would need 256 MiB; streaming needs a few buffers.
-    assert!(
-        peak < 64 * 1024,
-        "lb peaked at {peak} KiB while streaming 256 MiB"
-    );
+    assert!(peak < 64 * 1024, "lb peaked at {peak} KiB while streaming 256 MiB");
     eprintln!("lb peak RSS while streaming 256 MiB: {peak} KiB");
 }

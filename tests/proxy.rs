@@ -11,11 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn three() -> (Backend, Backend, Backend) {
-    (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    )
+    (Backend::start("a").await, Backend::start("b").await, Backend::start("c").await)
 }
 
 #[tokio::test]
@@ -30,12 +26,7 @@ async fn round_robin_spreads_300_requests_exactly_and_reuses_connections() {
         answers.push(body);
     }
     for backend in [&a, &b, &c] {
-        assert_eq!(
-            answers.iter().filter(|n| **n == backend.name).count(),
-            100,
-            "{}",
-            backend.name
-        );
+        assert_eq!(answers.iter().filter(|n| **n == backend.name).count(), 100, "{}", backend.name);
         assert_eq!(backend.requests(), 100);
         // Sequential requests need one pooled connection per upstream; allow a little slack.
         assert!(
@@ -84,22 +75,11 @@ async fn hop_by_hop_headers_are_dropped_and_forwarded_headers_set() {
     assert!(resp.headers().get("x-backend-hop").is_none());
     assert!(resp.headers().get("keep-alive").is_none());
     let h = a.last_head().headers;
-    for gone in [
-        "x-hop",
-        "keep-alive",
-        "te",
-        "trailer",
-        "proxy-connection",
-        "upgrade",
-        "transfer-encoding",
-    ] {
+    for gone in ["x-hop", "keep-alive", "te", "trailer", "proxy-connection", "upgrade", "transfer-encoding"] {
         assert!(h.get(gone).is_none(), "{gone} reached the upstream: {h:?}");
     }
     // The upstream connection's own Connection field may say keep-alive, never what the client named.
-    assert!(h
-        .get_all("connection")
-        .iter()
-        .all(|v| !v.to_str().unwrap().contains("X-Hop")));
+    assert!(h.get_all("connection").iter().all(|v| !v.to_str().unwrap().contains("X-Hop")));
     assert_eq!(h["host"], "shop.example");
     assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
@@ -112,9 +92,7 @@ async fn request_and_response_bodies_stream_through() {
     let a = Backend::start("a").await;
     let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
     let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    let req = Request::post(lb.url("/echo"))
-        .body(Full::new(Bytes::from(payload.clone())))
-        .unwrap();
+    let req = Request::post(lb.url("/echo")).body(Full::new(Bytes::from(payload.clone()))).unwrap();
     let resp = client().request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -130,11 +108,7 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
-        assert_eq!(
-            s.read(&mut byte).await.unwrap(),
-            1,
-            "closed before the 101 head ended"
-        );
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed before the 101 head ended");
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
@@ -160,10 +134,7 @@ async fn other_upgrades_and_h2c_are_not_forwarded() {
         let answer = raw(lb.addr, req.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         let h = a.last_head().headers;
-        assert!(
-            h.get("upgrade").is_none() && h.get("http2-settings").is_none(),
-            "{h:?}"
-        );
+        assert!(h.get("upgrade").is_none() && h.get("http2-settings").is_none(), "{h:?}");
     }
 }
 
@@ -204,18 +175,12 @@ pool = "empty"
         let client = client.clone();
         let url = lb.url(path);
         async move {
-            let req = Request::get(url)
-                .header("host", host)
-                .body(Full::new(Bytes::new()))
-                .unwrap();
+            let req = Request::get(url).header("host", host).body(Full::new(Bytes::new())).unwrap();
             client.request(req).await.unwrap().status()
         }
     };
     assert_eq!(status("dead.test", "/").await, StatusCode::BAD_GATEWAY);
-    assert_eq!(
-        status("slow.test", "/slow?ms=3000").await,
-        StatusCode::GATEWAY_TIMEOUT
-    );
+    assert_eq!(status("slow.test", "/slow?ms=3000").await, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(status("drained.test", "/").await, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(status("empty.test", "/").await, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(status("nobody.test", "/").await, StatusCode::NOT_FOUND);
@@ -256,10 +221,7 @@ pool = "default"
         ("other", "/static/app.js", "b"),
         ("other", "/", "c"),
     ] {
-        let req = Request::get(lb.url(path))
-            .header("host", host)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let req = Request::get(lb.url(path)).header("host", host).body(Full::new(Bytes::new())).unwrap();
         let resp = client.request(req).await.unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, want, "{host}{path}");
@@ -278,18 +240,11 @@ async fn ambiguous_framing_is_refused_and_the_connection_closed() {
     ];
     for case in cases {
         let answer = raw(lb.addr, case).await;
-        assert!(
-            answer.starts_with("HTTP/1.1 400"),
-            "{:?} -> {answer:?}",
-            String::from_utf8_lossy(case)
-        );
+        assert!(answer.starts_with("HTTP/1.1 400"), "{:?} -> {answer:?}", String::from_utf8_lossy(case));
     }
     assert_eq!(a.requests(), 0, "nothing ambiguous reached the upstream");
     let answer = raw(lb.addr, b"GET / HTTP/1.1\r\n\r\n").await;
-    assert!(
-        answer.starts_with("HTTP/1.1 400"),
-        "HTTP/1.1 without Host: {answer:?}"
-    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "HTTP/1.1 without Host: {answer:?}");
     assert_eq!(a.requests(), 0);
 }
 
@@ -299,18 +254,8 @@ async fn invalid_chunk_size_gets_400_and_close() {
     let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
     let answer = raw(lb.addr, b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
-    assert!(
-        !answer.contains("HTTP/1.1 200"),
-        "a second request was answered: {answer:?}"
-    );
-    let paths: Vec<String> = a
-        .seen
-        .heads
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|h| h.uri.path().to_owned())
-        .collect();
+    assert!(!answer.contains("HTTP/1.1 200"), "a second request was answered: {answer:?}");
+    let paths: Vec<String> = a.seen.heads.lock().unwrap().iter().map(|h| h.uri.path().to_owned()).collect();
     assert!(!paths.contains(&"/smuggled".to_owned()), "{paths:?}");
 }
 
@@ -325,11 +270,7 @@ async fn content_length_with_transfer_encoding_is_never_forwarded_ambiguously() 
         b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await;
-    assert_eq!(
-        answer.matches("HTTP/1.1 ").count(),
-        1,
-        "exactly one response, then close: {answer:?}"
-    );
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "exactly one response, then close: {answer:?}");
     let heads = a.seen.heads.lock().unwrap();
     assert!(heads.iter().all(|h| h.uri.path() != "/smuggled"));
     for h in heads.iter() {
@@ -340,15 +281,10 @@ async fn content_length_with_transfer_encoding_is_never_forwarded_ambiguously() 
 #[tokio::test]
 async fn oversized_heads_get_431() {
     let a = Backend::start("a").await;
-    let lb = Lb::start(&config_with(
-        &[("a", a.addr)],
-        "[limits]\nmax_header_bytes = 16384\nmax_headers = 20",
-    ))
-    .await;
-    let big = format!(
-        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-        "y".repeat(20_000)
-    );
+    let lb =
+        Lb::start(&config_with(&[("a", a.addr)], "[limits]\nmax_header_bytes = 16384\nmax_headers = 20"))
+            .await;
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "y".repeat(20_000));
     assert!(raw(lb.addr, big.as_bytes()).await.starts_with("HTTP/1.1 431"));
     let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
     let req = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
@@ -382,11 +318,7 @@ async fn slow_request_heads_and_idle_connections_are_closed() {
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "idle connection never closed");
-    assert!(
-        start.elapsed() >= Duration::from_millis(500),
-        "closed after {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() >= Duration::from_millis(500), "closed after {:?}", start.elapsed());
 }
 
 #[tokio::test]
@@ -406,10 +338,7 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     lb.shutdown().await;
     let (status, body) = pending.await.unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
-    assert!(
-        TcpStream::connect(addr).await.is_err(),
-        "still accepting after shutdown"
-    );
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
 }
 
 #[tokio::test]
@@ -455,22 +384,12 @@ pool = "rude"
     );
     let lb = Lb::start(&toml).await;
     let client = client();
-    for (host, want) in [
-        ("full.test", StatusCode::GATEWAY_TIMEOUT),
-        ("rude.test", StatusCode::BAD_GATEWAY),
-    ] {
-        let req = Request::get(lb.url("/"))
-            .header("host", host)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+    for (host, want) in [("full.test", StatusCode::GATEWAY_TIMEOUT), ("rude.test", StatusCode::BAD_GATEWAY)] {
+        let req = Request::get(lb.url("/")).header("host", host).body(Full::new(Bytes::new())).unwrap();
         let started = tokio::time::Instant::now();
         let status = client.request(req).await.unwrap().status();
         assert_eq!(status, want, "{host}");
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{host} took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{host} took {:?}", started.elapsed());
     }
     drop(fillers);
 }
@@ -492,11 +411,7 @@ async fn an_upstream_that_stalls_mid_body_does_not_hang_the_client() {
 async fn connect_requests_are_refused_with_405() {
     let a = Backend::start("a").await;
     let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
-    let answer = raw(
-        lb.addr,
-        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
-    )
-    .await;
+    let answer = raw(lb.addr, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer:?}");
     assert_eq!(a.requests(), 0);
 }

@@ -4,13 +4,27 @@
 //! block, lock, allocate or await. Readiness is read live from each server, so a server that stops
 //! being ready is skipped without rebuilding anything. Adding a strategy means one new file here and
 //! one arm in [`build`] (plus its name in `config::StrategyKind`); the proxy does not change.
+//! docs/balancing.md says when to use which, with measured distributions.
 
+mod consistent_hash;
+pub mod hash_key;
+mod least_conn;
+mod p2c;
+mod random;
+pub mod rng;
 mod round_robin;
+mod weighted;
 
+pub use consistent_hash::ConsistentHash;
+pub use least_conn::LeastConn;
+pub use p2c::P2c;
+pub use random::Random;
 pub use round_robin::RoundRobin;
+pub use weighted::Weighted;
 
-use crate::config::StrategyKind;
+use crate::config::{PoolConfig, StrategyKind};
 use crate::upstream::Upstream;
+use rng::Rng;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,8 +34,11 @@ use std::sync::Arc;
 pub struct PickCtx<'a> {
     /// The client's address.
     pub client: SocketAddr,
-    /// The request head (method, URI, headers), for strategies that hash on part of it.
+    /// The request head (method, URI, headers).
     pub parts: &'a http::request::Parts,
+    /// The request's hash key, extracted once per request by the pool (consistent hash only);
+    /// `None` when the pool does not hash or the request lacks the key.
+    pub hash: Option<u64>,
 }
 
 /// One pool's servers as of one snapshot.
@@ -57,9 +74,18 @@ pub trait Strategy: Send + Sync + fmt::Debug {
 }
 
 /// Builds the strategy a pool's config names, for that pool's servers.
-pub fn build(kind: StrategyKind, _ups: &[Arc<Upstream>]) -> Box<dyn Strategy> {
-    match kind {
+pub fn build(pool: &PoolConfig, ups: &[Arc<Upstream>]) -> Box<dyn Strategy> {
+    let rng = || pool.seed.map_or_else(Rng::from_entropy, Rng::new);
+    match pool.strategy {
         StrategyKind::RoundRobin => Box::new(RoundRobin::default()),
+        StrategyKind::Weighted => Box::new(Weighted::new(ups)),
+        StrategyKind::LeastConn => Box::new(LeastConn::default()),
+        StrategyKind::Random => Box::new(Random::new(ups, rng())),
+        StrategyKind::P2c => Box::new(P2c::new(rng())),
+        StrategyKind::ConsistentHash => {
+            let (vnodes, factor) = pool.hash.as_ref().map_or((160, None), |h| (h.vnodes, h.balance_factor));
+            Box::new(ConsistentHash::new(ups, vnodes, factor))
+        }
     }
 }
 
@@ -69,27 +95,28 @@ pub(crate) mod testing {
     use super::*;
     use crate::upstream::{UpstreamKey, UpstreamStats};
 
-    pub(crate) fn pool(weights: &[u32]) -> Vec<Arc<Upstream>> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| {
-                let addr = format!("127.0.0.1:{}", 9000 + i);
-                Arc::new(Upstream {
-                    key: UpstreamKey {
-                        pool: "p".into(),
-                        name: addr.as_str().into(),
-                    },
-                    authority: addr.parse().unwrap(),
-                    addr,
-                    weight,
-                    stats: Arc::new(UpstreamStats::default()),
-                })
-            })
-            .collect()
+    fn upstream(name: &str, i: usize, weight: u32) -> Arc<Upstream> {
+        let addr = format!("127.0.0.1:{}", 9000 + i);
+        Arc::new(Upstream {
+            key: UpstreamKey { pool: "p".into(), name: name.into() },
+            authority: addr.parse().unwrap(),
+            addr,
+            weight,
+            stats: Arc::new(UpstreamStats::default()),
+        })
     }
 
-    pub(crate) fn parts() -> http::request::Parts {
+    /// Servers `s0, s1, ...` with the given weights.
+    pub(crate) fn pool(weights: &[u32]) -> Vec<Arc<Upstream>> {
+        weights.iter().enumerate().map(|(i, &w)| upstream(&format!("s{i}"), i, w)).collect()
+    }
+
+    /// Servers with the given names, weight 1.
+    pub(crate) fn named_pool(names: &[String]) -> Vec<Arc<Upstream>> {
+        names.iter().enumerate().map(|(i, n)| upstream(n, i, 1)).collect()
+    }
+
+    pub(crate) fn ctx_parts() -> http::request::Parts {
         http::Request::new(()).into_parts().0
     }
 

@@ -11,9 +11,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("{text:?} has no unit; write e.g. \"250ms\", \"2s\", \"5m\" or \"1h\""))?;
     let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let value: u64 = digits.parse().map_err(|_| format!("{text:?} does not start with a whole number"))?;
     let millis = match unit {
         "ms" => Some(value),
         "s" => value.checked_mul(1_000),
@@ -21,9 +19,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "h" => value.checked_mul(3_600_000),
         _ => return Err(format!("{text:?} has unknown unit {unit:?}; use ms, s, m or h")),
     };
-    millis
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{text:?} is too large"))
+    millis.map(Duration::from_millis).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[cfg(test)]

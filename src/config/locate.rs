@@ -35,10 +35,7 @@ pub(crate) fn line_at(src: &str, offset: usize) -> usize {
 }
 
 fn find_key<'a, 'i>(table: &'a DeTable<'i>, key: &str) -> Option<(usize, &'a DeValue<'i>)> {
-    table
-        .iter()
-        .find(|(k, _)| k.get_ref().as_ref() == key)
-        .map(|(k, v)| (k.span().start, v.get_ref()))
+    table.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(k, v)| (k.span().start, v.get_ref()))
 }
 
 #[derive(Debug, PartialEq)]
@@ -72,13 +69,7 @@ mod tests {
     fn splits_paths() {
         assert_eq!(
             segments("pools.web.servers[1].addr"),
-            vec![
-                Seg::Key("pools"),
-                Seg::Key("web"),
-                Seg::Key("servers"),
-                Seg::Index(1),
-                Seg::Key("addr")
-            ]
+            vec![Seg::Key("pools"), Seg::Key("web"), Seg::Key("servers"), Seg::Index(1), Seg::Key("addr")]
         );
     }
 

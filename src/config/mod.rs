@@ -118,14 +118,12 @@ pub struct HttpOptions {
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        Self {
-            upgrades: vec!["websocket".to_owned()],
-        }
+        Self { upgrades: vec!["websocket".to_owned()] }
     }
 }
 
 /// A named group of upstream servers and the strategy that chooses among them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     /// The pool's name, the key under `[pools]`.
     pub name: String,
@@ -133,25 +131,83 @@ pub struct PoolConfig {
     pub strategy: StrategyKind,
     /// The servers, in file order. May be empty (every request then gets 503).
     pub servers: Vec<ServerConfig>,
+    /// Consistent-hash options; present exactly when `strategy = "consistent_hash"`.
+    pub hash: Option<HashConfig>,
+    /// Seed for `random` and `p2c`. Default: drawn at start. Set it to make choices repeatable.
+    pub seed: Option<u64>,
 }
 
 /// The balancing strategies `strategy = "..."` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StrategyKind {
-    /// `round_robin`: each ready server in turn.
+    /// `round_robin`: each ready server in turn, weights ignored.
     RoundRobin,
+    /// `weighted`: smooth weighted round robin (nginx's algorithm): exact shares, interleaved.
+    Weighted,
+    /// `least_conn`: fewest in-flight requests relative to weight.
+    LeastConn,
+    /// `random`: weighted random.
+    Random,
+    /// `p2c`: the less loaded (in-flight relative to weight) of two random servers.
+    P2c,
+    /// `consistent_hash`: a hash ring over a request key, optionally with bounded load.
+    ConsistentHash,
 }
 
 impl StrategyKind {
     /// Every accepted spelling, for error messages.
-    pub const NAMES: &'static [&'static str] = &["round_robin"];
+    pub const NAMES: &'static [&'static str] =
+        &["round_robin", "weighted", "least_conn", "random", "p2c", "consistent_hash"];
 
     fn parse(name: &str) -> Option<Self> {
         match name {
             "round_robin" => Some(Self::RoundRobin),
+            "weighted" => Some(Self::Weighted),
+            "least_conn" => Some(Self::LeastConn),
+            "random" => Some(Self::Random),
+            "p2c" => Some(Self::P2c),
+            "consistent_hash" => Some(Self::ConsistentHash),
             _ => None,
         }
     }
+}
+
+/// Consistent-hash options of a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashConfig {
+    /// What part of the request is hashed.
+    pub key: HashKey,
+    /// What happens when the request has no such key. Default round robin.
+    pub fallback: HashFallback,
+    /// Bounded load: no server takes more than `factor` x the average in-flight load; overflow walks
+    /// the ring. `None` (default) disables it. At least 1.0; HAProxy and Envoy suggest 1.25.
+    pub balance_factor: Option<f64>,
+    /// Ring points per unit of weight. Default 160 (nginx's ketama points per server).
+    pub vnodes: u32,
+}
+
+/// The request part a consistent-hash pool hashes: `hash_key = "..."`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// `"client_ip"`: the client's address.
+    ClientIp,
+    /// `"header:NAME"`: the first value of a request header.
+    Header(http::HeaderName),
+    /// `"cookie:NAME"`: the value of a cookie.
+    Cookie(String),
+    /// `"path"`: the request path (without query).
+    Path,
+    /// `"query:NAME"`: the raw value of a query parameter.
+    Query(String),
+}
+
+/// What a consistent-hash pool does with a request that lacks its key: `hash_fallback = "..."`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashFallback {
+    /// `"round_robin"` (default): spread such requests over the ready servers in turn.
+    RoundRobin,
+    /// `"client_ip"`: hash the client's address instead.
+    ClientIp,
 }
 
 /// One upstream server.
@@ -161,7 +217,8 @@ pub struct ServerConfig {
     pub name: String,
     /// `host:port` to connect to; a host name is resolved on each new connection.
     pub addr: String,
-    /// Relative weight, 0..=1000. Default 1. 0 drains the server: it gets no new requests.
+    /// Relative weight, 0..=1000. Default 1. 0 drains the server: it gets no new requests, and its
+    /// consistent-hash keys move to the other servers.
     pub weight: u32,
 }
 
@@ -250,10 +307,8 @@ impl ConfigError {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_toml(&text)
     }
 
@@ -266,20 +321,14 @@ impl Config {
             .map_err(|e| syntax_issue(src, &e))?;
         let mut issues: Vec<Issue> = unknown
             .into_iter()
-            .map(|path| Issue {
-                path,
-                line: None,
-                message: "unknown key".to_owned(),
-            })
+            .map(|path| Issue { path, line: None, message: "unknown key".to_owned() })
             .collect();
         let config = validate::validate(raw, &mut issues);
         if issues.is_empty() {
             return Ok(config);
         }
         for issue in &mut issues {
-            issue.line = issue
-                .line
-                .or_else(|| locate::line_of(src, table.get_ref(), &issue.path));
+            issue.line = issue.line.or_else(|| locate::line_of(src, table.get_ref(), &issue.path));
         }
         issues.sort_by_key(|i| i.line.unwrap_or(0));
         Err(ConfigError::Invalid(issues))
@@ -305,11 +354,7 @@ fn key_path(path: &serde_ignored::Path<'_>) -> String {
 /// A TOML syntax or type error: serde stops at the first one, so it is reported alone.
 fn syntax_issue(src: &str, e: &toml::de::Error) -> ConfigError {
     let line = e.span().map(|span| locate::line_at(src, span.start));
-    ConfigError::Invalid(vec![Issue {
-        path: String::new(),
-        line,
-        message: e.message().trim().to_owned(),
-    }])
+    ConfigError::Invalid(vec![Issue { path: String::new(), line, message: e.message().trim().to_owned() }])
 }
 
 #[cfg(test)]

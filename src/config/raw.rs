@@ -55,6 +55,11 @@ pub(crate) struct RawHttp {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawPool {
     pub strategy: Option<String>,
+    pub hash_key: Option<String>,
+    pub hash_fallback: Option<String>,
+    pub hash_balance_factor: Option<f64>,
+    pub hash_vnodes: Option<i64>,
+    pub seed: Option<i64>,
     #[serde(default)]
     pub servers: Vec<RawServer>,
 }

@@ -24,14 +24,7 @@ fn minimal_config_gets_defaults_and_an_implicit_default_route() {
     assert_eq!(c.pools[0].servers[0].name, "127.0.0.1:9001");
     assert_eq!(c.pools[0].servers[0].weight, 1);
     assert_eq!(c.pools[0].servers[1].weight, 3);
-    assert_eq!(
-        c.routes,
-        vec![RouteConfig {
-            host: None,
-            path_prefix: None,
-            pool: 0
-        }]
-    );
+    assert_eq!(c.routes, vec![RouteConfig { host: None, path_prefix: None, pool: 0 }]);
 }
 
 #[test]
@@ -44,20 +37,12 @@ fn the_shipped_lb_toml_is_valid() {
 fn unknown_keys_are_all_reported_with_path_and_line() {
     let src = format!("{MINIMAL}\n[timeouts]\nconect = \"1s\"\n\n[pools.api]\nservers = [{{ addr = \"127.0.0.1:1\", wieght = 2 }}]\n");
     let got = issues(&src);
+    assert!(got.contains(&"line 9: timeouts.conect: unknown key".to_owned()), "{got:?}");
     assert!(
-        got.contains(&"line 9: timeouts.conect: unknown key".to_owned()),
+        got.iter().any(|m| m.starts_with("line 12: pools.api.servers[0].wieght: unknown key")),
         "{got:?}"
     );
-    assert!(
-        got.iter()
-            .any(|m| m.starts_with("line 12: pools.api.servers[0].wieght: unknown key")),
-        "{got:?}"
-    );
-    assert!(
-        got.iter()
-            .any(|m| m.contains("routes: required when more than one pool")),
-        "{got:?}"
-    );
+    assert!(got.iter().any(|m| m.contains("routes: required when more than one pool")), "{got:?}");
 }
 
 #[test]
@@ -123,14 +108,8 @@ fn syntax_and_type_errors_name_the_line() {
 #[test]
 fn missing_sections_are_reported() {
     let got = issues("");
-    assert!(
-        got.iter().any(|m| m.contains("listeners: at least one listener")),
-        "{got:?}"
-    );
-    assert!(
-        got.iter().any(|m| m.contains("pools: at least one pool")),
-        "{got:?}"
-    );
+    assert!(got.iter().any(|m| m.contains("listeners: at least one listener")), "{got:?}");
+    assert!(got.iter().any(|m| m.contains("pools: at least one pool")), "{got:?}");
 }
 
 #[test]
@@ -157,18 +136,11 @@ path_prefix = "/static"
 pool = "b"
 "#;
     let c = Config::from_toml(src).unwrap();
-    let order: Vec<_> = c
-        .routes
-        .iter()
-        .map(|r| (r.host.clone(), r.path_prefix.clone()))
-        .collect();
+    let order: Vec<_> = c.routes.iter().map(|r| (r.host.clone(), r.path_prefix.clone())).collect();
     assert_eq!(
         order,
         vec![
-            (
-                Some(HostMatch::Exact("api.example.com".into())),
-                Some("/v1".into())
-            ),
+            (Some(HostMatch::Exact("api.example.com".into())), Some("/v1".into())),
             (Some(HostMatch::Exact("api.example.com".into())), None),
             (Some(HostMatch::Suffix(".example.com".into())), None),
             (None, Some("/static".into())),
@@ -192,12 +164,73 @@ pool = "a"
 "#;
     let got = issues(src);
     assert!(
-        got.iter()
-            .any(|m| m.contains("listeners[1].addr: 127.0.0.1:8080 is used by an earlier")),
+        got.iter().any(|m| m.contains("listeners[1].addr: 127.0.0.1:8080 is used by an earlier")),
         "{got:?}"
     );
-    assert!(
-        got.iter().any(|m| m.contains("routes[1]: matches the same host")),
-        "{got:?}"
-    );
+    assert!(got.iter().any(|m| m.contains("routes[1]: matches the same host")), "{got:?}");
+}
+
+#[test]
+fn strategy_options_are_parsed_and_checked() {
+    let src = r#"
+[[listeners]]
+addr = "127.0.0.1:8080"
+[pools.a]
+strategy = "consistent_hash"
+hash_key = "header:X-User"
+hash_fallback = "client_ip"
+hash_balance_factor = 1.25
+hash_vnodes = 40
+[pools.b]
+strategy = "p2c"
+seed = 7
+[[routes]]
+pool = "a"
+[[routes]]
+path_prefix = "/b"
+pool = "b"
+"#;
+    let c = Config::from_toml(src).unwrap();
+    let hash = c.pools[0].hash.clone().unwrap();
+    assert_eq!(hash.key, HashKey::Header("x-user".parse().unwrap()));
+    assert_eq!(hash.fallback, HashFallback::ClientIp);
+    assert_eq!(hash.balance_factor, Some(1.25));
+    assert_eq!(hash.vnodes, 40);
+    assert_eq!((c.pools[1].strategy, c.pools[1].seed, c.pools[1].hash.clone()), (StrategyKind::P2c, Some(7), None));
+}
+
+#[test]
+fn strategy_option_mistakes_are_reported() {
+    let src = r#"
+[[listeners]]
+addr = "127.0.0.1:8080"
+[pools.a]
+strategy = "consistent_hash"
+hash_fallback = "random"
+hash_balance_factor = 0.5
+hash_vnodes = 0
+[pools.b]
+strategy = "consistent_hash"
+hash_key = "body"
+[pools.c]
+strategy = "round_robin"
+hash_key = "path"
+seed = 1
+[[routes]]
+pool = "a"
+"#;
+    let got = issues(src);
+    let expect = [
+        "pools.a.hash_key: strategy \"consistent_hash\" requires it",
+        "line 6: pools.a.hash_fallback: unknown fallback \"random\"",
+        "line 7: pools.a.hash_balance_factor: 0.5 is out of range 1.0..=100.0",
+        "line 8: pools.a.hash_vnodes: 0 is out of range 1..=1000",
+        "line 11: pools.b.hash_key: unknown key \"body\"",
+        "line 14: pools.c.hash_key: only applies to strategy \"consistent_hash\"",
+        "line 15: pools.c.seed: only applies to strategy \"random\" or \"p2c\"",
+    ];
+    for e in expect {
+        assert!(got.iter().any(|m| m.contains(e)), "missing {e:?} in {got:#?}");
+    }
+    assert_eq!(got.len(), expect.len(), "{got:#?}");
 }

@@ -2,8 +2,8 @@
 
 use super::raw::{RawConfig, RawHttp, RawLimits, RawPool, RawRoute, RawTimeouts};
 use super::{
-    duration, Config, HostMatch, HttpOptions, Issue, Limits, ListenerConfig, PoolConfig, RouteConfig,
-    ServerConfig, StrategyKind, Timeouts,
+    duration, Config, HashConfig, HashFallback, HashKey, HostMatch, HttpOptions, Issue, Limits,
+    ListenerConfig, PoolConfig, RouteConfig, ServerConfig, StrategyKind, Timeouts,
 };
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -16,11 +16,7 @@ struct Issues<'a>(&'a mut Vec<Issue>);
 
 impl Issues<'_> {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Issue {
-            path: path.into(),
-            line: None,
-            message: message.into(),
-        });
+        self.0.push(Issue { path: path.into(), line: None, message: message.into() });
     }
 }
 
@@ -30,20 +26,9 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
     let timeouts = timeouts(&raw.timeouts, &mut out);
     let limits = limits(&raw.limits, &mut out);
     let http = http(&raw.http, &mut out);
-    let pools: Vec<PoolConfig> = raw
-        .pools
-        .iter()
-        .map(|(name, p)| pool(name, p, &mut out))
-        .collect();
+    let pools: Vec<PoolConfig> = raw.pools.iter().map(|(name, p)| pool(name, p, &mut out)).collect();
     let routes = routes(&raw.routes, &pools, &mut out);
-    Config {
-        listeners,
-        timeouts,
-        limits,
-        http,
-        pools,
-        routes,
-    }
+    Config { listeners, timeouts, limits, http, pools, routes }
 }
 
 fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
@@ -66,10 +51,7 @@ fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
                 out.push(path, format!("{addr} is used by an earlier listener"));
             }
             Ok(addr) => result.push(ListenerConfig { addr }),
-            Err(_) => out.push(
-                path,
-                format!("{text:?} is not an IP:port address (e.g. \"0.0.0.0:8080\")"),
-            ),
+            Err(_) => out.push(path, format!("{text:?} is not an IP:port address (e.g. \"0.0.0.0:8080\")")),
         }
     }
     result
@@ -110,37 +92,16 @@ fn limits(raw: &RawLimits, out: &mut Issues<'_>) -> Limits {
             None => default,
             Some(v) if (min..=max).contains(&v) => usize::try_from(v).unwrap_or(default),
             Some(v) => {
-                out.push(
-                    format!("limits.{key}"),
-                    format!("{v} is out of range {min}..={max}"),
-                );
+                out.push(format!("limits.{key}"), format!("{v} is out of range {min}..={max}"));
                 default
             }
         }
     };
-    let streams = get(
-        "h2_max_streams",
-        raw.h2_max_streams,
-        1,
-        65_535,
-        d.h2_max_streams as usize,
-    );
+    let streams = get("h2_max_streams", raw.h2_max_streams, 1, 65_535, d.h2_max_streams as usize);
     Limits {
-        max_header_bytes: get(
-            "max_header_bytes",
-            raw.max_header_bytes,
-            8192,
-            1 << 20,
-            d.max_header_bytes,
-        ),
+        max_header_bytes: get("max_header_bytes", raw.max_header_bytes, 8192, 1 << 20, d.max_header_bytes),
         max_headers: get("max_headers", raw.max_headers, 1, 1000, d.max_headers),
-        max_connections: get(
-            "max_connections",
-            raw.max_connections,
-            1,
-            1_000_000,
-            d.max_connections,
-        ),
+        max_connections: get("max_connections", raw.max_connections, 1, 1_000_000, d.max_connections),
         upstream_idle_per_server: get(
             "upstream_idle_per_server",
             raw.upstream_idle_per_server,
@@ -161,10 +122,7 @@ fn http(raw: &RawHttp, out: &mut Issues<'_>) -> HttpOptions {
         let lower = token.to_ascii_lowercase();
         let path = format!("http.upgrades[{i}]");
         if lower == "h2c" {
-            out.push(
-                path,
-                "\"h2c\" is never forwarded: lb speaks HTTP/2 to clients itself",
-            );
+            out.push(path, "\"h2c\" is never forwarded: lb speaks HTTP/2 to clients itself");
         } else if lower.is_empty() || !lower.bytes().all(is_token_byte) {
             out.push(path, format!("{token:?} is not an HTTP token"));
         } else {
@@ -180,10 +138,7 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 fn is_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
@@ -196,10 +151,7 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
         Some(s) => StrategyKind::parse(s).unwrap_or_else(|| {
             out.push(
                 format!("{base}.strategy"),
-                format!(
-                    "unknown strategy {s:?}; expected one of {:?}",
-                    StrategyKind::NAMES
-                ),
+                format!("unknown strategy {s:?}; expected one of {:?}", StrategyKind::NAMES),
             );
             StrategyKind::RoundRobin
         }),
@@ -220,33 +172,28 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
             out.push(format!("{path}.name"), "must not be empty");
         }
         if !names.insert(name.clone()) {
-            out.push(
-                format!("{path}.name"),
-                format!("{name:?} is used by an earlier server in this pool"),
-            );
+            out.push(format!("{path}.name"), format!("{name:?} is used by an earlier server in this pool"));
         }
         let weight = match s.weight {
             None => 1,
             Some(w) if (0..=MAX_WEIGHT).contains(&w) => u32::try_from(w).unwrap_or(1),
             Some(w) => {
-                out.push(
-                    format!("{path}.weight"),
-                    format!("{w} is out of range 0..={MAX_WEIGHT}"),
-                );
+                out.push(format!("{path}.weight"), format!("{w} is out of range 0..={MAX_WEIGHT}"));
                 1
             }
         };
-        servers.push(ServerConfig {
-            name,
-            addr: addr.clone(),
-            weight,
-        });
+        servers.push(ServerConfig { name, addr: addr.clone(), weight });
     }
-    PoolConfig {
-        name: name.to_owned(),
-        strategy,
-        servers,
-    }
+    let hash = hash_options(&base, strategy, raw, out);
+    let seed = match (raw.seed, strategy) {
+        (None, _) => None,
+        (Some(seed), StrategyKind::Random | StrategyKind::P2c) => Some(seed as u64),
+        (Some(_), _) => {
+            out.push(format!("{base}.seed"), "only applies to strategy \"random\" or \"p2c\"");
+            None
+        }
+    };
+    PoolConfig { name: name.to_owned(), strategy, servers, hash, seed }
 }
 
 /// A server address is `host:port`: an IP literal or a DNS name, a port, nothing else.
@@ -255,54 +202,34 @@ fn check_authority(addr: &str) -> Result<(), String> {
         return Ok(());
     }
     if addr.contains("://") || addr.contains('/') || addr.contains('@') {
-        return Err(format!(
-            "{addr:?} must be \"host:port\" without scheme, path or credentials"
-        ));
+        return Err(format!("{addr:?} must be \"host:port\" without scheme, path or credentials"));
     }
-    let authority: http::uri::Authority = addr
-        .parse()
-        .map_err(|_| format!("{addr:?} is not a valid \"host:port\""))?;
+    let authority: http::uri::Authority =
+        addr.parse().map_err(|_| format!("{addr:?} is not a valid \"host:port\""))?;
     match authority.port_u16() {
         Some(p) if p != 0 && !authority.host().is_empty() => Ok(()),
-        _ => Err(format!(
-            "{addr:?} needs a host and a non-zero port, e.g. \"10.0.0.5:8080\""
-        )),
+        _ => Err(format!("{addr:?} needs a host and a non-zero port, e.g. \"10.0.0.5:8080\"")),
     }
 }
 
 fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<RouteConfig> {
     if pools.is_empty() {
-        out.push(
-            "pools",
-            "at least one pool is required, e.g. [pools.web] with servers",
-        );
+        out.push("pools", "at least one pool is required, e.g. [pools.web] with servers");
         return Vec::new();
     }
     if raw.is_empty() {
         if pools.len() > 1 {
-            out.push(
-                "routes",
-                "required when more than one pool is defined: which pool gets which request?",
-            );
+            out.push("routes", "required when more than one pool is defined: which pool gets which request?");
         }
-        return vec![RouteConfig {
-            host: None,
-            path_prefix: None,
-            pool: 0,
-        }];
+        return vec![RouteConfig { host: None, path_prefix: None, pool: 0 }];
     }
     let mut seen = HashSet::new();
     let mut result = Vec::new();
     for (i, r) in raw.iter().enumerate() {
         let path = format!("routes[{i}]");
-        let host = r
-            .host
-            .as_deref()
-            .and_then(|h| host_match(h, &format!("{path}.host"), out));
-        let prefix = r
-            .path_prefix
-            .as_deref()
-            .and_then(|p| path_prefix(p, &format!("{path}.path_prefix"), out));
+        let host = r.host.as_deref().and_then(|h| host_match(h, &format!("{path}.host"), out));
+        let prefix =
+            r.path_prefix.as_deref().and_then(|p| path_prefix(p, &format!("{path}.path_prefix"), out));
         let pool = match &r.pool {
             None => {
                 out.push(format!("{path}.pool"), "is required");
@@ -316,11 +243,7 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
                 }
             },
         };
-        let route = RouteConfig {
-            host,
-            path_prefix: prefix,
-            pool,
-        };
+        let route = RouteConfig { host, path_prefix: prefix, pool };
         if !seen.insert((route.host.clone(), route.path_prefix.clone())) {
             out.push(path, "matches the same host and path prefix as an earlier route");
             continue;
@@ -334,10 +257,7 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
             Some(HostMatch::Suffix(s)) => (1, usize::MAX - s.len()),
             None => (2, 0),
         };
-        (
-            host_rank,
-            usize::MAX - r.path_prefix.as_ref().map_or(0, String::len),
-        )
+        (host_rank, usize::MAX - r.path_prefix.as_ref().map_or(0, String::len))
     });
     result
 }
@@ -350,10 +270,7 @@ fn host_match(host: &str, path: &str, out: &mut Issues<'_>) -> Option<HostMatch>
     };
     let valid = !name.is_empty()
         && name.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if !valid {
         out.push(
@@ -362,26 +279,105 @@ fn host_match(host: &str, path: &str, out: &mut Issues<'_>) -> Option<HostMatch>
         );
         return None;
     }
-    Some(if suffix {
-        HostMatch::Suffix(format!(".{name}"))
-    } else {
-        HostMatch::Exact(lower)
-    })
+    Some(if suffix { HostMatch::Suffix(format!(".{name}")) } else { HostMatch::Exact(lower) })
 }
 
 fn path_prefix(prefix: &str, path: &str, out: &mut Issues<'_>) -> Option<String> {
     if !prefix.starts_with('/') || prefix.contains(['?', '#', ' ']) {
-        out.push(
-            path,
-            format!("{prefix:?} must start with '/' and hold no query, fragment or space"),
-        );
+        out.push(path, format!("{prefix:?} must start with '/' and hold no query, fragment or space"));
         return None;
     }
     // "/api/" and "/api" mean the same thing: match on segment boundaries.
     let trimmed = prefix.trim_end_matches('/');
-    Some(if trimmed.is_empty() {
-        "/".to_owned()
-    } else {
-        trimmed.to_owned()
-    })
+    Some(if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() })
+}
+
+/// Default ring points per unit of weight (nginx's ketama uses 160 per server).
+const DEFAULT_VNODES: u32 = 160;
+
+fn hash_options(
+    base: &str,
+    strategy: StrategyKind,
+    raw: &RawPool,
+    out: &mut Issues<'_>,
+) -> Option<HashConfig> {
+    if strategy != StrategyKind::ConsistentHash {
+        let given = [
+            ("hash_key", raw.hash_key.is_some()),
+            ("hash_fallback", raw.hash_fallback.is_some()),
+            ("hash_balance_factor", raw.hash_balance_factor.is_some()),
+            ("hash_vnodes", raw.hash_vnodes.is_some()),
+        ];
+        for (key, _) in given.iter().filter(|(_, set)| *set) {
+            out.push(format!("{base}.{key}"), "only applies to strategy \"consistent_hash\"");
+        }
+        return None;
+    }
+    let key = match raw.hash_key.as_deref() {
+        None => {
+            out.push(
+                format!("{base}.hash_key"),
+                format!("strategy \"consistent_hash\" requires it: {KEY_FORMS}"),
+            );
+            HashKey::ClientIp
+        }
+        Some(text) => parse_hash_key(text).unwrap_or_else(|e| {
+            out.push(format!("{base}.hash_key"), e);
+            HashKey::ClientIp
+        }),
+    };
+    let fallback = match raw.hash_fallback.as_deref() {
+        None | Some("round_robin") => HashFallback::RoundRobin,
+        Some("client_ip") => HashFallback::ClientIp,
+        Some(other) => {
+            out.push(
+                format!("{base}.hash_fallback"),
+                format!("unknown fallback {other:?}; expected \"round_robin\" or \"client_ip\""),
+            );
+            HashFallback::RoundRobin
+        }
+    };
+    let balance_factor = match raw.hash_balance_factor {
+        Some(f) if !(1.0..=100.0).contains(&f) => {
+            out.push(
+                format!("{base}.hash_balance_factor"),
+                format!("{f} is out of range 1.0..=100.0 (e.g. 1.25)"),
+            );
+            None
+        }
+        other => other,
+    };
+    let vnodes = match raw.hash_vnodes {
+        None => DEFAULT_VNODES,
+        Some(v) if (1..=1000).contains(&v) => u32::try_from(v).unwrap_or(DEFAULT_VNODES),
+        Some(v) => {
+            out.push(format!("{base}.hash_vnodes"), format!("{v} is out of range 1..=1000"));
+            DEFAULT_VNODES
+        }
+    };
+    Some(HashConfig { key, fallback, balance_factor, vnodes })
+}
+
+const KEY_FORMS: &str = "\"client_ip\", \"path\", \"header:NAME\", \"cookie:NAME\" or \"query:NAME\"";
+
+fn parse_hash_key(text: &str) -> Result<HashKey, String> {
+    let named = |kind: &str, name: &str| -> Result<String, String> {
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(format!("{text:?}: the {kind} name must be a non-empty token"));
+        }
+        Ok(name.to_owned())
+    };
+    match text.split_once(':') {
+        None if text == "client_ip" => Ok(HashKey::ClientIp),
+        None if text == "path" => Ok(HashKey::Path),
+        Some(("header", name)) => {
+            let name = named("header", name)?;
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| format!("{text:?}: not a valid header name"))
+        }
+        Some(("cookie", name)) => named("cookie", name).map(HashKey::Cookie),
+        Some(("query", name)) => named("query parameter", name).map(HashKey::Query),
+        _ => Err(format!("unknown key {text:?}; expected {KEY_FORMS}")),
+    }
 }

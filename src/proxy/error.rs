@@ -89,18 +89,11 @@ impl ProxyError {
 /// client's own bytes were at fault (the connection's framing can no longer be trusted).
 pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
     let status = err.status();
-    let text = format!(
-        "{} {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
+    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
     let mut resp = Response::new(ResponseBody::full(text));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     if err.source() == Source::Client {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -123,10 +123,7 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -159,22 +156,12 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let host = HeaderValue::from_static("example.com");
-        set_forwarded(
-            &mut h,
-            &client_ip_value("10.0.0.9".parse().unwrap()),
-            "http",
-            Some(&host),
-        );
+        set_forwarded(&mut h, &client_ip_value("10.0.0.9".parse().unwrap()), "http", Some(&host));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
         let mut h = HeaderMap::new();
-        set_forwarded(
-            &mut h,
-            &client_ip_value("::ffff:10.0.0.1".parse().unwrap()),
-            "http",
-            None,
-        );
+        set_forwarded(&mut h, &client_ip_value("::ffff:10.0.0.1".parse().unwrap()), "http", None);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
     }
 
@@ -182,10 +169,7 @@ mod tests {
     fn only_configured_upgrades_and_never_h2c() {
         let allowed = vec!["websocket".to_owned(), "h2c".to_owned()];
         let ws = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")]);
-        assert_eq!(
-            allowed_upgrade(Version::HTTP_11, &ws, &allowed).as_deref(),
-            Some("websocket")
-        );
+        assert_eq!(allowed_upgrade(Version::HTTP_11, &ws, &allowed).as_deref(), Some("websocket"));
         assert_eq!(allowed_upgrade(Version::HTTP_10, &ws, &allowed), None);
         let h2c = map(&[("connection", "upgrade"), ("upgrade", "h2c")]);
         assert_eq!(allowed_upgrade(Version::HTTP_11, &h2c, &allowed), None);

@@ -9,7 +9,6 @@ pub mod error;
 pub mod headers;
 pub mod tunnel;
 
-use crate::balance::PickCtx;
 use crate::runtime::Runtime;
 use crate::server::ActiveRequest;
 use body::{RequestBody, ResponseBody};
@@ -70,12 +69,7 @@ impl Proxy {
         conn: Option<Arc<crate::server::Activity>>,
     ) -> Self {
         let client_ip = headers::client_ip_value(client_addr.ip());
-        Self {
-            shared,
-            client_addr,
-            client_ip,
-            conn,
-        }
+        Self { shared, client_addr, client_ip, conn }
     }
 }
 
@@ -131,26 +125,16 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     let host = request_host(&parts)?;
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-    let pool_index = snap
-        .router
-        .route(host_str, parts.uri.path())
-        .ok_or(ProxyError::NoRoute)?;
+    let pool_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
     let pool = snap.pools.get(pool_index).ok_or(ProxyError::NoRoute)?;
-    let upstream = pool
-        .pick(&PickCtx {
-            client,
-            parts: &parts,
-        })
-        .ok_or_else(|| ProxyError::NoReadyServer {
-            pool: pool.name.to_string(),
-        })?;
+    let upstream =
+        pool.pick(client, &parts).ok_or_else(|| ProxyError::NoReadyServer { pool: pool.name.to_string() })?;
     let guard = upstream.stats.begin();
     let who = || format!("{}/{}", upstream.key.pool, upstream.key.name);
 
     let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
-    let client_upgrade = upgrade
-        .as_ref()
-        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let client_upgrade =
+        upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     headers::strip_hop_by_hop(&mut parts.headers);
     if let (Some(token), Some(_)) = (&upgrade, &client_upgrade) {
         if let Ok(value) = HeaderValue::from_str(token) {
@@ -171,12 +155,7 @@ async fn forward(
     let timeout = snap.config.timeouts.response;
     let result = tokio::time::timeout(timeout, shared.client.request(Request::from_parts(parts, body))).await;
     let mut resp = match result {
-        Err(_) => {
-            return Err(ProxyError::Timeout {
-                upstream: who(),
-                after: timeout,
-            })
-        }
+        Err(_) => return Err(ProxyError::Timeout { upstream: who(), after: timeout }),
         Ok(Err(e)) if broken.as_ref().is_some_and(|b| b.load(Ordering::Relaxed)) => {
             return Err(ProxyError::ClientBody(error_chain(&e)));
         }
@@ -198,13 +177,7 @@ async fn forward(
         if let Some(token) = token {
             headers::set_upgrade(&mut parts.headers, token);
         }
-        tunnel::spawn(
-            client_upgrade,
-            upstream_upgrade,
-            guard,
-            snap.config.timeouts.tunnel_idle,
-            who(),
-        );
+        tunnel::spawn(client_upgrade, upstream_upgrade, guard, snap.config.timeouts.tunnel_idle, who());
         return Ok(Response::from_parts(parts, ResponseBody::full("")));
     }
 
@@ -236,10 +209,7 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Pro
 
 /// `http://<upstream>/<original path and query>`.
 fn upstream_uri(original: &Uri, authority: &uri::Authority) -> Result<Uri, ProxyError> {
-    let path = original
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
+    let path = original.path_and_query().cloned().unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
     Uri::builder()
         .scheme(uri::Scheme::HTTP)
         .authority(authority.clone())
@@ -252,10 +222,7 @@ fn upstream_uri(original: &Uri, authority: &uri::Authority) -> Result<Uri, Proxy
 fn upstream_error(e: &hyper_util::client::legacy::Error, upstream: String, connect: Duration) -> ProxyError {
     let reason = error_chain(e);
     if e.is_connect() && has_io_kind(e, std::io::ErrorKind::TimedOut) {
-        return ProxyError::Timeout {
-            upstream,
-            after: connect,
-        };
+        return ProxyError::Timeout { upstream, after: connect };
     }
     if e.is_connect() {
         return ProxyError::Connect { upstream, reason };
@@ -266,10 +233,7 @@ fn upstream_error(e: &hyper_util::client::legacy::Error, upstream: String, conne
 fn has_io_kind(e: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == kind)
-        {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == kind) {
             return true;
         }
         cur = err.source();

@@ -67,10 +67,7 @@ where
 async fn write_within<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8], idle: Duration) -> io::Result<()> {
     match tokio::time::timeout(idle, w.write_all(bytes)).await {
         Ok(result) => result,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "tunnel peer stopped reading",
-        )),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel peer stopped reading")),
     }
 }
 
@@ -115,9 +112,7 @@ mod tests {
     async fn idle_tunnels_are_closed() {
         let (client, _client_peer) = tokio::io::duplex(64);
         let (upstream, _upstream_peer) = tokio::io::duplex(64);
-        let err = relay(client, upstream, Duration::from_secs(30))
-            .await
-            .unwrap_err();
+        let err = relay(client, upstream, Duration::from_secs(30)).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -174,13 +174,7 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
         // No data: the timer decides whether waiting any longer is allowed.
         while this.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            let due = deadline(
-                this.activity,
-                *this.head,
-                *this.h2,
-                *this.client_header,
-                *this.keepalive,
-            );
+            let due = deadline(this.activity, *this.head, *this.h2, *this.client_header, *this.keepalive);
             match due {
                 Some(due) if due <= now => {
                     return Poll::Ready(Err(io::Error::new(
@@ -240,10 +234,9 @@ fn send_deadline<R>(
             send.progress();
             Poll::Ready(r)
         }
-        Poll::Pending if send.expired(cx) => Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "client stopped reading",
-        ))),
+        Poll::Pending if send.expired(cx) => {
+            Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")))
+        }
         Poll::Pending => Poll::Pending,
     }
 }
@@ -257,24 +250,12 @@ mod tests {
     const IDLE: Duration = Duration::from_secs(75);
     const SEND: Duration = Duration::from_secs(60);
 
-    fn wrap() -> (
-        IdleIo<tokio::io::DuplexStream>,
-        tokio::io::DuplexStream,
-        Arc<Activity>,
-    ) {
+    fn wrap() -> (IdleIo<tokio::io::DuplexStream>, tokio::io::DuplexStream, Arc<Activity>) {
         let (ours, theirs) = tokio::io::duplex(1024);
         let activity = Arc::new(Activity::new());
-        let timeouts = Timeouts {
-            client_header: HEAD,
-            keepalive: IDLE,
-            client_send: SEND,
-            ..Timeouts::default()
-        };
-        (
-            IdleIo::new(ours, Arc::clone(&activity), &timeouts),
-            theirs,
-            activity,
-        )
+        let timeouts =
+            Timeouts { client_header: HEAD, keepalive: IDLE, client_send: SEND, ..Timeouts::default() };
+        (IdleIo::new(ours, Arc::clone(&activity), &timeouts), theirs, activity)
     }
 
     async fn read_err_after(io: &mut IdleIo<tokio::io::DuplexStream>) -> Duration {

@@ -42,10 +42,7 @@ pub async fn bind(config: &Config) -> io::Result<Vec<TcpListener>> {
 /// Serves `listeners` with the runtime's current config until `shutdown` completes, then drains.
 pub async fn serve(listeners: Vec<TcpListener>, runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) {
     let config = Arc::clone(&runtime.snapshot().config);
-    let shared = Arc::new(Shared {
-        client: proxy::upstream_client(&config),
-        runtime,
-    });
+    let shared = Arc::new(Shared { client: proxy::upstream_client(&config), runtime });
     let builder = Arc::new(http_builder(&config));
     let max = config.limits.max_connections;
     let permits = Arc::new(Semaphore::new(max));
@@ -65,9 +62,7 @@ pub async fn serve(listeners: Vec<TcpListener>, runtime: Arc<Runtime>, shutdown:
     let _ = stop_tx.send(true);
     // Every connection holds one permit: when all are back, every connection has closed.
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(config.timeouts.drain, permits.acquire_many(all))
-        .await
-        .is_ok();
+    let drained = tokio::time::timeout(config.timeouts.drain, permits.acquire_many(all)).await.is_ok();
     if drained {
         tracing::info!("all connections closed");
     } else {
@@ -168,9 +163,7 @@ impl Conn {
         let activity = Arc::new(Activity::new());
         let io = IdleIo::new(stream, Arc::clone(&activity), &self.timeouts);
         let service = TowerToHyperService::new(Proxy::new(Arc::clone(&self.shared), peer, Some(activity)));
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,

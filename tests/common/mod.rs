@@ -71,12 +71,7 @@ impl Backend {
                 });
             }
         });
-        Self {
-            name: name.to_owned(),
-            addr,
-            seen,
-            task,
-        }
+        Self { name: name.to_owned(), addr, seen, task }
     }
 
     pub fn requests(&self) -> usize {
@@ -88,23 +83,14 @@ impl Backend {
     }
 
     pub fn last_head(&self) -> http::request::Parts {
-        self.seen
-            .heads
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("backend saw no request")
+        self.seen.heads.lock().unwrap().last().cloned().expect("backend saw no request")
     }
 }
 
 fn query_num(req: &Request<Incoming>, key: &str) -> u64 {
     req.uri()
         .query()
-        .and_then(|q| {
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        })
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
@@ -117,11 +103,7 @@ async fn handle(
     seen.requests.fetch_add(1, Ordering::SeqCst);
     seen.heads.lock().unwrap().push(clone_parts(&req));
     seen.in_progress.fetch_add(1, Ordering::SeqCst);
-    let full = |s: String| {
-        Full::new(Bytes::from(s))
-            .map_err(|e: Infallible| match e {})
-            .boxed()
-    };
+    let full = |s: String| Full::new(Bytes::from(s)).map_err(|e: Infallible| match e {}).boxed();
     let resp = match req.uri().path() {
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(query_num(&req, "ms"))).await;
@@ -160,19 +142,15 @@ async fn handle(
             });
             let mut resp = Response::new(full(String::new()));
             *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            resp.headers_mut()
-                .insert("connection", "upgrade".parse().unwrap());
+            resp.headers_mut().insert("connection", "upgrade".parse().unwrap());
             resp.headers_mut().insert("upgrade", "websocket".parse().unwrap());
             resp
         }
         _ => {
             let mut resp = Response::new(full(name));
-            resp.headers_mut()
-                .insert("connection", "x-backend-hop".parse().unwrap());
-            resp.headers_mut()
-                .insert("x-backend-hop", "secret".parse().unwrap());
-            resp.headers_mut()
-                .insert("keep-alive", "timeout=5".parse().unwrap());
+            resp.headers_mut().insert("connection", "x-backend-hop".parse().unwrap());
+            resp.headers_mut().insert("x-backend-hop", "secret".parse().unwrap());
+            resp.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
             resp
         }
     };
@@ -196,10 +174,7 @@ fn futures_frames(
 }
 
 fn clone_parts(req: &Request<Incoming>) -> http::request::Parts {
-    let mut b = Request::builder()
-        .method(req.method())
-        .uri(req.uri())
-        .version(req.version());
+    let mut b = Request::builder().method(req.method()).uri(req.uri()).version(req.version());
     for (k, v) in req.headers() {
         b = b.header(k, v);
     }
@@ -229,11 +204,7 @@ impl Lb {
         let task = tokio::spawn(lb::server::serve(listeners, runtime, async {
             let _ = rx.await;
         }));
-        Self {
-            addr,
-            stop: Some(tx),
-            task: Some(task),
-        }
+        Self { addr, stop: Some(tx), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -261,10 +232,8 @@ impl Drop for Lb {
 
 /// `[[listeners]]` on port 0 plus one pool `web` of `servers` (as `(name, addr)`).
 pub fn config_with(servers: &[(&str, SocketAddr)], extra: &str) -> String {
-    let list: Vec<String> = servers
-        .iter()
-        .map(|(n, a)| format!("{{ name = \"{n}\", addr = \"{a}\" }}"))
-        .collect();
+    let list: Vec<String> =
+        servers.iter().map(|(n, a)| format!("{{ name = \"{n}\", addr = \"{a}\" }}")).collect();
     format!(
         "[[listeners]]\naddr = \"127.0.0.1:0\"\n\n[pools.web]\nservers = [{}]\n{extra}\n",
         list.join(", ")
@@ -279,9 +248,7 @@ pub fn client() -> Client {
 }
 
 pub fn h2_client() -> Client {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build_http()
 }
 
 /// GET `url`; returns status and the whole body as text.
@@ -309,10 +276,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {limit:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

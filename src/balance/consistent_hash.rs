@@ -1,0 +1,207 @@
+//! `consistent_hash`: a hash ring over a request key, with optional bounded load.
+//!
+//! Placement depends only on the config: each server gets `vnodes x weight` points, each the fixed-seed
+//! hash of the server's *name* and the point's number, so every lb instance and every restart build
+//! the same ring. A key goes to the first server clockwise from its hash. Servers that are not ready
+//! are skipped, not removed, so no rebuild happens and only their keys move (to the next server on
+//! the ring).
+//!
+//! Bounded load ("consistent hashing with bounded loads", Mirrokni et al.; HAProxy's
+//! `hash-balance-factor`, Envoy's `hash_balance_factor`): with factor `c`, a server may take a new
+//! request only while `in_flight + 1 <= ceil(c * (total_in_flight + 1) / ready_servers)`; a full server
+//! is skipped and the walk continues clockwise. Since `c >= 1`, some server always has room.
+
+use super::hash_key::hash_point;
+use super::round_robin::RoundRobin;
+use super::{PickCtx, Strategy, Upstreams};
+use crate::upstream::Upstream;
+use std::sync::Arc;
+
+/// A ring of `(point, server index)`, sorted by point.
+#[derive(Debug)]
+pub struct ConsistentHash {
+    ring: Box<[(u64, u32)]>,
+    balance_factor: Option<f64>,
+    /// For requests without a key (when the pool's fallback is round robin).
+    fallback: RoundRobin,
+}
+
+impl ConsistentHash {
+    /// Builds the ring for `ups` with `vnodes` points per unit of weight.
+    pub fn new(ups: &[Arc<Upstream>], vnodes: u32, balance_factor: Option<f64>) -> Self {
+        let mut ring = Vec::new();
+        for (i, u) in ups.iter().enumerate() {
+            for point in 0..vnodes.saturating_mul(u.weight) {
+                ring.push((hash_point(&u.key.name, point), i as u32));
+            }
+        }
+        // Ties (vanishingly rare) are ordered by server index, so the ring is still deterministic.
+        ring.sort_unstable();
+        Self { ring: ring.into(), balance_factor, fallback: RoundRobin::default() }
+    }
+
+    /// The first ready server clockwise from `hash` that has room under the bounded-load cap.
+    fn walk(&self, hash: u64, ups: Upstreams<'_>) -> Option<usize> {
+        let len = self.ring.len();
+        let start = self.ring.partition_point(|&(point, _)| point < hash);
+        let cap = self.balance_factor.and_then(|factor| capacity(factor, ups));
+        let has_room = |i: usize| cap.is_none_or(|cap| ups.0[i].stats.in_flight() < cap);
+        let first = self.ring.get(start % len.max(1))?.1 as usize;
+        if ups.is_ready(first) && has_room(first) {
+            return Some(first);
+        }
+        // Slow path: walk on, but not around a ring where nothing is ready.
+        ups.ready().next()?;
+        (1..len).map(|k| self.ring[(start + k) % len].1 as usize).find(|&i| ups.is_ready(i) && has_room(i))
+    }
+}
+
+/// `ceil(factor * (total_in_flight + 1) / ready)`: the most in-flight requests a server may hold
+/// after taking this one. `None` when no server is ready.
+fn capacity(factor: f64, ups: Upstreams<'_>) -> Option<usize> {
+    let (mut ready, mut total) = (0usize, 0usize);
+    for (_, u) in ups.ready() {
+        ready += 1;
+        total += u.stats.in_flight();
+    }
+    if ready == 0 {
+        return None;
+    }
+    Some((factor * (total + 1) as f64 / ready as f64).ceil() as usize)
+}
+
+impl Strategy for ConsistentHash {
+    fn pick(&self, ctx: &PickCtx<'_>, ups: Upstreams<'_>) -> Option<usize> {
+        match ctx.hash {
+            Some(hash) => self.walk(hash, ups),
+            None => self.fallback.pick(ctx, ups),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::hash_key::hash_key_bytes;
+    use crate::balance::testing::{client, ctx_parts, named_pool, pool};
+    use proptest::prelude::{any, prop, prop_assert, prop_assert_eq, proptest, ProptestConfig};
+
+    fn place(ring: &ConsistentHash, ups: &[Arc<Upstream>], keys: u64) -> Vec<usize> {
+        let parts = ctx_parts();
+        (0..keys)
+            .map(|k| {
+                let ctx =
+                    PickCtx { client: client(), parts: &parts, hash: Some(hash_key_bytes(&k.to_le_bytes())) };
+                ring.pick(&ctx, Upstreams(ups)).unwrap()
+            })
+            .collect()
+    }
+
+    fn names(ups: &[Arc<Upstream>], placement: &[usize]) -> Vec<String> {
+        placement.iter().map(|&i| ups[i].key.name.to_string()).collect()
+    }
+
+    #[test]
+    fn keys_without_a_hash_use_the_fallback() {
+        let ups = pool(&[1, 1]);
+        let ch = ConsistentHash::new(&ups, 160, None);
+        let parts = ctx_parts();
+        let ctx = PickCtx { client: client(), parts: &parts, hash: None };
+        let picks: Vec<_> = (0..4).map(|_| ch.pick(&ctx, Upstreams(&ups)).unwrap()).collect();
+        assert_eq!(picks, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn weight_scales_the_share() {
+        let ups = pool(&[1, 3]);
+        let ch = ConsistentHash::new(&ups, 160, None);
+        let placement = place(&ch, &ups, 40_000);
+        let heavy = placement.iter().filter(|&&i| i == 1).count();
+        assert!((27_000..33_000).contains(&heavy), "{heavy} of 40000 on the weight-3 server");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn two_independent_builds_place_every_key_alike(n in 1usize..12) {
+            let names_list: Vec<String> = (0..n).map(|i| format!("srv-{i}")).collect();
+            let (a, b) = (named_pool(&names_list), named_pool(&names_list));
+            let (ra, rb) = (ConsistentHash::new(&a, 160, None), ConsistentHash::new(&b, 160, None));
+            prop_assert_eq!(place(&ra, &a, 2_000), place(&rb, &b, 2_000));
+        }
+
+        #[test]
+        fn removing_a_server_moves_only_its_keys(n in 2usize..12, victim in 0usize..12) {
+            let victim = victim % n;
+            let all: Vec<String> = (0..n).map(|i| format!("srv-{i}")).collect();
+            let rest: Vec<String> = all.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, s)| s.clone()).collect();
+            let (full, less) = (named_pool(&all), named_pool(&rest));
+            let before = names(&full, &place(&ConsistentHash::new(&full, 160, None), &full, 3_000));
+            let after = names(&less, &place(&ConsistentHash::new(&less, 160, None), &less, 3_000));
+            for (b, a) in before.iter().zip(&after) {
+                if *b != all[victim] {
+                    prop_assert_eq!(b, a, "a key not on the removed server moved");
+                }
+            }
+        }
+
+        #[test]
+        fn an_unready_server_moves_only_its_keys(n in 2usize..12, victim in 0usize..12) {
+            let victim = victim % n;
+            let ups = pool(&vec![1; n]);
+            let ch = ConsistentHash::new(&ups, 160, None);
+            let before = place(&ch, &ups, 3_000);
+            let mut drained = pool(&vec![1; n]);
+            Arc::get_mut(&mut drained[victim]).unwrap().weight = 0; // not ready, same ring
+            let after = place(&ch, &drained, 3_000);
+            for (b, a) in before.iter().zip(&after) {
+                prop_assert!(*a != victim);
+                if *b != victim {
+                    prop_assert_eq!(b, a);
+                }
+            }
+        }
+
+        #[test]
+        fn adding_a_server_moves_about_its_share(n in 2usize..16) {
+            let old: Vec<String> = (0..n).map(|i| format!("srv-{i}")).collect();
+            let mut new = old.clone();
+            new.push(format!("srv-{n}"));
+            let (a, b) = (named_pool(&old), named_pool(&new));
+            let keys = 20_000u64;
+            let before = names(&a, &place(&ConsistentHash::new(&a, 160, None), &a, keys));
+            let after = names(&b, &place(&ConsistentHash::new(&b, 160, None), &b, keys));
+            let moved = before.iter().zip(&after).filter(|(x, y)| x != y).count() as f64 / keys as f64;
+            let ideal = 1.0 / (n as f64 + 1.0);
+            // Every moved key went to the new server, and about 1/(N+1) of them moved.
+            prop_assert!(before.iter().zip(&after).all(|(x, y)| x == y || *y == new[n]));
+            prop_assert!((moved - ideal).abs() < ideal * 0.35 + 0.01, "moved {:.3}, ideal {:.3}", moved, ideal);
+        }
+
+        #[test]
+        fn bounded_load_caps_every_server(
+            n in 2usize..8,
+            factor in 1.0f64..2.0,
+            ops in prop::collection::vec((any::<bool>(), 0u64..8), 50..400),
+        ) {
+            // Few distinct keys: an unbounded ring would pile them onto one or two servers.
+            let ups = pool(&vec![1; n]);
+            let ch = ConsistentHash::new(&ups, 160, Some(factor));
+            let parts = ctx_parts();
+            let mut held: Vec<crate::upstream::InFlight> = Vec::new();
+            for (arrive, key) in ops {
+                if !arrive && !held.is_empty() {
+                    drop(held.remove(0));
+                    continue;
+                }
+                let ctx = PickCtx { client: client(), parts: &parts, hash: Some(hash_key_bytes(&key.to_le_bytes())) };
+                let i = ch.pick(&ctx, Upstreams(&ups)).unwrap();
+                held.push(ups[i].stats.begin());
+                let total = held.len();
+                let cap = (factor * total as f64 / n as f64).ceil() as usize;
+                prop_assert!(ups[i].stats.in_flight() <= cap, "server {} holds {} > cap {}", i, ups[i].stats.in_flight(), cap);
+            }
+        }
+    }
+}
