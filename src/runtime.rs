@@ -7,7 +7,7 @@
 use crate::balance::{self, hash_key, PickCtx, Strategy, Upstreams};
 use crate::config::{Config, HashConfig, HashFallback};
 use crate::router::Router;
-use crate::upstream::{Upstream, UpstreamKey, UpstreamStats};
+use crate::upstream::{InFlight, Upstream, UpstreamKey, UpstreamStats};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +36,16 @@ impl Pool {
         });
         let ctx = PickCtx { client, parts, hash };
         self.strategy.pick(&ctx, Upstreams(&self.upstreams)).and_then(|i| self.upstreams.get(i))
+    }
+
+    /// Counts a request on `upstream` (and in the pool total, if the strategy keeps one) until the
+    /// returned guard drops.
+    pub fn begin(&self, upstream: &Upstream) -> InFlight {
+        let guard = upstream.stats.begin();
+        match self.strategy.pool_load() {
+            Some(load) => guard.with_pool(load),
+            None => guard,
+        }
     }
 }
 

@@ -32,7 +32,7 @@ impl UpstreamStats {
     /// Marks one request as using this server until the returned guard drops.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(self))
+        InFlight { server: Arc::clone(self), pool: None }
     }
 }
 
@@ -40,11 +40,27 @@ impl UpstreamStats {
 /// body, so a request stays counted until its body ends or the client goes away.
 #[derive(Debug)]
 #[must_use = "the request is counted only while this guard is alive"]
-pub struct InFlight(Arc<UpstreamStats>);
+pub struct InFlight {
+    server: Arc<UpstreamStats>,
+    /// The pool-wide count, for strategies that need the total (bounded-load hashing).
+    pool: Option<Arc<AtomicUsize>>,
+}
+
+impl InFlight {
+    /// Also counts the request in a pool-wide total until the guard drops.
+    pub fn with_pool(mut self, pool: &Arc<AtomicUsize>) -> Self {
+        pool.fetch_add(1, Ordering::Relaxed);
+        self.pool = Some(Arc::clone(pool));
+        self
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(pool) = &self.pool {
+            pool.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

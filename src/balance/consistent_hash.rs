@@ -9,12 +9,14 @@
 //! Bounded load ("consistent hashing with bounded loads", Mirrokni et al.; HAProxy's
 //! `hash-balance-factor`, Envoy's `hash_balance_factor`): with factor `c`, a server may take a new
 //! request only while `in_flight + 1 <= ceil(c * (total_in_flight + 1) / ready_servers)`; a full server
-//! is skipped and the walk continues clockwise. Since `c >= 1`, some server always has room.
+//! is skipped and the walk continues clockwise. Since `c >= 1`, some server always has room. The
+//! pool-wide total is a counter kept by the pool's in-flight guards, so the common case is O(1).
 
 use super::hash_key::hash_point;
 use super::round_robin::RoundRobin;
 use super::{PickCtx, Strategy, Upstreams};
 use crate::upstream::Upstream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A ring of `(point, server index)`, sorted by point.
@@ -22,6 +24,10 @@ use std::sync::Arc;
 pub struct ConsistentHash {
     ring: Box<[(u64, u32)]>,
     balance_factor: Option<f64>,
+    /// In-flight requests of the whole pool (bounded load only), kept by the pool's guards.
+    load: Arc<AtomicUsize>,
+    /// Servers with a weight at build time: an upper bound on the ready servers.
+    eligible: usize,
     /// For requests without a key (when the pool's fallback is round robin).
     fallback: RoundRobin,
 }
@@ -37,37 +43,50 @@ impl ConsistentHash {
         }
         // Ties (vanishingly rare) are ordered by server index, so the ring is still deterministic.
         ring.sort_unstable();
-        Self { ring: ring.into(), balance_factor, fallback: RoundRobin::default() }
+        Self {
+            ring: ring.into(),
+            balance_factor,
+            load: Arc::new(AtomicUsize::new(0)),
+            eligible: ups.iter().filter(|u| u.weight > 0).count(),
+            fallback: RoundRobin::default(),
+        }
     }
 
     /// The first ready server clockwise from `hash` that has room under the bounded-load cap.
     fn walk(&self, hash: u64, ups: Upstreams<'_>) -> Option<usize> {
         let len = self.ring.len();
         let start = self.ring.partition_point(|&(point, _)| point < hash);
-        let cap = self.balance_factor.and_then(|factor| capacity(factor, ups));
-        let has_room = |i: usize| cap.is_none_or(|cap| ups.0[i].stats.in_flight() < cap);
         let first = self.ring.get(start % len.max(1))?.1 as usize;
-        if ups.is_ready(first) && has_room(first) {
+        // Fast path, O(1): the key's own server is ready and, with bounded load, below a cap computed
+        // over every eligible server. That cap is never above the exact one (ready <= eligible).
+        let quick_cap = self.balance_factor.map(|f| cap(f, self.load.load(Ordering::Relaxed), self.eligible));
+        if ups.is_ready(first) && quick_cap.is_none_or(|c| in_flight(ups, first) < c) {
             return Some(first);
         }
-        // Slow path: walk on, but not around a ring where nothing is ready.
-        ups.ready().next()?;
-        (1..len).map(|k| self.ring[(start + k) % len].1 as usize).find(|&i| ups.is_ready(i) && has_room(i))
+        // Slow path: walk on with the exact cap over the ready servers, unless nothing is ready.
+        let ready = ups.ready().count();
+        if ready == 0 {
+            return None;
+        }
+        let exact = self.balance_factor.map(|f| cap(f, self.load.load(Ordering::Relaxed), ready));
+        let candidates =
+            || (0..len).map(|k| self.ring[(start + k) % len].1 as usize).filter(|&i| ups.is_ready(i));
+        candidates()
+            .find(|&i| exact.is_none_or(|c| in_flight(ups, i) < c))
+            // Every ready server full cannot happen with consistent counts (factor >= 1); if counts
+            // drifted (e.g. across a reload), serving beats refusing.
+            .or_else(|| candidates().next())
     }
 }
 
-/// `ceil(factor * (total_in_flight + 1) / ready)`: the most in-flight requests a server may hold
-/// after taking this one. `None` when no server is ready.
-fn capacity(factor: f64, ups: Upstreams<'_>) -> Option<usize> {
-    let (mut ready, mut total) = (0usize, 0usize);
-    for (_, u) in ups.ready() {
-        ready += 1;
-        total += u.stats.in_flight();
-    }
-    if ready == 0 {
-        return None;
-    }
-    Some((factor * (total + 1) as f64 / ready as f64).ceil() as usize)
+fn in_flight(ups: Upstreams<'_>, i: usize) -> usize {
+    ups.0.get(i).map_or(usize::MAX, |u| u.stats.in_flight())
+}
+
+/// `ceil(factor * (total + 1) / servers)`: the most in-flight requests a server may hold after taking
+/// one more request.
+fn cap(factor: f64, total: usize, servers: usize) -> usize {
+    (factor * (total + 1) as f64 / servers.max(1) as f64).ceil() as usize
 }
 
 impl Strategy for ConsistentHash {
@@ -76,6 +95,10 @@ impl Strategy for ConsistentHash {
             Some(hash) => self.walk(hash, ups),
             None => self.fallback.pick(ctx, ups),
         }
+    }
+
+    fn pool_load(&self) -> Option<&Arc<AtomicUsize>> {
+        self.balance_factor.map(|_| &self.load)
     }
 }
 
@@ -197,7 +220,7 @@ mod tests {
                 }
                 let ctx = PickCtx { client: client(), parts: &parts, hash: Some(hash_key_bytes(&key.to_le_bytes())) };
                 let i = ch.pick(&ctx, Upstreams(&ups)).unwrap();
-                held.push(ups[i].stats.begin());
+                held.push(ups[i].stats.begin().with_pool(ch.pool_load().unwrap()));
                 let total = held.len();
                 let cap = (factor * total as f64 / n as f64).ceil() as usize;
                 prop_assert!(ups[i].stats.in_flight() <= cap, "server {} holds {} > cap {}", i, ups[i].stats.in_flight(), cap);

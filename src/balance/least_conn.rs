@@ -23,7 +23,26 @@ impl Strategy for LeastConn {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        least_loaded((start..n).chain(0..start), ups)
+        // Scan the slice in two plain runs (start.., ..start): no index arithmetic or bounds checks
+        // per server, which is what a full scan of 100 servers spends its time on.
+        let (tail, head) = (&ups.0[start..], &ups.0[..start]);
+        let mut best: Option<(usize, u64, u64)> = None;
+        for (i, u) in tail.iter().enumerate().map(|(k, u)| (start + k, u)).chain(head.iter().enumerate()) {
+            if !u.is_ready() {
+                continue;
+            }
+            let (load, weight) = (u.stats.in_flight() as u64, u64::from(u.weight));
+            if let Some((_, best_load, best_weight)) = best {
+                if load * best_weight >= best_load * weight {
+                    continue;
+                }
+            }
+            best = Some((i, load, weight));
+            if load == 0 {
+                break; // nothing beats an idle server
+            }
+        }
+        best.map(|(i, _, _)| i)
     }
 }
 

@@ -27,6 +27,7 @@ use crate::upstream::Upstream;
 use rng::Rng;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 /// What a strategy may look at when choosing: the client and the request head.
@@ -71,6 +72,12 @@ impl<'a> Upstreams<'a> {
 pub trait Strategy: Send + Sync + fmt::Debug {
     /// Index of a *ready* server, or `None` when none is ready. Must not block, lock or allocate.
     fn pick(&self, ctx: &PickCtx<'_>, ups: Upstreams<'_>) -> Option<usize>;
+
+    /// A pool-wide in-flight counter this strategy reads, if it needs one (bounded-load hashing);
+    /// the pool then counts every request in it for the request's whole life.
+    fn pool_load(&self) -> Option<&Arc<AtomicUsize>> {
+        None
+    }
 }
 
 /// Builds the strategy a pool's config names, for that pool's servers.

@@ -196,7 +196,10 @@ pool = "b"
     assert_eq!(hash.fallback, HashFallback::ClientIp);
     assert_eq!(hash.balance_factor, Some(1.25));
     assert_eq!(hash.vnodes, 40);
-    assert_eq!((c.pools[1].strategy, c.pools[1].seed, c.pools[1].hash.clone()), (StrategyKind::P2c, Some(7), None));
+    assert_eq!(
+        (c.pools[1].strategy, c.pools[1].seed, c.pools[1].hash.clone()),
+        (StrategyKind::P2c, Some(7), None)
+    );
 }
 
 #[test]

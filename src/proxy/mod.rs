@@ -129,7 +129,7 @@ async fn forward(
     let pool = snap.pools.get(pool_index).ok_or(ProxyError::NoRoute)?;
     let upstream =
         pool.pick(client, &parts).ok_or_else(|| ProxyError::NoReadyServer { pool: pool.name.to_string() })?;
-    let guard = upstream.stats.begin();
+    let guard = pool.begin(upstream);
     let who = || format!("{}/{}", upstream.key.pool, upstream.key.name);
 
     let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);

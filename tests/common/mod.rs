@@ -51,6 +51,11 @@ impl Drop for Backend {
 
 impl Backend {
     pub async fn start(name: &str) -> Self {
+        Self::start_with_delay(name, Duration::ZERO).await
+    }
+
+    /// A backend that waits `delay` before answering every request (a slow server).
+    pub async fn start_with_delay(name: &str, delay: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
@@ -63,7 +68,17 @@ impl Backend {
                 s.connections.fetch_add(1, Ordering::SeqCst);
                 let (n, s) = (n.clone(), Arc::clone(&s));
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(n.clone(), Arc::clone(&s), req));
+                    let svc = service_fn(move |req| {
+                        let (n, s) = (n.clone(), Arc::clone(&s));
+                        async move {
+                            if !delay.is_zero() {
+                                s.in_progress.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(delay).await;
+                                s.in_progress.fetch_sub(1, Ordering::SeqCst);
+                            }
+                            handle(n, s, req).await
+                        }
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
@@ -278,5 +293,39 @@ where
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "condition not met within {limit:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A running `lb` binary, killed on drop.
+pub struct LbProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    _config: tempfile::NamedTempFile,
+}
+
+impl LbProcess {
+    /// Writes `toml` to a temporary file, starts `lb --config` on it and waits for its "listening"
+    /// line (its readiness signal), which also tells the port-0 address.
+    pub fn start(toml: &str) -> Self {
+        use std::io::BufRead;
+        let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::fs::write(config.path(), toml).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lb"))
+            .args(["--config", config.path().to_str().unwrap()])
+            .env("LB_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("lb listening on http://").unwrap_or_else(|| panic!("{line:?}"));
+        Self { child, addr: addr.parse().unwrap(), _config: config }
+    }
+}
+
+impl Drop for LbProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

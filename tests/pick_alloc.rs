@@ -1,0 +1,72 @@
+//! `Strategy::pick` must not allocate: checked with a counting global allocator around many picks of
+//! every strategy, with some servers not ready and some load in flight.
+
+use lb::balance;
+use lb::config::Config;
+use lb::runtime::Runtime;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn no_strategy_allocates_when_picking() {
+    let strategies = [
+        ("round_robin", ""),
+        ("weighted", ""),
+        ("least_conn", ""),
+        ("random", "seed = 1"),
+        ("p2c", "seed = 1"),
+        ("consistent_hash", "hash_key = \"header:x-user\"\nhash_balance_factor = 1.25"),
+        ("consistent_hash", "hash_key = \"cookie:sid\""),
+    ];
+    for (strategy, extra) in strategies {
+        let servers: Vec<String> = (0..100)
+            .map(|i| format!("{{ addr = \"127.0.0.1:{}\", weight = {} }}", 10_000 + i, i % 4))
+            .collect();
+        let toml = format!(
+            "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.p]\nstrategy = \"{strategy}\"\n{extra}\nservers = [{}]\n",
+            servers.join(", ")
+        );
+        let runtime = Runtime::new(Config::from_toml(&toml).unwrap());
+        let snap = runtime.snapshot();
+        let pool = &snap.pools[0];
+        let _load: Vec<_> = pool.upstreams.iter().step_by(3).map(|u| u.stats.begin()).collect();
+        let requests: Vec<_> = (0..64)
+            .map(|i| {
+                http::Request::builder()
+                    .header("x-user", format!("user-{i}"))
+                    .header("cookie", format!("a=b; sid=s{i}"))
+                    .body(())
+                    .unwrap()
+                    .into_parts()
+                    .0
+            })
+            .collect();
+        let client = "10.1.2.3:4000".parse().unwrap();
+        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        let mut picked = 0;
+        for i in 0..1_000 {
+            picked += usize::from(pool.pick(client, &requests[i % requests.len()]).is_some());
+        }
+        let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
+        assert_eq!(picked, 1_000, "{strategy}: some picks found no server");
+        assert_eq!(allocated, 0, "{strategy} {extra}: {allocated} allocations in 1000 picks");
+    }
+    let _ = balance::rng::Rng::new(0);
+}
