@@ -16,4 +16,5 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod stall;
+pub mod sticky;
 pub mod upstream;

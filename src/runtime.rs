@@ -5,10 +5,12 @@
 //! stable identity on every build, so counters survive reloads.
 
 use crate::balance::{self, hash_key, PickCtx, Strategy, Upstreams};
-use crate::config::{Config, HashConfig, HashFallback};
+use crate::config::{Config, HashConfig, HashFallback, Secret};
 use crate::router::Router;
+use crate::sticky::Sticky;
 use crate::upstream::{InFlight, Upstream, UpstreamKey, UpstreamStats};
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,11 +25,68 @@ pub struct Pool {
     strategy: Box<dyn Strategy>,
     /// What to hash, for consistent-hash pools.
     hash: Option<HashConfig>,
+    /// Sticky-session cookies, when the pool has them.
+    sticky: Option<Sticky>,
+}
+
+/// A chosen server for one request.
+#[derive(Debug)]
+pub struct Choice<'a> {
+    /// Index in [`Pool::upstreams`].
+    pub index: usize,
+    /// The server.
+    pub upstream: &'a Arc<Upstream>,
+    /// A sticky cookie to set on the response (the request had no valid cookie for a ready server).
+    pub set_cookie: Option<HeaderValue>,
 }
 
 impl Pool {
-    /// Chooses a ready server for this request, or `None` when none is ready.
+    /// Chooses a server for a request: the one its sticky cookie names if that one is ready,
+    /// otherwise the strategy's pick (with a cookie to set, for sticky pools). `None`: none is ready.
+    pub fn choose(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<Choice<'_>> {
+        if let Some(index) = self.sticky.as_ref().and_then(|s| s.lookup(&parts.headers)) {
+            if let Some(upstream) = self.upstreams.get(index).filter(|u| u.is_ready()) {
+                return Some(Choice { index, upstream, set_cookie: None });
+            }
+        }
+        let index = self.pick_index(client, parts)?;
+        self.choice(index)
+    }
+
+    /// Chooses a ready server not in `tried` (after a connect failure), preferring the strategy's
+    /// pick. Sticky clients get a cookie for the new server: their session moved.
+    pub fn choose_other(
+        &self,
+        client: SocketAddr,
+        parts: &http::request::Parts,
+        tried: &[usize],
+    ) -> Option<Choice<'_>> {
+        let from_strategy =
+            (0..3).filter_map(|_| self.pick_index(client, parts)).find(|i| !tried.contains(i));
+        let index = from_strategy
+            .or_else(|| Upstreams(&self.upstreams).ready().map(|(i, _)| i).find(|i| !tried.contains(i)))?;
+        self.choice(index)
+    }
+
+    fn choice(&self, index: usize) -> Option<Choice<'_>> {
+        let upstream = self.upstreams.get(index)?;
+        let set_cookie = self.sticky.as_ref().and_then(|s| s.set_cookie(index).cloned());
+        Some(Choice { index, upstream, set_cookie })
+    }
+
+    /// Removes the pool's sticky cookie from a request before it goes upstream.
+    pub fn strip_sticky(&self, headers: &mut http::HeaderMap) {
+        if let Some(sticky) = &self.sticky {
+            sticky.strip(headers);
+        }
+    }
+
+    /// The strategy's choice among ready servers, ignoring cookies (`None`: none is ready).
     pub fn pick(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<&Arc<Upstream>> {
+        self.pick_index(client, parts).and_then(|i| self.upstreams.get(i))
+    }
+
+    fn pick_index(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<usize> {
         let hash = self.hash.as_ref().and_then(|h| {
             hash_key::extract(&h.key, client, parts).or_else(|| match h.fallback {
                 HashFallback::ClientIp => Some(hash_key::client_ip(client)),
@@ -35,7 +94,7 @@ impl Pool {
             })
         });
         let ctx = PickCtx { client, parts, hash };
-        self.strategy.pick(&ctx, Upstreams(&self.upstreams)).and_then(|i| self.upstreams.get(i))
+        self.strategy.pick(&ctx, Upstreams(&self.upstreams))
     }
 
     /// Counts a request on `upstream` (and in the pool total, if the strategy keeps one) until the
@@ -66,6 +125,9 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Runtime {
     current: ArcSwap<Snapshot>,
+    /// Signs sticky cookies when the config sets no secret: generated once per process, so reloads
+    /// keep sessions (restarts and other instances cannot).
+    generated_secret: Secret,
     /// Touched only while applying a config, never on the request path.
     stats: Mutex<HashMap<UpstreamKey, Arc<UpstreamStats>>>,
 }
@@ -73,9 +135,10 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the first snapshot.
     pub fn new(config: Config) -> Self {
+        let generated_secret = random_secret();
         let mut stats = HashMap::new();
-        let snapshot = build(config, 1, &mut stats);
-        Self { current: ArcSwap::from_pointee(snapshot), stats: Mutex::new(stats) }
+        let snapshot = build(config, 1, &mut stats, &generated_secret);
+        Self { current: ArcSwap::from_pointee(snapshot), generated_secret, stats: Mutex::new(stats) }
     }
 
     /// The current snapshot. Load once per request; safe to hold across `.await`.
@@ -88,7 +151,7 @@ impl Runtime {
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
         let mut stats = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let generation = self.current.load().generation + 1;
-        let snapshot = Arc::new(build(config, generation, &mut stats));
+        let snapshot = Arc::new(build(config, generation, &mut stats, &self.generated_secret));
         self.current.store(Arc::clone(&snapshot));
         let live: std::collections::HashSet<&UpstreamKey> =
             snapshot.pools.iter().flat_map(|p| p.upstreams.iter().map(|u| &u.key)).collect();
@@ -97,7 +160,32 @@ impl Runtime {
     }
 }
 
-fn build(config: Config, generation: u64, stats: &mut HashMap<UpstreamKey, Arc<UpstreamStats>>) -> Snapshot {
+/// 32 bytes from the OS-seeded hasher state and the clock: unpredictable enough for a per-process
+/// cookie key, and only used when the operator configured none.
+fn random_secret() -> Secret {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let bytes = (0..4u64)
+        .flat_map(|i| {
+            std::collections::hash_map::RandomState::new().hash_one((i, now.as_nanos())).to_le_bytes()
+        })
+        .collect();
+    Secret(bytes)
+}
+
+fn build(
+    config: Config,
+    generation: u64,
+    stats: &mut HashMap<UpstreamKey, Arc<UpstreamStats>>,
+    generated_secret: &Secret,
+) -> Snapshot {
+    let secret = config.sticky_secret.as_ref().unwrap_or(generated_secret);
+    if config.sticky_secret.is_none() && config.pools.iter().any(|p| p.sticky.is_some()) {
+        tracing::warn!(
+            "sticky cookies are signed with a secret generated at start: sessions will not survive a \
+             restart or span several lb instances; set [sticky] secret or secret_file"
+        );
+    }
     let pools = config
         .pools
         .iter()
@@ -116,7 +204,9 @@ fn build(config: Config, generation: u64, stats: &mut HashMap<UpstreamKey, Arc<U
                 })
                 .collect();
             let strategy = balance::build(pool, &upstreams);
-            Pool { name, upstreams, strategy, hash: pool.hash.clone() }
+            let sticky =
+                pool.sticky.as_ref().map(|st| Sticky::new(st, &secret.0, &pool.name, &upstreams, false));
+            Pool { name, upstreams, strategy, hash: pool.hash.clone(), sticky }
         })
         .collect();
     Snapshot { generation, router: Router::new(&config.routes), pools, config: Arc::new(config) }

@@ -31,6 +31,48 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// Routes in the order they are tried (most specific first); see [`RouteConfig`].
     pub routes: Vec<RouteConfig>,
+    /// Secret that signs sticky-session cookies; `None` means lb generates one at start.
+    pub sticky_secret: Option<Secret>,
+}
+
+/// Key material that must not appear in logs: `Debug` prints only its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+/// A pool's sticky-session cookie: `sticky = { cookie = "...", ... }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    /// Cookie name. Default `lb_<pool name>`, so pools on one domain never overwrite each other's.
+    pub cookie: String,
+    /// `Path` attribute. Default `/`.
+    pub path: String,
+    /// `Domain` attribute. Default none (host-only cookie).
+    pub domain: Option<String>,
+    /// `Max-Age` in seconds. Default none: a session cookie, gone when the browser closes.
+    pub max_age: Option<u64>,
+    /// `HttpOnly`. Default true: scripts cannot read the cookie.
+    pub http_only: bool,
+    /// `Secure`. Default: on behind TLS, off on plain HTTP listeners (today all listeners are plain).
+    pub secure: Option<bool>,
+    /// `SameSite`. Default `Lax`.
+    pub same_site: SameSite,
+}
+
+/// The cookie's `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    /// `Strict`.
+    Strict,
+    /// `Lax` (default).
+    Lax,
+    /// `None`: requires `secure = true`, as browsers do.
+    None,
 }
 
 /// One listening socket.
@@ -135,6 +177,8 @@ pub struct PoolConfig {
     pub hash: Option<HashConfig>,
     /// Seed for `random` and `p2c`. Default: drawn at start. Set it to make choices repeatable.
     pub seed: Option<u64>,
+    /// Sticky sessions by cookie; `None` (default) disables them.
+    pub sticky: Option<StickyConfig>,
 }
 
 /// The balancing strategies `strategy = "..."` accepts.

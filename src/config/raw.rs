@@ -19,6 +19,25 @@ pub(crate) struct RawConfig {
     pub pools: BTreeMap<String, RawPool>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub sticky: RawStickySecret,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawStickySecret {
+    pub secret: Option<String>,
+    pub secret_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawSticky {
+    pub cookie: Option<String>,
+    pub path: Option<String>,
+    pub domain: Option<String>,
+    pub max_age: Option<String>,
+    pub http_only: Option<bool>,
+    pub secure: Option<bool>,
+    pub same_site: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +79,7 @@ pub(crate) struct RawPool {
     pub hash_balance_factor: Option<f64>,
     pub hash_vnodes: Option<i64>,
     pub seed: Option<i64>,
+    pub sticky: Option<RawSticky>,
     #[serde(default)]
     pub servers: Vec<RawServer>,
 }

@@ -1,9 +1,10 @@
 //! Raw shape -> typed [`Config`], collecting every problem instead of stopping at the first.
 
-use super::raw::{RawConfig, RawHttp, RawLimits, RawPool, RawRoute, RawTimeouts};
+use super::raw::{RawConfig, RawHttp, RawLimits, RawPool, RawRoute, RawSticky, RawStickySecret, RawTimeouts};
 use super::{
     duration, Config, HashConfig, HashFallback, HashKey, HostMatch, HttpOptions, Issue, Limits,
-    ListenerConfig, PoolConfig, RouteConfig, ServerConfig, StrategyKind, Timeouts,
+    ListenerConfig, PoolConfig, RouteConfig, SameSite, Secret, ServerConfig, StickyConfig, StrategyKind,
+    Timeouts,
 };
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -28,7 +29,8 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
     let http = http(&raw.http, &mut out);
     let pools: Vec<PoolConfig> = raw.pools.iter().map(|(name, p)| pool(name, p, &mut out)).collect();
     let routes = routes(&raw.routes, &pools, &mut out);
-    Config { listeners, timeouts, limits, http, pools, routes }
+    let sticky_secret = sticky_secret(&raw.sticky, &mut out);
+    Config { listeners, timeouts, limits, http, pools, routes, sticky_secret }
 }
 
 fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
@@ -193,7 +195,8 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
             None
         }
     };
-    PoolConfig { name: name.to_owned(), strategy, servers, hash, seed }
+    let sticky = raw.sticky.as_ref().map(|st| sticky(&base, name, st, out));
+    PoolConfig { name: name.to_owned(), strategy, servers, hash, seed, sticky }
 }
 
 /// A server address is `host:port`: an IP literal or a DNS name, a port, nothing else.
@@ -379,5 +382,86 @@ fn parse_hash_key(text: &str) -> Result<HashKey, String> {
         Some(("cookie", name)) => named("cookie", name).map(HashKey::Cookie),
         Some(("query", name)) => named("query parameter", name).map(HashKey::Query),
         _ => Err(format!("unknown key {text:?}; expected {KEY_FORMS}")),
+    }
+}
+
+/// Shortest accepted sticky secret: 16 bytes (128 bits).
+const MIN_SECRET: usize = 16;
+
+fn sticky_secret(raw: &RawStickySecret, out: &mut Issues<'_>) -> Option<Secret> {
+    let bytes = match (&raw.secret, &raw.secret_file) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            out.push("sticky.secret_file", "set either sticky.secret or sticky.secret_file, not both");
+            return None;
+        }
+        (Some(secret), None) => secret.as_bytes().to_vec(),
+        (None, Some(path)) => match std::fs::read(path) {
+            Ok(bytes) => bytes.trim_ascii().to_vec(),
+            Err(e) => {
+                out.push("sticky.secret_file", format!("cannot read {path}: {e}"));
+                return None;
+            }
+        },
+    };
+    if bytes.len() < MIN_SECRET {
+        let key = if raw.secret.is_some() { "sticky.secret" } else { "sticky.secret_file" };
+        out.push(key, format!("is {} bytes; use at least {MIN_SECRET} random bytes", bytes.len()));
+        return None;
+    }
+    Some(Secret(bytes))
+}
+
+fn sticky(base: &str, pool: &str, raw: &RawSticky, out: &mut Issues<'_>) -> StickyConfig {
+    let path = |key: &str| format!("{base}.sticky.{key}");
+    let cookie = raw.cookie.clone().unwrap_or_else(|| format!("lb_{pool}"));
+    if cookie.is_empty() || !cookie.bytes().all(is_token_byte) {
+        out.push(
+            path("cookie"),
+            format!("{cookie:?} is not a valid cookie name (letters, digits, '-', '_', ...)"),
+        );
+    }
+    let cookie_path = raw.path.clone().unwrap_or_else(|| "/".to_owned());
+    if !cookie_path.starts_with('/') || !cookie_path.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+        out.push(path("path"), format!("{cookie_path:?} must start with '/' and hold no spaces or ';'"));
+    }
+    if let Some(domain) = &raw.domain {
+        let ok =
+            !domain.is_empty() && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if !ok {
+            out.push(path("domain"), format!("{domain:?} is not a domain name"));
+        }
+    }
+    let max_age = raw.max_age.as_deref().and_then(|text| match duration::parse(text) {
+        Ok(d) if d.as_secs() == 0 => {
+            out.push(path("max_age"), "must be at least 1s (omit it for a session cookie)");
+            None
+        }
+        Ok(d) => Some(d.as_secs()),
+        Err(e) => {
+            out.push(path("max_age"), e);
+            None
+        }
+    });
+    let same_site = match raw.same_site.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("lax") => SameSite::Lax,
+        Some("strict") => SameSite::Strict,
+        Some("none") => SameSite::None,
+        Some(other) => {
+            out.push(path("same_site"), format!("{other:?}: expected \"lax\", \"strict\" or \"none\""));
+            SameSite::Lax
+        }
+    };
+    if same_site == SameSite::None && raw.secure != Some(true) {
+        out.push(path("same_site"), "\"none\" requires secure = true (browsers drop such cookies otherwise)");
+    }
+    StickyConfig {
+        cookie,
+        path: cookie_path,
+        domain: raw.domain.clone(),
+        max_age,
+        http_only: raw.http_only.unwrap_or(true),
+        secure: raw.secure,
+        same_site,
     }
 }

@@ -122,15 +122,14 @@ impl Body for ResponseBody {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The client's request body on its way upstream. If the client's framing breaks (an invalid
-    /// chunk size, a connection cut mid-body), the upstream request fails too; the flag tells the
-    /// proxy that the client, not the upstream, was at fault.
-    pub struct RequestBody {
-        #[pin]
-        inner: Incoming,
-        broken: Option<Arc<AtomicBool>>,
-    }
+/// The client's request body on its way upstream. If the client's framing breaks (an invalid chunk
+/// size, a connection cut mid-body), the upstream request fails too; the flag tells the proxy that
+/// the client, not the upstream, was at fault.
+#[derive(Debug)]
+pub struct RequestBody {
+    /// `None`: an empty body (a bodyless request sent again to another server).
+    inner: Option<Incoming>,
+    broken: Option<Arc<AtomicBool>>,
 }
 
 impl RequestBody {
@@ -138,7 +137,12 @@ impl RequestBody {
     pub fn watch(inner: Incoming) -> (Self, Option<Arc<AtomicBool>>) {
         // Bodiless requests (most GETs) cannot fail: skip the allocation.
         let broken = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
-        (Self { inner, broken: broken.clone() }, broken)
+        (Self { inner: Some(inner), broken: broken.clone() }, broken)
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self { inner: None, broken: None }
     }
 }
 
@@ -150,8 +154,9 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
         if let (Some(Err(_)), Some(flag)) = (&frame, this.broken.as_ref()) {
             flag.store(true, Ordering::Relaxed);
         }
@@ -159,10 +164,10 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

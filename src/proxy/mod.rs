@@ -14,6 +14,7 @@ use crate::server::ActiveRequest;
 use body::{RequestBody, ResponseBody};
 use error::ProxyError;
 use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -127,10 +128,10 @@ async fn forward(
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let pool_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
     let pool = snap.pools.get(pool_index).ok_or(ProxyError::NoRoute)?;
-    let upstream =
-        pool.pick(client, &parts).ok_or_else(|| ProxyError::NoReadyServer { pool: pool.name.to_string() })?;
-    let guard = pool.begin(upstream);
-    let who = || format!("{}/{}", upstream.key.pool, upstream.key.name);
+    let mut choice = pool
+        .choose(client, &parts)
+        .ok_or_else(|| ProxyError::NoReadyServer { pool: pool.name.to_string() })?;
+    pool.strip_sticky(&mut parts.headers);
 
     let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
     let client_upgrade =
@@ -148,25 +149,48 @@ async fn forward(
         }
     }
     headers::set_forwarded(&mut parts.headers, client_ip, "http", host.as_ref());
-    parts.uri = upstream_uri(&parts.uri, &upstream.authority)?;
     parts.version = Version::HTTP_11;
+    let target = std::mem::take(&mut parts.uri);
 
-    let (body, broken) = RequestBody::watch(body);
+    let (mut body, broken) = RequestBody::watch(body);
+    // A failed connect sent nothing, so a bodyless request may go to another server instead (HAProxy's
+    // `option redispatch`). Its head is kept for that only when the pool has another server.
+    let spare = (body.is_end_stream() && client_upgrade.is_none() && pool.upstreams.len() > 1)
+        .then(|| copy_head(&parts));
     let timeout = snap.config.timeouts.response;
-    let result = tokio::time::timeout(timeout, shared.client.request(Request::from_parts(parts, body))).await;
-    let mut resp = match result {
-        Err(_) => return Err(ProxyError::Timeout { upstream: who(), after: timeout }),
-        Ok(Err(e)) if broken.as_ref().is_some_and(|b| b.load(Ordering::Relaxed)) => {
-            return Err(ProxyError::ClientBody(error_chain(&e)));
-        }
-        Ok(Err(e)) => return Err(upstream_error(&e, who(), snap.config.timeouts.connect)),
-        Ok(Ok(resp)) => resp,
+    let mut tried = Vec::new();
+    let (mut resp, guard) = loop {
+        let upstream = choice.upstream;
+        let guard = pool.begin(upstream);
+        parts.uri = upstream_uri(&target, &upstream.authority)?;
+        let result =
+            tokio::time::timeout(timeout, shared.client.request(Request::from_parts(parts, body))).await;
+        let e = match result {
+            Ok(Ok(resp)) => break (resp, guard),
+            Err(_) => return Err(ProxyError::Timeout { upstream: who(upstream), after: timeout }),
+            Ok(Err(e)) if broken.as_ref().is_some_and(|b| b.load(Ordering::Relaxed)) => {
+                return Err(ProxyError::ClientBody(error_chain(&e)));
+            }
+            Ok(Err(e)) => e,
+        };
+        let failure = upstream_error(&e, who(upstream), snap.config.timeouts.connect);
+        let next = match &spare {
+            Some(head) if e.is_connect() && tried.len() < MAX_REDISPATCH => {
+                tried.push(choice.index);
+                pool.choose_other(client, head, &tried)
+            }
+            _ => None,
+        };
+        let (Some(next), Some(head)) = (next, &spare) else { return Err(failure) };
+        tracing::warn!(%client, error = %failure, to = %who(next.upstream), "redispatching after connect failure");
+        (parts, body, choice) = (copy_head(head), RequestBody::empty(), next);
     };
+    let upstream = choice.upstream;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             return Err(ProxyError::Upstream {
-                upstream: who(),
+                upstream: who(upstream),
                 reason: "101 without an upgrade request".into(),
             });
         };
@@ -177,14 +201,44 @@ async fn forward(
         if let Some(token) = token {
             headers::set_upgrade(&mut parts.headers, token);
         }
-        tunnel::spawn(client_upgrade, upstream_upgrade, guard, snap.config.timeouts.tunnel_idle, who());
+        if let Some(cookie) = choice.set_cookie {
+            parts.headers.append(header::SET_COOKIE, cookie);
+        }
+        tunnel::spawn(
+            client_upgrade,
+            upstream_upgrade,
+            guard,
+            snap.config.timeouts.tunnel_idle,
+            who(upstream),
+        );
         return Ok(Response::from_parts(parts, ResponseBody::full("")));
     }
 
     headers::strip_hop_by_hop(resp.headers_mut());
+    if let Some(cookie) = choice.set_cookie {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+    }
     let mut resp = resp.map(|body| ResponseBody::stream(body, timeout));
     resp.body_mut().hold_upstream(guard);
     Ok(resp)
+}
+
+/// Most other servers a bodyless request is redispatched to after connect failures.
+const MAX_REDISPATCH: usize = 2;
+
+/// "pool/server", for logs and errors.
+fn who(upstream: &crate::upstream::Upstream) -> String {
+    format!("{}/{}", upstream.key.pool, upstream.key.name)
+}
+
+/// A copy of a request head (method, target, version, headers) for sending it again.
+fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = parts.method.clone();
+    head.uri = parts.uri.clone();
+    head.version = parts.version;
+    head.headers = parts.headers.clone();
+    head
 }
 
 /// The request's host: the `Host` field, or the URI authority (HTTP/2's `:authority`). RFC 9112
