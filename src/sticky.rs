@@ -227,7 +227,7 @@ mod tests {
         for i in 0..TOKEN_LEN * 8 {
             let mut f = t;
             f[i / 8] ^= 1 << (i % 8);
-            assert!(s.by_token.get(&f).is_none());
+            assert!(!s.by_token.contains_key(&f));
         }
     }
 

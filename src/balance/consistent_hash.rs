@@ -19,6 +19,10 @@ use crate::upstream::Upstream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Most points on one ring (16 bytes each: 4 MiB). Huge pools or weights get fewer points per unit
+/// of weight rather than an unbounded ring; placement stays deterministic.
+pub(crate) const MAX_POINTS: u64 = 1 << 18;
+
 /// A ring of `(point, server index)`, sorted by point.
 #[derive(Debug)]
 pub struct ConsistentHash {
@@ -33,11 +37,15 @@ pub struct ConsistentHash {
 }
 
 impl ConsistentHash {
-    /// Builds the ring for `ups` with `vnodes` points per unit of weight.
+    /// Builds the ring for `ups` with `vnodes` points per unit of weight (fewer if the ring would
+    /// exceed [`MAX_POINTS`]).
     pub fn new(ups: &[Arc<Upstream>], vnodes: u32, balance_factor: Option<f64>) -> Self {
-        let mut ring = Vec::new();
+        let total_weight: u64 = ups.iter().map(|u| u64::from(u.weight)).sum();
+        let per_weight = u64::from(vnodes).min((MAX_POINTS / total_weight.max(1)).max(1));
+        let per_weight = u32::try_from(per_weight).unwrap_or(vnodes);
+        let mut ring = Vec::with_capacity(usize::try_from(per_weight as u64 * total_weight).unwrap_or(0));
         for (i, u) in ups.iter().enumerate() {
-            for point in 0..vnodes.saturating_mul(u.weight) {
+            for point in 0..per_weight.saturating_mul(u.weight) {
                 ring.push((hash_point(&u.key.name, point), i as u32));
             }
         }
@@ -132,6 +140,14 @@ mod tests {
         let ctx = PickCtx { client: client(), parts: &parts, hash: None };
         let picks: Vec<_> = (0..4).map(|_| ch.pick(&ctx, Upstreams(&ups)).unwrap()).collect();
         assert_eq!(picks, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn huge_rings_are_capped() {
+        let ups = pool(&vec![1000; 100]);
+        let ch = ConsistentHash::new(&ups, 1000, None);
+        assert!(ch.ring.len() as u64 <= MAX_POINTS, "{} points", ch.ring.len());
+        assert!(ch.ring.len() as u64 >= MAX_POINTS / 2, "still finely spread: {} points", ch.ring.len());
     }
 
     #[test]

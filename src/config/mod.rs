@@ -87,14 +87,17 @@ pub struct ListenerConfig {
 pub struct Timeouts {
     /// TCP connect to an upstream server. Default 5s (HAProxy's documented `timeout connect`).
     pub connect: Duration,
-    /// From sending the request upstream to receiving response headers, and then the longest pause
-    /// between two reads of the response body. Default 60s (nginx `proxy_read_timeout`).
+    /// From the end of sending the request upstream to receiving response headers, and then the
+    /// longest pause between two reads of the response body. Default 60s (nginx `proxy_read_timeout`).
     pub response: Duration,
     /// From the first byte of a request head to its end. Default 10s (HAProxy `timeout http-request`).
     pub client_header: Duration,
     /// Idle time allowed on a client connection between requests. Default 75s (nginx
     /// `keepalive_timeout`).
     pub keepalive: Duration,
+    /// The longest pause allowed while a client sends a request body; longer is answered 408.
+    /// Default 60s (nginx `client_body_timeout`).
+    pub client_body: Duration,
     /// How long a write to a client may stay blocked (the client stopped reading). Default 60s (nginx
     /// `send_timeout`).
     pub client_send: Duration,
@@ -114,6 +117,7 @@ impl Default for Timeouts {
             response: Duration::from_secs(60),
             client_header: Duration::from_secs(10),
             keepalive: Duration::from_secs(75),
+            client_body: Duration::from_secs(60),
             client_send: Duration::from_secs(60),
             tunnel_idle: Duration::from_secs(3600),
             upstream_idle: Duration::from_secs(60),

@@ -51,6 +51,7 @@ pub(crate) struct RawTimeouts {
     pub response: Option<String>,
     pub client_header: Option<String>,
     pub keepalive: Option<String>,
+    pub client_body: Option<String>,
     pub client_send: Option<String>,
     pub tunnel_idle: Option<String>,
     pub upstream_idle: Option<String>,

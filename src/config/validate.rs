@@ -80,6 +80,7 @@ fn timeouts(raw: &RawTimeouts, out: &mut Issues<'_>) -> Timeouts {
         response: get("response", &raw.response, d.response),
         client_header: get("client_header", &raw.client_header, d.client_header),
         keepalive: get("keepalive", &raw.keepalive, d.keepalive),
+        client_body: get("client_body", &raw.client_body, d.client_body),
         client_send: get("client_send", &raw.client_send, d.client_send),
         tunnel_idle: get("tunnel_idle", &raw.tunnel_idle, d.tunnel_idle),
         upstream_idle: get("upstream_idle", &raw.upstream_idle, d.upstream_idle),

@@ -122,43 +122,83 @@ impl Body for ResponseBody {
     }
 }
 
-/// The client's request body on its way upstream. If the client's framing breaks (an invalid chunk
-/// size, a connection cut mid-body), the upstream request fails too; the flag tells the proxy that
-/// the client, not the upstream, was at fault.
+/// What the proxy learns from a client's request body while hyper streams it upstream.
+#[derive(Debug, Default)]
+pub struct Upload {
+    /// The client's framing broke (an invalid chunk size, a connection cut mid-body).
+    pub broken: AtomicBool,
+    /// The client sent nothing for longer than `timeouts.client_body`.
+    pub stalled: AtomicBool,
+    /// Notified once the whole body has been handed to the upstream connection.
+    pub sent: tokio::sync::Notify,
+}
+
+/// The client's request body on its way upstream. A failure of the client's side fails the upstream
+/// request too; [`Upload`] tells the proxy that the client, not the upstream, was at fault, and when
+/// the upload ended (the upstream's response timer starts then, not while a slow client uploads).
 #[derive(Debug)]
 pub struct RequestBody {
     /// `None`: an empty body (a bodyless request sent again to another server).
     inner: Option<Incoming>,
-    broken: Option<Arc<AtomicBool>>,
+    upload: Option<Arc<Upload>>,
+    stall: Option<Stall>,
 }
 
 impl RequestBody {
-    /// Wraps a client body; returns it and, if it can fail at all, the flag it sets on failure.
-    pub fn watch(inner: Incoming) -> (Self, Option<Arc<AtomicBool>>) {
-        // Bodiless requests (most GETs) cannot fail: skip the allocation.
-        let broken = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
-        (Self { inner: Some(inner), broken: broken.clone() }, broken)
+    /// Wraps a client body; returns it and, if it carries data at all, its shared [`Upload`] state.
+    /// A pause longer than `stall_limit` between two reads fails the upload.
+    pub fn watch(inner: Incoming, stall_limit: Duration) -> (Self, Option<Arc<Upload>>) {
+        // Bodiless requests (most GETs) cannot fail or stall: skip the allocations.
+        if inner.is_end_stream() {
+            return (Self { inner: Some(inner), upload: None, stall: None }, None);
+        }
+        let upload = Arc::new(Upload::default());
+        let body = Self {
+            inner: Some(inner),
+            upload: Some(Arc::clone(&upload)),
+            stall: Some(Stall::new(stall_limit)),
+        };
+        (body, Some(upload))
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        Self { inner: None, broken: None }
+        Self { inner: None, upload: None, stall: None }
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
-        let frame = ready!(Pin::new(inner).poll_frame(cx));
-        if let (Some(Err(_)), Some(flag)) = (&frame, this.broken.as_ref()) {
-            flag.store(true, Ordering::Relaxed);
+        let frame = match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame.map(|r| r.map_err(BoxError::from)),
+            Poll::Pending => {
+                let stalled = this.stall.as_mut().is_some_and(|s| s.expired(cx));
+                if let (true, Some(upload)) = (stalled, &this.upload) {
+                    upload.stalled.store(true, Ordering::Relaxed);
+                    // hyper only needs *an* error to abort the upstream request; the flag says why.
+                    this.inner = None;
+                    return Poll::Ready(Some(Err(BoxError::from("client request body stalled"))));
+                }
+                return Poll::Pending;
+            }
+        };
+        if let Some(stall) = this.stall.as_mut() {
+            stall.progress();
+        }
+        if let Some(upload) = &this.upload {
+            match &frame {
+                Some(Err(_)) => upload.broken.store(true, Ordering::Relaxed),
+                None => upload.sent.notify_one(),
+                Some(Ok(_)) => {}
+            }
         }
         Poll::Ready(frame)
     }

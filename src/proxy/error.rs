@@ -24,6 +24,9 @@ pub enum ProxyError {
     /// The client's request body broke off or was malformed (e.g. an invalid chunk size).
     #[error("client request body: {0}")]
     ClientBody(String),
+    /// The client stopped sending its request body for longer than `timeouts.client_body`.
+    #[error("client request body stalled")]
+    ClientTimeout,
     /// `CONNECT`: lb does not open tunnels to arbitrary destinations.
     #[error("CONNECT is not supported")]
     MethodNotAllowed,
@@ -68,6 +71,7 @@ impl ProxyError {
         match self {
             Self::BadRequest(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoReadyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -78,7 +82,9 @@ impl ProxyError {
     /// Who caused it.
     pub fn source(&self) -> Source {
         match self {
-            Self::BadRequest(_) | Self::ClientBody(_) | Self::MethodNotAllowed => Source::Client,
+            Self::BadRequest(_) | Self::ClientBody(_) | Self::ClientTimeout | Self::MethodNotAllowed => {
+                Source::Client
+            }
             Self::NoRoute | Self::NoReadyServer { .. } => Source::Config,
             Self::Connect { .. } | Self::Timeout { .. } | Self::Upstream { .. } => Source::Upstream,
         }

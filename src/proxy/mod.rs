@@ -11,7 +11,7 @@ pub mod tunnel;
 
 use crate::runtime::Runtime;
 use crate::server::ActiveRequest;
-use body::{RequestBody, ResponseBody};
+use body::{RequestBody, ResponseBody, Upload};
 use error::ProxyError;
 use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -89,7 +89,8 @@ impl tower::Service<Request<Incoming>> for Proxy {
         let client = self.client_addr;
         let client_ip = self.client_ip.clone();
         Box::pin(async move {
-            let mut resp = match forward(&shared, client, &client_ip, req).await {
+            let mut active = active;
+            let mut resp = match forward(&shared, client, &client_ip, req, &mut active).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     log_failure(&e, client);
@@ -117,6 +118,7 @@ async fn forward(
     client: SocketAddr,
     client_ip: &HeaderValue,
     req: Request<Incoming>,
+    active: &mut Option<ActiveRequest>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let snap = shared.runtime.snapshot();
     if req.method() == http::Method::CONNECT {
@@ -143,16 +145,15 @@ async fn forward(
         }
     }
     if let Some(h) = &host {
-        if !parts.headers.contains_key(header::HOST) {
-            // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
-            parts.headers.insert(header::HOST, h.clone());
-        }
+        // The upstream speaks HTTP/1.1: the host travels as Host (taken from :authority or an
+        // absolute-form target when the client sent one).
+        parts.headers.insert(header::HOST, h.clone());
     }
     headers::set_forwarded(&mut parts.headers, client_ip, "http", host.as_ref());
     parts.version = Version::HTTP_11;
     let target = std::mem::take(&mut parts.uri);
 
-    let (mut body, broken) = RequestBody::watch(body);
+    let (mut body, upload) = RequestBody::watch(body, snap.config.timeouts.client_body);
     // A failed connect sent nothing, so a bodyless request may go to another server instead (HAProxy's
     // `option redispatch`). Its head is kept for that only when the pool has another server.
     let spare = (body.is_end_stream() && client_upgrade.is_none() && pool.upstreams.len() > 1)
@@ -163,15 +164,17 @@ async fn forward(
         let upstream = choice.upstream;
         let guard = pool.begin(upstream);
         parts.uri = upstream_uri(&target, &upstream.authority)?;
-        let result =
-            tokio::time::timeout(timeout, shared.client.request(Request::from_parts(parts, body))).await;
-        let e = match result {
-            Ok(Ok(resp)) => break (resp, guard),
-            Err(_) => return Err(ProxyError::Timeout { upstream: who(upstream), after: timeout }),
-            Ok(Err(e)) if broken.as_ref().is_some_and(|b| b.load(Ordering::Relaxed)) => {
+        let sending = shared.client.request(Request::from_parts(parts, body));
+        let e = match respond_within(timeout, upload.as_deref(), sending).await {
+            Some(Ok(resp)) => break (resp, guard),
+            None => return Err(ProxyError::Timeout { upstream: who(upstream), after: timeout }),
+            Some(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled.load(Ordering::Relaxed)) => {
+                return Err(ProxyError::ClientTimeout);
+            }
+            Some(Err(e)) if upload.as_ref().is_some_and(|u| u.broken.load(Ordering::Relaxed)) => {
                 return Err(ProxyError::ClientBody(error_chain(&e)));
             }
-            Ok(Err(e)) => e,
+            Some(Err(e)) => e,
         };
         let failure = upstream_error(&e, who(upstream), snap.config.timeouts.connect);
         let next = match &spare {
@@ -204,10 +207,11 @@ async fn forward(
         if let Some(cookie) = choice.set_cookie {
             parts.headers.append(header::SET_COOKIE, cookie);
         }
+        let guards = (guard, active.take());
         tunnel::spawn(
             client_upgrade,
             upstream_upgrade,
-            guard,
+            guards,
             snap.config.timeouts.tunnel_idle,
             who(upstream),
         );
@@ -221,6 +225,25 @@ async fn forward(
     let mut resp = resp.map(|body| ResponseBody::stream(body, timeout));
     resp.body_mut().hold_upstream(guard);
     Ok(resp)
+}
+
+/// Awaits the upstream's response head, allowing `timeout` from the end of the client's upload (from
+/// now, for bodyless requests): a slow upload is the client's time, not the upstream's. `None` when
+/// the timeout passed.
+async fn respond_within<F: std::future::Future>(
+    timeout: Duration,
+    upload: Option<&Upload>,
+    sending: F,
+) -> Option<F::Output> {
+    let Some(upload) = upload else { return tokio::time::timeout(timeout, sending).await.ok() };
+    let deadline = async {
+        upload.sent.notified().await;
+        tokio::time::sleep(timeout).await;
+    };
+    tokio::select! {
+        result = sending => Some(result),
+        () = deadline => None,
+    }
 }
 
 /// Most other servers a bodyless request is redispatched to after connect failures.
@@ -241,24 +264,33 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
     head
 }
 
-/// The request's host: the `Host` field, or the URI authority (HTTP/2's `:authority`). RFC 9112
-/// section 3.2: an HTTP/1.1 request without exactly one Host is answered 400.
+/// The host the request is for. The request target's authority wins when present (HTTP/2's
+/// `:authority`, HTTP/1.1's absolute form, RFC 9112 section 3.2.2), otherwise the single `Host` field.
+/// Refused (400): several `Host` fields, an HTTP/2 `Host` that disagrees with `:authority`, and an
+/// HTTP/1.1 request with no host at all (RFC 9112 section 3.2).
 fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, ProxyError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
-    let first = hosts.next();
+    let host = hosts.next();
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    if let Some(h) = first {
-        return Ok(Some(h.clone()));
-    }
     if let Some(authority) = parts.uri.authority() {
-        return Ok(HeaderValue::from_str(authority.as_str()).ok());
+        if parts.version == Version::HTTP_2
+            && host.is_some_and(|h| h.as_bytes() != authority.as_str().as_bytes())
+        {
+            return Err(ProxyError::BadRequest("Host and :authority disagree"));
+        }
+        return HeaderValue::from_str(authority.as_str())
+            .map(Some)
+            .map_err(|_| ProxyError::BadRequest("invalid authority"));
     }
-    if parts.version == Version::HTTP_11 {
-        return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
+    match host {
+        Some(h) => Ok(Some(h.clone())),
+        None if parts.version == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
+        }
+        None => Ok(None),
     }
-    Ok(None)
 }
 
 /// `http://<upstream>/<original path and query>`.

@@ -1,6 +1,7 @@
 //! Upgraded connections (WebSocket): raw bytes relayed both ways until both sides close, one side
 //! fails, or nothing moves in either direction for the idle timeout.
 
+use crate::server::ActiveRequest;
 use crate::upstream::InFlight;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -12,8 +13,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const BUF: usize = 16 * 1024;
 
 /// Once both sides have switched protocols, relays between them in a task of its own. The upstream
-/// stays counted as in flight for the tunnel's whole life.
-pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, guard: InFlight, idle: Duration, who: String) {
+/// stays counted as in flight, and the client connection as busy (so its header and keep-alive
+/// timers stay off), for the tunnel's whole life.
+pub fn spawn(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    guards: (InFlight, Option<ActiveRequest>),
+    idle: Duration,
+    who: String,
+) {
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
@@ -27,7 +35,7 @@ pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, guard: InFlight, idle: Dura
             Ok((up, down)) => tracing::debug!(upstream = %who, up, down, "tunnel closed"),
             Err(e) => tracing::debug!(upstream = %who, error = %e, "tunnel ended"),
         }
-        drop(guard);
+        drop(guards);
     });
 }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::Timeouts;
@@ -34,16 +35,26 @@ pub struct Activity {
     done: AtomicU64,
     /// Milliseconds since `start` when the last response finished.
     last_done_ms: AtomicU64,
+    /// The connection's slot under `limits.max_connections`. Everything that uses the connection
+    /// (its hyper task, its socket, an upgraded tunnel) holds this `Activity`, so the slot is
+    /// returned only when the last of them is gone, and the shutdown drain waits for tunnels too.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Activity {
     /// Activity of a connection accepted now.
     pub fn new() -> Self {
+        Self::holding(None)
+    }
+
+    /// Activity of a connection accepted now, holding its connection slot.
+    pub fn holding(slot: Option<OwnedSemaphorePermit>) -> Self {
         Self {
             start: Instant::now(),
             active: AtomicUsize::new(0),
             done: AtomicU64::new(0),
             last_done_ms: AtomicU64::new(0),
+            _slot: slot,
         }
     }
 

@@ -23,6 +23,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+/// How often an HTTP/2 client connection is pinged, and how long an answer may take.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -105,6 +109,9 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_streams)
+        // Detects HTTP/2 peers that vanished without closing (the socket itself stays quiet).
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
@@ -144,10 +151,7 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
             stop: ctx.stop.clone(),
             timeouts: ctx.timeouts,
         };
-        tokio::spawn(async move {
-            conn.serve(stream, peer).await;
-            drop(permit);
-        });
+        tokio::spawn(conn.serve(stream, peer, permit));
     }
 }
 
@@ -159,8 +163,8 @@ struct Conn {
 }
 
 impl Conn {
-    async fn serve(mut self, stream: TcpStream, peer: SocketAddr) {
-        let activity = Arc::new(Activity::new());
+    async fn serve(mut self, stream: TcpStream, peer: SocketAddr, slot: tokio::sync::OwnedSemaphorePermit) {
+        let activity = Arc::new(Activity::holding(Some(slot)));
         let io = IdleIo::new(stream, Arc::clone(&activity), &self.timeouts);
         let service = TowerToHyperService::new(Proxy::new(Arc::clone(&self.shared), peer, Some(activity)));
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);

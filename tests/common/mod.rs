@@ -35,7 +35,7 @@ pub struct Seen {
 
 /// A named upstream server on 127.0.0.1:0. Paths:
 /// `/` answers its name; `/slow?ms=N` answers after N ms; `/big?bytes=N` streams N bytes;
-/// `/echo` streams the request body back; `/stall` sends a first chunk and then nothing; `/ws` switches protocols and echoes raw bytes.
+/// `/echo` streams the request body back; `/sink` reads the whole body and answers its length; `/stall` sends a first chunk and then nothing; `/ws` switches protocols and echoes raw bytes.
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
@@ -137,6 +137,11 @@ async fn handle(
             let first = futures_util::stream::iter([Ok(Frame::data(Bytes::from_static(b"partial")))]);
             let frames = futures_util::StreamExt::chain(first, futures_util::stream::pending());
             Response::new(StreamBody::new(frames).boxed())
+        }
+        "/sink" => {
+            // Reads the whole body, then answers with its length.
+            let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+            Response::new(full(n.to_string()))
         }
         "/echo" => {
             let body = req.into_body().map_err(std::io::Error::other).boxed();
