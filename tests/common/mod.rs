@@ -61,13 +61,15 @@ impl Backend {
         let seen = Arc::new(Seen::default());
         let (n, s) = (name.to_owned(), Arc::clone(&seen));
         let task = tokio::spawn(async move {
+            // Connection tasks live in this set: aborting the backend closes them all (a real stop).
+            let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 s.connections.fetch_add(1, Ordering::SeqCst);
                 let (n, s) = (n.clone(), Arc::clone(&s));
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let svc = service_fn(move |req| {
                         let (n, s) = (n.clone(), Arc::clone(&s));
                         async move {
@@ -210,6 +212,7 @@ pub async fn closed_port() -> SocketAddr {
 /// lb served in-process from TOML text; its first listener is `addr`.
 pub struct Lb {
     pub addr: SocketAddr,
+    pub runtime: Arc<Runtime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -221,10 +224,10 @@ impl Lb {
         let addr = listeners[0].local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let runtime = Arc::new(Runtime::new(config));
-        let task = tokio::spawn(lb::server::serve(listeners, runtime, async {
+        let task = tokio::spawn(lb::server::serve(listeners, Arc::clone(&runtime), async {
             let _ = rx.await;
         }));
-        Self { addr, stop: Some(tx), task: Some(task) }
+        Self { addr, runtime, stop: Some(tx), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {
