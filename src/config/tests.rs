@@ -237,3 +237,44 @@ pool = "a"
     }
     assert_eq!(got.len(), expect.len(), "{got:#?}");
 }
+
+#[test]
+fn sticky_options_are_parsed_and_checked() {
+    let ok = r#"
+[[listeners]]
+addr = "127.0.0.1:8080"
+[sticky]
+secret = "0123456789abcdef0123"
+[pools.web]
+sticky = { max_age = "2h", same_site = "Strict" }
+"#;
+    let c = Config::from_toml(ok).unwrap();
+    let st = c.pools[0].sticky.clone().unwrap();
+    assert_eq!((st.cookie.as_str(), st.path.as_str(), st.max_age), ("lb_web", "/", Some(7200)));
+    assert_eq!((st.http_only, st.secure, st.same_site), (true, None, SameSite::Strict));
+    assert_eq!(format!("{:?}", c.sticky_secret.unwrap()), "Secret(20 bytes)", "never printed");
+
+    let bad = r#"
+[[listeners]]
+addr = "127.0.0.1:8080"
+[sticky]
+secret_file = "/nonexistent/lb-sticky.key"
+[pools.web]
+sticky = { cookie = "a b", path = "x", max_age = "0s", same_site = "none", colour = "red" }
+"#;
+    let got = issues(bad);
+    let expect = [
+        "line 5: sticky.secret_file: cannot read /nonexistent/lb-sticky.key",
+        "line 7: pools.web.sticky.cookie: \"a b\" is not a valid cookie name",
+        "line 7: pools.web.sticky.path: \"x\" must start with '/'",
+        "line 7: pools.web.sticky.max_age: must be at least 1s",
+        "line 7: pools.web.sticky.same_site: \"none\" requires secure = true",
+        "line 7: pools.web.sticky.colour: unknown key",
+    ];
+    for e in expect {
+        assert!(got.iter().any(|m| m.contains(e)), "missing {e:?} in {got:#?}");
+    }
+    assert_eq!(got.len(), expect.len(), "{got:#?}");
+    let short = issues("[[listeners]]\naddr = \"127.0.0.1:1\"\n[sticky]\nsecret = \"short\"\n[pools.web]\n");
+    assert!(short[0].contains("sticky.secret: is 5 bytes; use at least 16"), "{short:?}");
+}
