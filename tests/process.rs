@@ -121,3 +121,27 @@ async fn a_256_mib_response_streams_through_in_bounded_memory() {
     assert!(peak < 64 * 1024, "lb peaked at {peak} KiB while streaming 256 MiB");
     eprintln!("lb peak RSS while streaming 256 MiB: {peak} KiB");
 }
+
+#[tokio::test]
+async fn sigint_exits_zero_and_a_drain_timeout_cuts_what_is_left() {
+    let a = Backend::start("a").await;
+    let config = write_config(&config_with(&[("a", a.addr)], "[timeouts]\ndrain = \"300ms\""));
+    let (mut child, addr) = spawn_lb(&config);
+    // A request far longer than the drain timeout: lb must not wait for it.
+    let pending = tokio::spawn(async move {
+        let req = client().get(format!("http://{addr}/slow?ms=30000").parse().unwrap()).await;
+        req.map(|r| r.status())
+    });
+    let seen = a.seen.clone();
+    eventually(Duration::from_secs(10), || {
+        let seen = seen.clone();
+        async move { seen.in_progress.load(std::sync::atomic::Ordering::SeqCst) == 1 }
+    })
+    .await;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let exit =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10))).await.unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(pending.await.unwrap().is_err(), "the slow request was cut at the drain timeout");
+}

@@ -196,3 +196,40 @@ async fn consistent_hash_pools_fall_back_to_the_ring() {
         assert_eq!(answers[0], answers[1], "{user}");
     }
 }
+
+#[tokio::test]
+async fn http2_clients_and_websocket_upgrades_are_sticky_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backends = [Backend::start("a").await, Backend::start("b").await, Backend::start("c").await];
+    let servers: Vec<_> = backends.iter().map(|b| (b.name.as_str(), b.addr)).collect();
+    let lb = Lb::start(&sticky_toml(&servers, "round_robin")).await;
+    let mut h2 = Browser { client: h2_client(), jar: None };
+    let home = h2.get(lb.addr).await.server;
+    for _ in 0..10 {
+        let a = h2.get(lb.addr).await;
+        assert_eq!((a.server.as_str(), a.set_cookie), (home.as_str(), None), "HTTP/2");
+    }
+    // A WebSocket upgrade with that cookie goes home; one without gets its cookie on the 101.
+    let cookie = h2.jar.clone().unwrap();
+    for (jar, expect_cookie) in [(Some(cookie), false), (None, true)] {
+        let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+        let cookie_line = jar.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{cookie_line}\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert_eq!(head.contains("set-cookie: lb_web="), expect_cookie, "{head}");
+        if !expect_cookie {
+            let home_backend = backends.iter().find(|b| b.name == home).unwrap();
+            assert_eq!(home_backend.last_head().uri.path(), "/ws", "the upgrade went home");
+        }
+    }
+}
