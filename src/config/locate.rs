@@ -28,6 +28,44 @@ pub(crate) fn line_of(src: &str, root: &DeTable<'_>, path: &str) -> Option<usize
     offset.map(|at| line_at(src, at))
 }
 
+/// The key path (`a.b[0].c`) of the deepest value whose span contains byte `offset`: names the key
+/// of a type error, which toml reports only by position.
+pub(crate) fn path_at(root: &DeTable<'_>, offset: usize) -> Option<String> {
+    // Depth-first over everything: implicit tables (`pools` of a `[pools.web]` header) have spans
+    // that do not cover their children, so a parent's span cannot prune the search.
+    fn search(value: &DeValue<'_>, offset: usize, path: &mut String) -> bool {
+        match value {
+            DeValue::Table(table) => table.iter().any(|(k, v)| visit(k.get_ref(), v, offset, path, false)),
+            DeValue::Array(array) => {
+                array.iter().enumerate().any(|(i, v)| visit(&format!("[{i}]"), v, offset, path, true))
+            }
+            _ => false,
+        }
+    }
+    fn visit(
+        segment: &str,
+        value: &toml::Spanned<DeValue<'_>>,
+        offset: usize,
+        path: &mut String,
+        index: bool,
+    ) -> bool {
+        let len = path.len();
+        if !path.is_empty() && !index {
+            path.push('.');
+        }
+        path.push_str(segment);
+        let leaf_hit = !matches!(value.get_ref(), DeValue::Table(_) | DeValue::Array(_))
+            && value.span().contains(&offset);
+        if leaf_hit || search(value.get_ref(), offset, path) {
+            return true;
+        }
+        path.truncate(len);
+        false
+    }
+    let mut path = String::new();
+    root.iter().any(|(k, v)| visit(k.get_ref(), v, offset, &mut path, false)).then_some(path)
+}
+
 /// 1-based line containing byte `offset`.
 pub(crate) fn line_at(src: &str, offset: usize) -> usize {
     let end = offset.min(src.len());
@@ -83,5 +121,13 @@ mod tests {
         // A missing key points at the deepest element that exists.
         assert_eq!(line_of(src, root, "pools.web.servers[1].weight"), Some(7));
         assert_eq!(line_of(src, root, "nothing.here"), None);
+    }
+
+    #[test]
+    fn finds_the_path_of_an_offset() {
+        let src = "[pools.web]\nservers = [{ addr = \"a\" }, { addr = \"b\", weight = \"5\" }]\n";
+        let table = DeTable::parse(src).unwrap();
+        let at = src.find("\"5\"").unwrap();
+        assert_eq!(path_at(table.get_ref(), at).as_deref(), Some("pools.web.servers[1].weight"));
     }
 }

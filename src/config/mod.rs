@@ -366,7 +366,14 @@ impl Config {
         let mut unknown = Vec::new();
         let de = toml::de::Deserializer::from(table.clone());
         let raw: raw::RawConfig = serde_ignored::deserialize(de, |path| unknown.push(key_path(&path)))
-            .map_err(|e| syntax_issue(src, &e))?;
+            .map_err(|e| {
+                let mut err = syntax_issue(src, &e);
+                if let (ConfigError::Invalid(issues), Some(span)) = (&mut err, e.span()) {
+                    let path = locate::path_at(table.get_ref(), span.start);
+                    issues.iter_mut().for_each(|i| i.path = path.clone().unwrap_or_default());
+                }
+                err
+            })?;
         let mut issues: Vec<Issue> = unknown
             .into_iter()
             .map(|path| Issue { path, line: None, message: "unknown key".to_owned() })

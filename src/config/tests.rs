@@ -99,7 +99,7 @@ pool = "nope"
 fn syntax_and_type_errors_name_the_line() {
     let got = issues("[[listeners]]\naddr = \"127.0.0.1:1\"\n[pools.web]\nservers = [{ addr = 5 }]\n");
     assert_eq!(got.len(), 1);
-    assert!(got[0].starts_with("line 4: "), "{got:?}");
+    assert!(got[0].starts_with("line 4: pools.web.servers[0].addr: "), "{got:?}");
     assert!(got[0].contains("string"), "{got:?}");
     let got = issues("[[listeners]\n");
     assert!(got[0].starts_with("line 1: "), "{got:?}");
