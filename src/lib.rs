@@ -9,8 +9,10 @@
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod runtime;

@@ -6,6 +6,7 @@
 
 use crate::balance::{self, hash_key, PickCtx, Strategy, Upstreams};
 use crate::config::{Config, HashConfig, HashFallback, Secret};
+use crate::metrics::{PoolMetrics, ServerMetrics};
 use crate::router::Router;
 use crate::sticky::Sticky;
 use crate::upstream::{InFlight, Upstream, UpstreamKey, UpstreamStats};
@@ -27,6 +28,8 @@ pub struct Pool {
     hash: Option<HashConfig>,
     /// Sticky-session cookies, when the pool has them.
     sticky: Option<Sticky>,
+    /// Metric handles of the pool.
+    pub metrics: PoolMetrics,
 }
 
 /// A chosen server for one request.
@@ -200,13 +203,28 @@ fn build(
                     // the server rather than take the process down.
                     let authority = s.addr.parse().ok()?;
                     let stats = Arc::clone(stats.entry(key.clone()).or_default());
-                    Some(Arc::new(Upstream { key, addr: s.addr.clone(), authority, weight: s.weight, stats }))
+                    let metrics = ServerMetrics::new(&pool.name, &s.name);
+                    Some(Arc::new(Upstream {
+                        key,
+                        addr: s.addr.clone(),
+                        authority,
+                        weight: s.weight,
+                        stats,
+                        metrics,
+                    }))
                 })
                 .collect();
             let strategy = balance::build(pool, &upstreams);
             let sticky =
                 pool.sticky.as_ref().map(|st| Sticky::new(st, &secret.0, &pool.name, &upstreams, false));
-            Pool { name, upstreams, strategy, hash: pool.hash.clone(), sticky }
+            Pool {
+                metrics: PoolMetrics::new(&name),
+                name,
+                upstreams,
+                strategy,
+                hash: pool.hash.clone(),
+                sticky,
+            }
         })
         .collect();
     Snapshot { generation, router: Router::new(&config.routes), pools, config: Arc::new(config) }

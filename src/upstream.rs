@@ -77,6 +77,8 @@ pub struct Upstream {
     pub weight: u32,
     /// Live state shared across snapshots.
     pub stats: Arc<UpstreamStats>,
+    /// Metric handles (requests by status class, upstream response time).
+    pub metrics: crate::metrics::ServerMetrics,
 }
 
 impl Upstream {

@@ -16,7 +16,7 @@ fn lb() -> Command {
 
 fn write_config(text: &str) -> tempfile::NamedTempFile {
     let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::fs::write(file.path(), text).unwrap();
+    std::fs::write(file.path(), with_test_admin(text)).unwrap();
     file
 }
 

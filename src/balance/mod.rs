@@ -110,6 +110,7 @@ pub(crate) mod testing {
             addr,
             weight,
             stats: Arc::new(UpstreamStats::default()),
+            metrics: crate::metrics::ServerMetrics::new("p", name),
         })
     }
 

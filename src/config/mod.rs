@@ -33,6 +33,23 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Secret that signs sticky-session cookies; `None` means lb generates one at start.
     pub sticky_secret: Option<Secret>,
+    /// The admin listener (metrics, health, status); `None` when disabled.
+    /// Default `127.0.0.1:9901`: loopback only unless configured otherwise.
+    pub admin: Option<SocketAddr>,
+    /// Access log format. Default off.
+    pub access_log: AccessLog,
+}
+
+/// Access log format: `[log] access = "off" | "text" | "json"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLog {
+    /// No access log (default: logging every request costs CPU).
+    #[default]
+    Off,
+    /// One line per request, close to the combined log format.
+    Text,
+    /// One JSON object per request.
+    Json,
 }
 
 /// Key material that must not appear in logs: `Debug` prints only its length.

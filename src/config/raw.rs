@@ -21,6 +21,21 @@ pub(crate) struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub sticky: RawStickySecret,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAdmin {
+    pub addr: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawLog {
+    pub access: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,8 +1,10 @@
 //! Raw shape -> typed [`Config`], collecting every problem instead of stopping at the first.
 
-use super::raw::{RawConfig, RawHttp, RawLimits, RawPool, RawRoute, RawSticky, RawStickySecret, RawTimeouts};
+use super::raw::{
+    RawAdmin, RawConfig, RawHttp, RawLimits, RawPool, RawRoute, RawSticky, RawStickySecret, RawTimeouts,
+};
 use super::{
-    duration, Config, HashConfig, HashFallback, HashKey, HostMatch, HttpOptions, Issue, Limits,
+    duration, AccessLog, Config, HashConfig, HashFallback, HashKey, HostMatch, HttpOptions, Issue, Limits,
     ListenerConfig, PoolConfig, RouteConfig, SameSite, Secret, ServerConfig, StickyConfig, StrategyKind,
     Timeouts,
 };
@@ -30,7 +32,17 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
     let pools: Vec<PoolConfig> = raw.pools.iter().map(|(name, p)| pool(name, p, &mut out)).collect();
     let routes = routes(&raw.routes, &pools, &mut out);
     let sticky_secret = sticky_secret(&raw.sticky, &mut out);
-    Config { listeners, timeouts, limits, http, pools, routes, sticky_secret }
+    let admin = admin(&raw.admin, &listeners, &mut out);
+    let access_log = match raw.log.access.as_deref() {
+        None | Some("off") => AccessLog::Off,
+        Some("text") => AccessLog::Text,
+        Some("json") => AccessLog::Json,
+        Some(other) => {
+            out.push("log.access", format!("{other:?}: expected \"off\", \"text\" or \"json\""));
+            AccessLog::Off
+        }
+    };
+    Config { listeners, timeouts, limits, http, pools, routes, sticky_secret, admin, access_log }
 }
 
 fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
@@ -464,5 +476,26 @@ fn sticky(base: &str, pool: &str, raw: &RawSticky, out: &mut Issues<'_>) -> Stic
         http_only: raw.http_only.unwrap_or(true),
         secure: raw.secure,
         same_site,
+    }
+}
+
+/// Default admin address: loopback only, so metrics and status are never public unless configured.
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+fn admin(raw: &RawAdmin, listeners: &[ListenerConfig], out: &mut Issues<'_>) -> Option<SocketAddr> {
+    if raw.enabled == Some(false) {
+        return None;
+    }
+    let text = raw.addr.as_deref().unwrap_or(DEFAULT_ADMIN);
+    match text.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 && listeners.iter().any(|l| l.addr == addr) => {
+            out.push("admin.addr", format!("{addr} is also a proxy listener"));
+            None
+        }
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            out.push("admin.addr", format!("{text:?} is not an IP:port address (e.g. \"127.0.0.1:9901\")"));
+            None
+        }
     }
 }

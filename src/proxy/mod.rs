@@ -4,14 +4,19 @@
 //! snapshot once and uses it to the end. Failures become responses in exactly one place
 //! ([`error::error_response`]) and are logged there with their cause.
 
+pub mod access;
 pub mod body;
 pub mod error;
 pub mod headers;
 pub mod tunnel;
 
+use crate::config::AccessLog;
+use crate::metrics;
 use crate::runtime::Runtime;
+use crate::runtime::Snapshot;
 use crate::server::ActiveRequest;
-use body::{RequestBody, ResponseBody, Upload};
+use access::AccessRecord;
+use body::{Finish, RequestBody, ResponseBody, Upload};
 use error::ProxyError;
 use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -84,25 +89,81 @@ impl tower::Service<Request<Incoming>> for Proxy {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let start = tokio::time::Instant::now();
         let active = self.conn.as_ref().map(ActiveRequest::begin);
         let shared = Arc::clone(&self.shared);
         let client = self.client_addr;
         let client_ip = self.client_ip.clone();
         Box::pin(async move {
+            let snap = shared.runtime.snapshot();
+            let (mut parts, body) = req.into_parts();
+            let request_id = request_id(&parts.headers);
+            parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+            let format = snap.config.access_log;
+            let mut access = (format != AccessLog::Off).then(|| {
+                Box::new(AccessRecord::new(format, client, &parts, request_id.to_str().unwrap_or("-")))
+            });
             let mut active = active;
-            let mut resp = match forward(&shared, client, &client_ip, req, &mut active).await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    log_failure(&e, client);
-                    error::error_response(&e)
+            let mut trace = Trace::default();
+            let req = Request::from_parts(parts, body);
+            let mut resp =
+                match forward(&shared, &snap, client, &client_ip, req, &mut active, &mut trace).await {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        log_failure(&e, client);
+                        error::error_response(&e)
+                    }
+                };
+            let status = resp.status().as_u16();
+            let pool = trace.pool.and_then(|p| snap.pools.get(p));
+            let server = pool.zip(trace.server).and_then(|(p, s)| p.upstreams.get(s));
+            match server {
+                Some(u) => u.metrics.answered(status),
+                None => metrics::answered_without_server(pool.map(|p| &*p.name), status),
+            }
+            if let Some(record) = access.as_mut() {
+                record.status = status;
+                record.upstream_time = trace.upstream_time;
+                if let Some(u) = server {
+                    record.server = format!("{}/{}", u.key.pool, u.key.name);
                 }
-            };
+            }
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+            resp.body_mut().finish_with(Finish::new(start, pool.map(|p| &p.metrics), access));
             if let Some(active) = active {
                 resp.body_mut().hold_conn(active);
             }
             Ok(resp)
         })
     }
+}
+
+/// `X-Request-Id`: passed to the upstream and echoed to the client.
+static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+/// What the request path learned about one request, for metrics and the access log.
+#[derive(Debug, Default)]
+struct Trace {
+    /// Index of the routed pool.
+    pool: Option<usize>,
+    /// Index of the server that answered.
+    server: Option<usize>,
+    /// Upstream time to response head.
+    upstream_time: Option<Duration>,
+}
+
+/// The client's `X-Request-Id` if it is a sane token (printable, at most 128 bytes), else a new
+/// random 128-bit id in hex.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    static IDS: std::sync::OnceLock<crate::balance::rng::Rng> = std::sync::OnceLock::new();
+    let rng = IDS.get_or_init(crate::balance::rng::Rng::from_entropy);
+    let id = format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64());
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn log_failure(e: &ProxyError, client: SocketAddr) {
@@ -115,12 +176,13 @@ fn log_failure(e: &ProxyError, client: SocketAddr) {
 
 async fn forward(
     shared: &Shared,
+    snap: &Snapshot,
     client: SocketAddr,
     client_ip: &HeaderValue,
     req: Request<Incoming>,
     active: &mut Option<ActiveRequest>,
+    trace: &mut Trace,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let snap = shared.runtime.snapshot();
     if req.method() == http::Method::CONNECT {
         // lb is a reverse proxy: it does not open tunnels to arbitrary destinations.
         return Err(ProxyError::MethodNotAllowed);
@@ -130,6 +192,7 @@ async fn forward(
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let pool_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
     let pool = snap.pools.get(pool_index).ok_or(ProxyError::NoRoute)?;
+    trace.pool = Some(pool_index);
     let mut choice = pool
         .choose(client, &parts)
         .ok_or_else(|| ProxyError::NoReadyServer { pool: pool.name.to_string() })?;
@@ -153,7 +216,8 @@ async fn forward(
     parts.version = Version::HTTP_11;
     let target = std::mem::take(&mut parts.uri);
 
-    let (mut body, upload) = RequestBody::watch(body, snap.config.timeouts.client_body);
+    let (mut body, upload) =
+        RequestBody::watch(body, snap.config.timeouts.client_body, &pool.metrics.received);
     // A failed connect sent nothing, so a bodyless request may go to another server instead (HAProxy's
     // `option redispatch`). Its head is kept for that only when the pool has another server.
     let spare = (body.is_end_stream() && client_upgrade.is_none() && pool.upstreams.len() > 1)
@@ -164,10 +228,20 @@ async fn forward(
         let upstream = choice.upstream;
         let guard = pool.begin(upstream);
         parts.uri = upstream_uri(&target, &upstream.authority)?;
+        let sent_at = tokio::time::Instant::now();
         let sending = shared.client.request(Request::from_parts(parts, body));
         let e = match respond_within(timeout, upload.as_deref(), sending).await {
-            Some(Ok(resp)) => break (resp, guard),
-            None => return Err(ProxyError::Timeout { upstream: who(upstream), after: timeout }),
+            Some(Ok(resp)) => {
+                let elapsed = sent_at.elapsed();
+                upstream.metrics.ttfb.record(elapsed.as_secs_f64());
+                trace.upstream_time = Some(elapsed);
+                trace.server = Some(choice.index);
+                break (resp, guard);
+            }
+            None => {
+                metrics::upstream_error(&upstream.key.pool, &upstream.key.name, "timeout");
+                return Err(ProxyError::Timeout { upstream: who(upstream), after: timeout });
+            }
             Some(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled.load(Ordering::Relaxed)) => {
                 return Err(ProxyError::ClientTimeout);
             }
@@ -177,6 +251,12 @@ async fn forward(
             Some(Err(e)) => e,
         };
         let failure = upstream_error(&e, who(upstream), snap.config.timeouts.connect);
+        let kind = match failure {
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::Connect { .. } => "connect",
+            _ => "reset",
+        };
+        metrics::upstream_error(&upstream.key.pool, &upstream.key.name, kind);
         let next = match &spare {
             Some(head) if e.is_connect() && tried.len() < MAX_REDISPATCH => {
                 tried.push(choice.index);
@@ -186,6 +266,7 @@ async fn forward(
         };
         let (Some(next), Some(head)) = (next, &spare) else { return Err(failure) };
         tracing::warn!(%client, error = %failure, to = %who(next.upstream), "redispatching after connect failure");
+        pool.metrics.retries.increment(1);
         (parts, body, choice) = (copy_head(head), RequestBody::empty(), next);
     };
     let upstream = choice.upstream;

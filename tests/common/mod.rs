@@ -308,6 +308,10 @@ where
 pub struct LbProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// The admin listener (always on port 0 in tests).
+    pub admin: SocketAddr,
+    /// lb's stdout after its startup lines: access-log lines, when enabled.
+    pub stdout: std::io::BufReader<std::process::ChildStdout>,
     _config: tempfile::NamedTempFile,
 }
 
@@ -317,17 +321,41 @@ impl LbProcess {
     pub fn start(toml: &str) -> Self {
         use std::io::BufRead;
         let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        std::fs::write(config.path(), toml).unwrap();
+        std::fs::write(config.path(), with_test_admin(toml)).unwrap();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lb"))
             .args(["--config", config.path().to_str().unwrap()])
             .env("LB_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("lb listening on http://").unwrap_or_else(|| panic!("{line:?}"));
-        Self { child, addr: addr.parse().unwrap(), _config: config }
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("lb listening on http://")
+            .unwrap_or_else(|| panic!("{line:?}"))
+            .parse()
+            .unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        let admin = line
+            .trim()
+            .strip_prefix("lb admin on http://")
+            .unwrap_or_else(|| panic!("{line:?}"))
+            .parse()
+            .unwrap();
+        Self { child, addr, admin, stdout, _config: config }
+    }
+}
+
+/// Puts the admin listener on port 0 (unless the config sets one), so parallel tests never collide
+/// on the default 127.0.0.1:9901.
+pub fn with_test_admin(toml: &str) -> String {
+    if toml.contains("[admin]") {
+        toml.to_owned()
+    } else {
+        format!("{toml}\n[admin]\naddr = \"127.0.0.1:0\"\n")
     }
 }
 

@@ -1,0 +1,171 @@
+//! Prometheus metrics: every name is a constant here, described at start, with bounded labels
+//! (listener, pool, server, status class, outcome; never a path or a client address).
+//!
+//! Adding a metric: 1. a `pub const` name below; 2. its `describe_*` line in [`describe`]; 3. a row in
+//! docs/observability.md. Hot-path counters are registered once per snapshot ([`ServerMetrics`]) so a
+//! request only increments handles; gauges that mirror live state (in flight, ready, generation) are
+//! set at scrape time from the atomics, costing the request path nothing.
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Histogram, Unit,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Requests answered, by pool, server and status class (`1xx`..`5xx`).
+pub const REQUESTS: &str = "lb_requests_total";
+/// Time from receiving a request to the end of its response body, by pool.
+pub const REQUEST_DURATION: &str = "lb_request_duration_seconds";
+/// Time from sending a request upstream to its response head, by pool and server.
+pub const UPSTREAM_TTFB: &str = "lb_upstream_response_seconds";
+/// Requests in flight per server (mirrors the in-flight guards).
+pub const UPSTREAM_IN_FLIGHT: &str = "lb_upstream_in_flight";
+/// 1 if a server may take new requests, else 0.
+pub const UPSTREAM_READY: &str = "lb_upstream_ready";
+/// Failed attempts to reach a server, by kind: `connect`, `timeout`, `reset`.
+pub const UPSTREAM_ERRORS: &str = "lb_upstream_errors_total";
+/// Requests sent to another server after a connect failure, by pool.
+pub const RETRIES: &str = "lb_retries_total";
+/// Request body bytes received from clients, by pool.
+pub const RECEIVED_BYTES: &str = "lb_received_bytes_total";
+/// Response body bytes sent to clients, by pool.
+pub const SENT_BYTES: &str = "lb_sent_bytes_total";
+/// Open client connections, by listener.
+pub const OPEN_CONNECTIONS: &str = "lb_open_connections";
+/// Client connections accepted, by listener.
+pub const CONNECTIONS: &str = "lb_connections_total";
+/// Configuration loads by outcome (`ok`, `error`).
+pub const CONFIG_RELOADS: &str = "lb_config_reloads_total";
+/// Generation of the running configuration (1 at start, +1 per applied reload).
+pub const CONFIG_GENERATION: &str = "lb_config_generation";
+/// Access-log lines dropped because the writer fell behind.
+pub const ACCESS_LOG_DROPPED: &str = "lb_access_log_dropped_total";
+
+/// Histogram buckets for a proxy: sub-millisecond to a minute.
+const BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Installs the process-wide Prometheus recorder and describes every metric. Call once.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}
+
+/// Describes every metric (help text and unit).
+pub fn describe() {
+    describe_counter!(REQUESTS, "Requests answered, by pool, server and status class.");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Request start to end of response body.");
+    describe_histogram!(UPSTREAM_TTFB, Unit::Seconds, "Request sent upstream to response head received.");
+    describe_gauge!(UPSTREAM_IN_FLIGHT, "Requests in flight per server.");
+    describe_gauge!(UPSTREAM_READY, "1 if the server may take new requests.");
+    describe_counter!(UPSTREAM_ERRORS, "Failed attempts to reach a server, by kind.");
+    describe_counter!(RETRIES, "Requests redispatched to another server after a connect failure.");
+    describe_counter!(RECEIVED_BYTES, Unit::Bytes, "Request body bytes received from clients.");
+    describe_counter!(SENT_BYTES, Unit::Bytes, "Response body bytes sent to clients.");
+    describe_gauge!(OPEN_CONNECTIONS, "Open client connections.");
+    describe_counter!(CONNECTIONS, "Client connections accepted.");
+    describe_counter!(CONFIG_RELOADS, "Configuration loads by outcome.");
+    describe_gauge!(CONFIG_GENERATION, "Generation of the running configuration.");
+    describe_counter!(ACCESS_LOG_DROPPED, "Access-log lines dropped because the writer fell behind.");
+}
+
+/// The status class label of a status code.
+pub fn class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// One server's hot-path metric handles, registered when a snapshot is built.
+#[derive(Debug, Clone)]
+pub struct ServerMetrics {
+    requests: [Counter; 5],
+    /// Upstream time to response head.
+    pub ttfb: Histogram,
+}
+
+impl ServerMetrics {
+    /// Registers (or finds, after a reload) the handles of `server` in `pool`.
+    pub fn new(pool: &str, server: &str) -> Self {
+        let labels = |class: &'static str| counter!(REQUESTS, "pool" => pool.to_owned(), "server" => server.to_owned(), "class" => class);
+        Self {
+            requests: [labels("1xx"), labels("2xx"), labels("3xx"), labels("4xx"), labels("5xx")],
+            ttfb: histogram!(UPSTREAM_TTFB, "pool" => pool.to_owned(), "server" => server.to_owned()),
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn answered(&self, status: u16) {
+        let i = (usize::from(status / 100)).clamp(1, 5) - 1;
+        self.requests[i].increment(1);
+    }
+}
+
+/// One pool's hot-path metric handles.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    /// Request duration.
+    pub duration: Histogram,
+    /// Request body bytes.
+    pub received: Counter,
+    /// Response body bytes.
+    pub sent: Counter,
+    /// Redispatches.
+    pub retries: Counter,
+}
+
+impl PoolMetrics {
+    /// Registers (or finds) the handles of `pool`.
+    pub fn new(pool: &str) -> Self {
+        Self {
+            duration: histogram!(REQUEST_DURATION, "pool" => pool.to_owned()),
+            received: counter!(RECEIVED_BYTES, "pool" => pool.to_owned()),
+            sent: counter!(SENT_BYTES, "pool" => pool.to_owned()),
+            retries: counter!(RETRIES, "pool" => pool.to_owned()),
+        }
+    }
+}
+
+/// Counts an answer that never reached a server (no route, no ready server, refused request).
+pub fn answered_without_server(pool: Option<&str>, status: u16) {
+    let pool = pool.unwrap_or("none").to_owned();
+    counter!(REQUESTS, "pool" => pool, "server" => "none", "class" => class(status)).increment(1);
+}
+
+/// Counts a failed attempt to reach a server.
+pub fn upstream_error(pool: &str, server: &str, kind: &'static str) {
+    counter!(UPSTREAM_ERRORS, "pool" => pool.to_owned(), "server" => server.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
+static ACCESS_LOG_DROPS: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// Registers the access-log writer's drop counter, read at each scrape.
+pub fn count_access_log_drops(counter: tracing_appender::non_blocking::ErrorCounter) {
+    let _ = ACCESS_LOG_DROPS.set(counter);
+}
+
+/// Sets the gauges that mirror live state, just before a scrape.
+pub fn refresh(snapshot: &crate::runtime::Snapshot) {
+    gauge!(CONFIG_GENERATION).set(snapshot.generation as f64);
+    if let Some(drops) = ACCESS_LOG_DROPS.get() {
+        counter!(ACCESS_LOG_DROPPED).absolute(drops.dropped_lines() as u64);
+    }
+    for pool in snapshot.pools.iter() {
+        for u in pool.upstreams.iter() {
+            let (p, s) = (u.key.pool.to_string(), u.key.name.to_string());
+            gauge!(UPSTREAM_IN_FLIGHT, "pool" => p.clone(), "server" => s.clone())
+                .set(u.stats.in_flight() as f64);
+            gauge!(UPSTREAM_READY, "pool" => p, "server" => s).set(if u.is_ready() { 1.0 } else { 0.0 });
+        }
+    }
+}
