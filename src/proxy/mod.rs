@@ -169,7 +169,11 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 fn log_failure(e: &ProxyError, client: SocketAddr) {
     let status = e.status().as_u16();
     match e.source() {
+        // Anyone can send any host or a malformed request: not worth a warning each time.
         error::Source::Client => tracing::debug!(%client, status, error = %e, "request refused"),
+        _ if matches!(e, ProxyError::NoRoute) => {
+            tracing::debug!(%client, status, error = %e, "request refused")
+        }
         _ => tracing::warn!(%client, status, error = %e, "request failed"),
     }
 }
