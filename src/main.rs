@@ -84,7 +84,11 @@ fn announce(line: &str) {
 fn run(config: Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting runtime")?;
     rt.block_on(async {
-        let metrics = lb::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+        // Metrics are recorded only when the admin listener can serve them.
+        let metrics = match config.admin {
+            Some(_) => Some(lb::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?),
+            None => None,
+        };
         metrics::counter!(lb::metrics::CONFIG_RELOADS, "result" => "ok").increment(1);
         let listeners = lb::server::bind(&config).await?;
         for l in &listeners {
@@ -99,11 +103,8 @@ fn run(config: Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr} (admin.addr)"))?;
             announce(&format!("lb admin on http://{}", listener.local_addr()?));
-            let admin = lb::admin::Admin {
-                runtime: Arc::clone(&runtime),
-                metrics: Some(metrics),
-                ready: Arc::clone(&ready),
-            };
+            let admin =
+                lb::admin::Admin { runtime: Arc::clone(&runtime), metrics, ready: Arc::clone(&ready) };
             tokio::spawn(lb::admin::serve(listener, admin));
         }
         let shutdown = async move {

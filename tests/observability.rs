@@ -82,6 +82,19 @@ async fn metrics_count_known_traffic_exactly_and_pass_promtool() {
     assert_eq!(get(r#"lb_upstream_ready{pool="web",server="a"}"#), 1.0);
     assert_eq!(get(r#"lb_upstream_ready{pool="web",server="drained"}"#), 0.0);
     assert_eq!(get("lb_config_generation"), 1.0);
+    let listener = format!(r#"{{listener="{}"}}"#, lb.addr);
+    assert_eq!(
+        get(&format!("lb_connections_total{listener}")),
+        15.0,
+        "one connection per request (new client each)"
+    );
+    // Clients closed their connections; lb notices each FIN asynchronously.
+    let admin = lb.admin;
+    eventually(std::time::Duration::from_secs(5), || {
+        let key = format!("lb_open_connections{listener}");
+        async move { parse_metrics(&admin_get(admin, "/metrics").await.1).get(&key) == Some(&0.0) }
+    })
+    .await;
     assert!(text.contains("# HELP lb_requests_total"), "metrics are described");
 
     match std::process::Command::new("promtool")

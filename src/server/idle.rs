@@ -39,22 +39,37 @@ pub struct Activity {
     /// (its hyper task, its socket, an upgraded tunnel) holds this `Activity`, so the slot is
     /// returned only when the last of them is gone, and the shutdown drain waits for tunnels too.
     _slot: Option<OwnedSemaphorePermit>,
+    /// The listener's open-connections gauge, decremented when the connection is really gone.
+    open: Option<metrics::Gauge>,
+}
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        if let Some(open) = &self.open {
+            open.decrement(1.0);
+        }
+    }
 }
 
 impl Activity {
     /// Activity of a connection accepted now.
     pub fn new() -> Self {
-        Self::holding(None)
+        Self::holding(None, None)
     }
 
-    /// Activity of a connection accepted now, holding its connection slot.
-    pub fn holding(slot: Option<OwnedSemaphorePermit>) -> Self {
+    /// Activity of a connection accepted now, holding its connection slot and counted in `open`
+    /// (incremented here, decremented when the last user of the connection is gone).
+    pub fn holding(slot: Option<OwnedSemaphorePermit>, open: Option<metrics::Gauge>) -> Self {
+        if let Some(open) = &open {
+            open.increment(1.0);
+        }
         Self {
             start: Instant::now(),
             active: AtomicUsize::new(0),
             done: AtomicU64::new(0),
             last_done_ms: AtomicU64::new(0),
             _slot: slot,
+            open,
         }
     }
 

@@ -126,6 +126,9 @@ struct AcceptCtx {
 
 async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
     let local = listener.local_addr().ok();
+    let label = local.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    let accepted_total = metrics::counter!(crate::metrics::CONNECTIONS, "listener" => label.clone());
+    let open = metrics::gauge!(crate::metrics::OPEN_CONNECTIONS, "listener" => label);
     loop {
         // Take a connection slot first: at the limit, clients wait in the kernel's backlog.
         let permit = tokio::select! {
@@ -151,7 +154,8 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
             stop: ctx.stop.clone(),
             timeouts: ctx.timeouts,
         };
-        tokio::spawn(conn.serve(stream, peer, permit));
+        accepted_total.increment(1);
+        tokio::spawn(conn.serve(stream, peer, permit, open.clone()));
     }
 }
 
@@ -163,8 +167,14 @@ struct Conn {
 }
 
 impl Conn {
-    async fn serve(mut self, stream: TcpStream, peer: SocketAddr, slot: tokio::sync::OwnedSemaphorePermit) {
-        let activity = Arc::new(Activity::holding(Some(slot)));
+    async fn serve(
+        mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        open: metrics::Gauge,
+    ) {
+        let activity = Arc::new(Activity::holding(Some(slot), Some(open)));
         let io = IdleIo::new(stream, Arc::clone(&activity), &self.timeouts);
         let service = TowerToHyperService::new(Proxy::new(Arc::clone(&self.shared), peer, Some(activity)));
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
