@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Load benchmark: lb against nginx and HAProxy, same upstreams, same load, interleaved rounds.
 
-Usage: python3 benches/load.py [--duration 10] [--connections 64] [--rounds 3]
+Usage: python3 benches/load.py [--duration 10] [--connections 64] [--rounds 3] [--observability]
 
 Builds lb and the benchmark upstream (examples/upstream.rs) in release mode, starts three upstream
 servers on 127.0.0.1, then for each round runs every proxy in turn (lb, then nginx and HAProxy when
@@ -28,7 +28,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UPSTREAMS = ["127.0.0.1:19101", "127.0.0.1:19102", "127.0.0.1:19103"]
-PORTS = {"lb": 18080, "nginx": 18081, "haproxy": 18082}
+PORTS = {"lb": 18080, "nginx": 18081, "haproxy": 18082, "lb-nometrics": 18083, "lb-access": 18084}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -75,14 +75,20 @@ def wait_port(port, limit=10.0):
     sys.exit(f"nothing listening on {port} after {limit}s")
 
 
-def lb_config(tmp):
-    servers = ", ".join(f'{{ addr = "{a}" }}' for a in UPSTREAMS)
-    path = os.path.join(tmp, "lb.toml")
-    with open(path, "w") as f:
-        f.write(f'[[listeners]]\naddr = "127.0.0.1:{PORTS["lb"]}"\n\n'
-                f'[pools.app]\nstrategy = "round_robin"\nservers = [{servers}]\n')
-    env = {"LB_LOG": "warn", "TOKIO_WORKER_THREADS": "2"}
-    return [os.path.join(ROOT, "target/release/lb"), "--config", path], env
+def lb_variant(name, extra):
+    """lb with metrics on and access log off (the defaults), or a variant of that."""
+    def make(tmp):
+        servers = ", ".join(f'{{ addr = "{a}" }}' for a in UPSTREAMS)
+        path = os.path.join(tmp, f"{name}.toml")
+        with open(path, "w") as f:
+            f.write(f'[[listeners]]\naddr = "127.0.0.1:{PORTS[name]}"\n\n'
+                    f'[pools.app]\nstrategy = "round_robin"\nservers = [{servers}]\n\n{extra}\n')
+        env = {"LB_LOG": "warn", "TOKIO_WORKER_THREADS": "2"}
+        return [os.path.join(ROOT, "target/release/lb"), "--config", path], env
+    return make
+
+
+lb_config = lb_variant("lb", '[admin]\naddr = "127.0.0.1:0"')
 
 
 def nginx_config(tmp):
@@ -185,11 +191,16 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--observability", action="store_true",
+                    help="also run lb without metrics and lb with a JSON access log, to price each")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install -y wrk")
     subprocess.run(["cargo", "build", "--release", "--bin", "lb", "--example", "upstream"], cwd=ROOT, check=True)
     proxies = [("lb", lb_config)]
+    if args.observability:
+        proxies += [("lb-nometrics", lb_variant("lb-nometrics", "[admin]\nenabled = false")),
+                    ("lb-access", lb_variant("lb-access", '[admin]\naddr = "127.0.0.1:0"\n[log]\naccess = "json"'))]
     for name, make in [("nginx", nginx_config), ("haproxy", haproxy_config)]:
         if shutil.which(name):
             proxies.append((name, make))

@@ -51,12 +51,11 @@ fn main() -> ExitCode {
 }
 
 /// Operational logs go to stderr (level from `LB_LOG`, default `info`); access-log lines go to
-/// stdout through a non-blocking writer with a bounded buffer, so a slow stdout never stalls requests
-/// (lines beyond the buffer are dropped and counted in `lb_access_log_dropped_total`).
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+/// stdout through a batching writer with a bounded queue, so a slow stdout never stalls requests
+/// (lines beyond the queue are dropped and counted in `lb_access_log_dropped_total`).
+fn init_logging() -> lb::proxy::access_writer::FlushOnDrop {
     use tracing_subscriber::{filter, fmt, prelude::*, EnvFilter};
-    let (access_writer, guard) = tracing_appender::non_blocking(std::io::stdout());
-    lb::metrics::count_access_log_drops(access_writer.error_counter());
+    let (access_writer, guard) = lb::proxy::access_writer::AccessWriter::start(std::io::stdout());
     let levels = EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| "info".into());
     let not_access = filter::filter_fn(|m| m.target() != lb::proxy::access::TARGET);
     let access_only = filter::Targets::new().with_target(lb::proxy::access::TARGET, tracing::Level::INFO);

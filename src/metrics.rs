@@ -146,20 +146,10 @@ pub fn upstream_error(pool: &str, server: &str, kind: &'static str) {
         .increment(1);
 }
 
-static ACCESS_LOG_DROPS: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
-    std::sync::OnceLock::new();
-
-/// Registers the access-log writer's drop counter, read at each scrape.
-pub fn count_access_log_drops(counter: tracing_appender::non_blocking::ErrorCounter) {
-    let _ = ACCESS_LOG_DROPS.set(counter);
-}
-
 /// Sets the gauges that mirror live state, just before a scrape.
 pub fn refresh(snapshot: &crate::runtime::Snapshot) {
     gauge!(CONFIG_GENERATION).set(snapshot.generation as f64);
-    if let Some(drops) = ACCESS_LOG_DROPS.get() {
-        counter!(ACCESS_LOG_DROPPED).absolute(drops.dropped_lines() as u64);
-    }
+    counter!(ACCESS_LOG_DROPPED).absolute(crate::proxy::access_writer::dropped());
     for pool in snapshot.pools.iter() {
         for u in pool.upstreams.iter() {
             let (p, s) = (u.key.pool.to_string(), u.key.name.to_string());

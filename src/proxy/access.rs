@@ -4,46 +4,58 @@
 //! total time. `main.rs` routes this target to stdout through a non-blocking, bounded writer.
 
 use crate::config::AccessLog;
-use http::{header, HeaderMap};
+use http::{header, HeaderValue, Method, Uri, Version};
+use serde::Serialize;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// The `tracing` target of access-log events.
 pub const TARGET: &str = "lb::access";
 
 /// Everything an access-log line says about one request except its final byte count and time.
+/// Fields are cheap clones of the request's own parts (reference-counted), not copies.
 #[derive(Debug)]
 pub struct AccessRecord {
-    /// Text or JSON.
-    pub format: AccessLog,
-    /// When the request arrived.
-    pub at: SystemTime,
-    /// The client's address.
-    pub client: SocketAddr,
-    /// Method.
-    pub method: String,
-    /// Path and query as received.
-    pub target: String,
-    /// `HTTP/1.1`, `HTTP/2.0`, ...
-    pub version: String,
-    /// Host the request was for.
-    pub host: String,
-    /// `Referer`, or `-`.
-    pub referer: String,
-    /// `User-Agent`, or `-`.
-    pub user_agent: String,
-    /// The request id.
-    pub request_id: String,
+    format: AccessLog,
+    at: SystemTime,
+    client: SocketAddr,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    host: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    request_id: HeaderValue,
     /// Response status.
     pub status: u16,
-    /// `pool/server` that answered, or `-`.
-    pub server: String,
+    /// The pool and server that answered, if any.
+    pub server: Option<(Arc<str>, Arc<str>)>,
     /// Upstream time to response head.
     pub upstream_time: Option<Duration>,
 }
 
-fn header_or_dash(headers: &HeaderMap, name: header::HeaderName) -> String {
-    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
+fn text(v: Option<&HeaderValue>) -> &str {
+    v.and_then(|v| v.to_str().ok()).unwrap_or("-")
+}
+
+/// The JSON shape of a line, serialized straight from borrowed fields.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: &'a str,
+    client: SocketAddr,
+    method: &'a str,
+    path: &'a str,
+    protocol: &'a str,
+    host: &'a str,
+    status: u16,
+    bytes: u64,
+    duration_ms: f64,
+    upstream_ms: Option<f64>,
+    server: &'a str,
+    request_id: &'a str,
+    referer: &'a str,
+    user_agent: &'a str,
 }
 
 impl AccessRecord {
@@ -52,26 +64,21 @@ impl AccessRecord {
         format: AccessLog,
         client: SocketAddr,
         parts: &http::request::Parts,
-        request_id: &str,
+        request_id: &HeaderValue,
     ) -> Self {
-        let host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_else(|| header_or_dash(&parts.headers, header::HOST));
         Self {
             format,
             at: SystemTime::now(),
             client,
-            method: parts.method.to_string(),
-            target: parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-            version: format!("{:?}", parts.version),
-            host,
-            referer: header_or_dash(&parts.headers, header::REFERER),
-            user_agent: header_or_dash(&parts.headers, header::USER_AGENT),
-            request_id: request_id.to_owned(),
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            host: parts.headers.get(header::HOST).cloned(),
+            referer: parts.headers.get(header::REFERER).cloned(),
+            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+            request_id: request_id.clone(),
             status: 0,
-            server: "-".to_owned(),
+            server: None,
             upstream_time: None,
         }
     }
@@ -79,54 +86,60 @@ impl AccessRecord {
     /// Writes the line, now that the response is over.
     pub fn emit(&self, bytes: u64, total: Duration) {
         let upstream_ms = self.upstream_time.map(|d| d.as_secs_f64() * 1000.0);
+        let server = self.server.as_ref().map_or_else(|| "-".to_owned(), |(p, s)| format!("{p}/{s}"));
+        let host = self.uri.authority().map_or_else(|| text(self.host.as_ref()), |a| a.as_str());
+        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        let protocol = match self.version {
+            Version::HTTP_09 => "HTTP/0.9",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        };
+        let time = timestamp(self.at);
+        let request_id = self.request_id.to_str().unwrap_or("-");
         match self.format {
             AccessLog::Off => {}
             AccessLog::Text => {
                 let upstream = upstream_ms.map_or_else(|| "-".to_owned(), |ms| format!("{:.3}", ms / 1000.0));
                 tracing::info!(
                     target: TARGET,
-                    "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" rt={:.3} urt={} server={} host={} rid={}",
+                    "{} - - [{time}] \"{} {path} {protocol}\" {} {bytes} \"{}\" \"{}\" rt={:.3} urt={upstream} server={server} host={host} rid={request_id}",
                     self.client.ip(),
-                    httpdate(self.at),
                     self.method,
-                    self.target,
-                    self.version,
                     self.status,
-                    bytes,
-                    self.referer,
-                    self.user_agent,
+                    text(self.referer.as_ref()),
+                    text(self.user_agent.as_ref()),
                     total.as_secs_f64(),
-                    upstream,
-                    self.server,
-                    self.host,
-                    self.request_id,
                 );
             }
             AccessLog::Json => {
-                let line = serde_json::json!({
-                    "time": httpdate(self.at),
-                    "client": self.client.to_string(),
-                    "method": self.method,
-                    "path": self.target,
-                    "protocol": self.version,
-                    "host": self.host,
-                    "status": self.status,
-                    "bytes": bytes,
-                    "duration_ms": total.as_secs_f64() * 1000.0,
-                    "upstream_ms": upstream_ms,
-                    "server": self.server,
-                    "request_id": self.request_id,
-                    "referer": self.referer,
-                    "user_agent": self.user_agent,
-                });
-                tracing::info!(target: TARGET, "{line}");
+                let line = JsonLine {
+                    time: &time,
+                    client: self.client,
+                    method: self.method.as_str(),
+                    path,
+                    protocol,
+                    host,
+                    status: self.status,
+                    bytes,
+                    duration_ms: total.as_secs_f64() * 1000.0,
+                    upstream_ms,
+                    server: &server,
+                    request_id,
+                    referer: text(self.referer.as_ref()),
+                    user_agent: text(self.user_agent.as_ref()),
+                };
+                if let Ok(json) = serde_json::to_string(&line) {
+                    tracing::info!(target: TARGET, "{json}");
+                }
             }
         }
     }
 }
 
 /// `2026-11-24T15:30:00.123Z` (UTC, milliseconds): sortable and unambiguous.
-fn httpdate(at: SystemTime) -> String {
+fn timestamp(at: SystemTime) -> String {
     let d = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -160,7 +173,7 @@ mod tests {
     #[test]
     fn formats_utc_timestamps() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_967_400_123);
-        assert_eq!(httpdate(at), "2026-11-29T15:50:00.123Z");
-        assert_eq!(httpdate(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(timestamp(at), "2026-11-29T15:50:00.123Z");
+        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
     }
 }

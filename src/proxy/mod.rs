@@ -5,6 +5,7 @@
 //! ([`error::error_response`]) and are logged there with their cause.
 
 pub mod access;
+pub mod access_writer;
 pub mod body;
 pub mod error;
 pub mod headers;
@@ -100,9 +101,8 @@ impl tower::Service<Request<Incoming>> for Proxy {
             let request_id = request_id(&parts.headers);
             parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
             let format = snap.config.access_log;
-            let mut access = (format != AccessLog::Off).then(|| {
-                Box::new(AccessRecord::new(format, client, &parts, request_id.to_str().unwrap_or("-")))
-            });
+            let mut access = (format != AccessLog::Off)
+                .then(|| Box::new(AccessRecord::new(format, client, &parts, &request_id)));
             let mut active = active;
             let mut trace = Trace::default();
             let req = Request::from_parts(parts, body);
@@ -124,9 +124,7 @@ impl tower::Service<Request<Incoming>> for Proxy {
             if let Some(record) = access.as_mut() {
                 record.status = status;
                 record.upstream_time = trace.upstream_time;
-                if let Some(u) = server {
-                    record.server = format!("{}/{}", u.key.pool, u.key.name);
-                }
+                record.server = server.map(|u| (Arc::clone(&u.key.pool), Arc::clone(&u.key.name)));
             }
             resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
             resp.body_mut().finish_with(Finish::new(start, pool.map(|p| &p.metrics), access));
