@@ -21,6 +21,8 @@ pub const UPSTREAM_TTFB: &str = "lb_upstream_response_seconds";
 pub const UPSTREAM_IN_FLIGHT: &str = "lb_upstream_in_flight";
 /// 1 if a server may take new requests, else 0.
 pub const UPSTREAM_READY: &str = "lb_upstream_ready";
+/// Open upstream connections, by configured server address.
+pub const UPSTREAM_CONNECTIONS: &str = "lb_upstream_connections";
 /// Failed attempts to reach a server, by kind: `connect`, `timeout`, `reset`.
 pub const UPSTREAM_ERRORS: &str = "lb_upstream_errors_total";
 /// Requests sent to another server after a connect failure, by pool.
@@ -62,6 +64,7 @@ pub fn describe() {
     describe_histogram!(UPSTREAM_TTFB, Unit::Seconds, "Request sent upstream to response head received.");
     describe_gauge!(UPSTREAM_IN_FLIGHT, "Requests in flight per server.");
     describe_gauge!(UPSTREAM_READY, "1 if the server may take new requests.");
+    describe_gauge!(UPSTREAM_CONNECTIONS, "Open upstream connections, by server address.");
     describe_counter!(UPSTREAM_ERRORS, "Failed attempts to reach a server, by kind.");
     describe_counter!(RETRIES, "Requests redispatched to another server after a connect failure.");
     describe_counter!(RECEIVED_BYTES, Unit::Bytes, "Request body bytes received from clients.");

@@ -82,6 +82,11 @@ async fn metrics_count_known_traffic_exactly_and_pass_promtool() {
     assert_eq!(get(r#"lb_upstream_ready{pool="web",server="a"}"#), 1.0);
     assert_eq!(get(r#"lb_upstream_ready{pool="web",server="drained"}"#), 0.0);
     assert_eq!(get("lb_config_generation"), 1.0);
+    let pooled = get(&format!(r#"lb_upstream_connections{{addr="{}"}}"#, a.addr));
+    assert!(
+        (1.0..=2.0).contains(&pooled),
+        "sequential requests reuse one or two pooled connections: {pooled}"
+    );
     let listener = format!(r#"{{listener="{}"}}"#, lb.addr);
     assert_eq!(
         get(&format!("lb_connections_total{listener}")),

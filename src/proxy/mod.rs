@@ -7,6 +7,7 @@
 pub mod access;
 pub mod access_writer;
 pub mod body;
+pub mod connector;
 pub mod error;
 pub mod headers;
 pub mod tunnel;
@@ -34,7 +35,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// The process-wide pooled upstream client (HTTP/1.1, keep-alive).
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+pub type UpstreamClient = Client<connector::CountingConnector, RequestBody>;
 
 /// Builds the upstream client: one connection pool shared by every listener and request.
 pub fn upstream_client(config: &crate::config::Config) -> UpstreamClient {
@@ -45,7 +46,7 @@ pub fn upstream_client(config: &crate::config::Config) -> UpstreamClient {
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_idle_timeout(config.timeouts.upstream_idle)
         .pool_max_idle_per_host(config.limits.upstream_idle_per_server)
-        .build(connector)
+        .build(connector::CountingConnector::new(connector))
 }
 
 /// What every request of one client connection shares.
