@@ -39,7 +39,18 @@ async fn main() -> anyhow::Result<()> {
             l.local_addr()?.port()
         );
     }
-    lb::server::serve(listeners, Arc::new(Runtime::new(config)), lb::server::shutdown_signal()).await;
+    let admin_addr = config.admin;
+    // The recorder must exist before the runtime registers its per-server metric handles.
+    let metrics = admin_addr.and_then(|_| lb::metrics::install().ok());
+    let runtime = Arc::new(Runtime::new(config));
+    if let Some(addr) = admin_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        println!("lb admin on http://{addr} -- try: curl -s localhost:{}/status", addr.port());
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let admin = lb::admin::Admin { runtime: Arc::clone(&runtime), metrics, ready };
+        tokio::spawn(lb::admin::serve(listener, admin));
+    }
+    lb::server::serve(listeners, runtime, lb::server::shutdown_signal()).await;
     Ok(())
 }
 

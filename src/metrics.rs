@@ -33,6 +33,8 @@ pub const RECEIVED_BYTES: &str = "lb_received_bytes_total";
 pub const SENT_BYTES: &str = "lb_sent_bytes_total";
 /// Open client connections, by listener.
 pub const OPEN_CONNECTIONS: &str = "lb_open_connections";
+/// Requests in progress, by listener.
+pub const LISTENER_IN_FLIGHT: &str = "lb_listener_in_flight";
 /// Client connections accepted, by listener.
 pub const CONNECTIONS: &str = "lb_connections_total";
 /// Configuration loads by outcome (`ok`, `error`).
@@ -46,7 +48,8 @@ pub const ACCESS_LOG_DROPPED: &str = "lb_access_log_dropped_total";
 const BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
-/// Installs the process-wide Prometheus recorder and describes every metric. Call once.
+/// Installs the process-wide Prometheus recorder and describes every metric. Call once, and before
+/// building the [`crate::runtime::Runtime`]: handles registered earlier go to the no-op recorder.
 pub fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets(BUCKETS)
@@ -71,6 +74,7 @@ pub fn describe() {
     describe_counter!(SENT_BYTES, Unit::Bytes, "Response body bytes sent to clients.");
     describe_gauge!(OPEN_CONNECTIONS, "Open client connections.");
     describe_counter!(CONNECTIONS, "Client connections accepted.");
+    describe_gauge!(LISTENER_IN_FLIGHT, "Requests in progress, by listener.");
     describe_counter!(CONFIG_RELOADS, "Configuration loads by outcome.");
     describe_gauge!(CONFIG_GENERATION, "Generation of the running configuration.");
     describe_counter!(ACCESS_LOG_DROPPED, "Access-log lines dropped because the writer fell behind.");

@@ -41,6 +41,8 @@ pub struct Activity {
     _slot: Option<OwnedSemaphorePermit>,
     /// The listener's open-connections gauge, decremented when the connection is really gone.
     open: Option<metrics::Gauge>,
+    /// The listener's in-flight-requests gauge, moved by [`ActiveRequest`].
+    in_flight: Option<metrics::Gauge>,
 }
 
 impl Drop for Activity {
@@ -54,12 +56,17 @@ impl Drop for Activity {
 impl Activity {
     /// Activity of a connection accepted now.
     pub fn new() -> Self {
-        Self::holding(None, None)
+        Self::holding(None, None, None)
     }
 
     /// Activity of a connection accepted now, holding its connection slot and counted in `open`
-    /// (incremented here, decremented when the last user of the connection is gone).
-    pub fn holding(slot: Option<OwnedSemaphorePermit>, open: Option<metrics::Gauge>) -> Self {
+    /// (incremented here, decremented when the last user of the connection is gone); its requests
+    /// are counted in `in_flight` while active.
+    pub fn holding(
+        slot: Option<OwnedSemaphorePermit>,
+        open: Option<metrics::Gauge>,
+        in_flight: Option<metrics::Gauge>,
+    ) -> Self {
         if let Some(open) = &open {
             open.increment(1.0);
         }
@@ -70,6 +77,7 @@ impl Activity {
             last_done_ms: AtomicU64::new(0),
             _slot: slot,
             open,
+            in_flight,
         }
     }
 
@@ -96,6 +104,9 @@ impl ActiveRequest {
     /// Marks a request as started on this connection.
     pub fn begin(activity: &Arc<Activity>) -> Self {
         activity.active.fetch_add(1, Ordering::AcqRel);
+        if let Some(g) = &activity.in_flight {
+            g.increment(1.0);
+        }
         Self(Arc::clone(activity))
     }
 }
@@ -107,6 +118,9 @@ impl Drop for ActiveRequest {
         self.0.last_done_ms.fetch_max(now, Ordering::AcqRel);
         self.0.done.fetch_add(1, Ordering::AcqRel);
         self.0.active.fetch_sub(1, Ordering::AcqRel);
+        if let Some(g) = &self.0.in_flight {
+            g.decrement(1.0);
+        }
     }
 }
 

@@ -128,7 +128,8 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
     let local = listener.local_addr().ok();
     let label = local.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
     let accepted_total = metrics::counter!(crate::metrics::CONNECTIONS, "listener" => label.clone());
-    let open = metrics::gauge!(crate::metrics::OPEN_CONNECTIONS, "listener" => label);
+    let open = metrics::gauge!(crate::metrics::OPEN_CONNECTIONS, "listener" => label.clone());
+    let in_flight = metrics::gauge!(crate::metrics::LISTENER_IN_FLIGHT, "listener" => label);
     loop {
         // Take a connection slot first: at the limit, clients wait in the kernel's backlog.
         let permit = tokio::select! {
@@ -155,7 +156,7 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
             timeouts: ctx.timeouts,
         };
         accepted_total.increment(1);
-        tokio::spawn(conn.serve(stream, peer, permit, open.clone()));
+        tokio::spawn(conn.serve(stream, peer, permit, (open.clone(), in_flight.clone())));
     }
 }
 
@@ -172,9 +173,9 @@ impl Conn {
         stream: TcpStream,
         peer: SocketAddr,
         slot: tokio::sync::OwnedSemaphorePermit,
-        open: metrics::Gauge,
+        (open, in_flight): (metrics::Gauge, metrics::Gauge),
     ) {
-        let activity = Arc::new(Activity::holding(Some(slot), Some(open)));
+        let activity = Arc::new(Activity::holding(Some(slot), Some(open), Some(in_flight)));
         let io = IdleIo::new(stream, Arc::clone(&activity), &self.timeouts);
         let service = TowerToHyperService::new(Proxy::new(Arc::clone(&self.shared), peer, Some(activity)));
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
