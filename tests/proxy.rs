@@ -423,7 +423,7 @@ async fn a_websocket_tunnel_outlives_the_header_and_keepalive_timeouts() {
     let a = Backend::start("a").await;
     let lb = Lb::start(&config_with(
         &[("a", a.addr)],
-        "[timeouts]\nclient_header = \"100ms\"\nkeepalive = \"150ms\"\ntunnel_idle = \"30s\"",
+        "[timeouts]\nclient_header = \"300ms\"\nkeepalive = \"400ms\"\ntunnel_idle = \"30s\"",
     ))
     .await;
     let mut s = TcpStream::connect(lb.addr).await.unwrap();
@@ -443,7 +443,7 @@ async fn a_websocket_tunnel_outlives_the_header_and_keepalive_timeouts() {
         s.read_exact(&mut back).await.unwrap_or_else(|e| panic!("round {round}: tunnel closed: {e}"));
         assert_eq!(&back, b"ping");
         // Quiet for longer than both client timeouts: only tunnel_idle applies to a tunnel.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
     }
 }
 
@@ -494,7 +494,7 @@ async fn a_slow_upload_is_not_blamed_on_the_upstream_but_a_stalled_one_gets_408(
     let a = Backend::start("a").await;
     let lb = Lb::start(&config_with(
         &[("a", a.addr)],
-        "[timeouts]\nresponse = \"400ms\"\nclient_body = \"700ms\"",
+        "[timeouts]\nresponse = \"400ms\"\nclient_body = \"2s\"",
     ))
     .await;
     // Uploading takes three times the response timeout, but never pauses for client_body.
