@@ -492,11 +492,9 @@ impl tower::Service<http::Uri> for ConnectTo {
 #[tokio::test]
 async fn a_slow_upload_is_not_blamed_on_the_upstream_but_a_stalled_one_gets_408() {
     let a = Backend::start("a").await;
-    let lb = Lb::start(&config_with(
-        &[("a", a.addr)],
-        "[timeouts]\nresponse = \"400ms\"\nclient_body = \"2s\"",
-    ))
-    .await;
+    let lb =
+        Lb::start(&config_with(&[("a", a.addr)], "[timeouts]\nresponse = \"400ms\"\nclient_body = \"2s\""))
+            .await;
     // Uploading takes three times the response timeout, but never pauses for client_body.
     let mut s = TcpStream::connect(lb.addr).await.unwrap();
     s.write_all(b"POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n")

@@ -164,7 +164,7 @@ pool = "a"
 "#;
     let got = issues(src);
     assert!(
-        got.iter().any(|m| m.contains("listeners[1].addr: 127.0.0.1:8080 is used by an earlier")),
+        got.iter().any(|m| m.contains("listeners[1].addr: 127.0.0.1:8080 overlaps an earlier listener")),
         "{got:?}"
     );
     assert!(got.iter().any(|m| m.contains("routes[1]: matches the same host")), "{got:?}");
@@ -277,4 +277,30 @@ sticky = { cookie = "a b", path = "x", max_age = "0s", same_site = "none", colou
     assert_eq!(got.len(), expect.len(), "{got:#?}");
     let short = issues("[[listeners]]\naddr = \"127.0.0.1:1\"\n[sticky]\nsecret = \"short\"\n[pools.web]\n");
     assert!(short[0].contains("sticky.secret: is 5 bytes; use at least 16"), "{short:?}");
+}
+
+#[test]
+fn overlapping_listen_addresses_are_refused() {
+    let with = |a: &str, b: &str| {
+        format!("[[listeners]]\naddr = \"{a}\"\n[[listeners]]\naddr = \"{b}\"\n[admin]\nenabled = false\n[pools.web]\n")
+    };
+    for (a, b) in
+        [("0.0.0.0:8080", "127.0.0.1:8080"), ("[::]:8080", "127.0.0.1:8080"), ("10.0.0.1:80", "0.0.0.0:80")]
+    {
+        let got = issues(&with(a, b));
+        assert!(
+            got.iter().any(|m| m.contains("listeners[1].addr") && m.contains("overlaps")),
+            "{a} + {b}: {got:?}"
+        );
+    }
+    for (a, b) in
+        [("0.0.0.0:8080", "[::1]:8080"), ("0.0.0.0:8080", "0.0.0.0:8081"), ("127.0.0.1:0", "127.0.0.1:0")]
+    {
+        Config::from_toml(&with(a, b)).unwrap_or_else(|e| panic!("{a} + {b}: {e}"));
+    }
+    let admin = issues("[[listeners]]\naddr = \"0.0.0.0:9901\"\n[pools.web]\n");
+    assert!(
+        admin.iter().any(|m| m.contains("admin.addr: 127.0.0.1:9901 overlaps a proxy listener")),
+        "{admin:?}"
+    );
 }

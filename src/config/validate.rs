@@ -52,8 +52,7 @@ fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
             "at least one listener is required, e.g. [[listeners]] addr = \"0.0.0.0:8080\"",
         );
     }
-    let mut seen = HashSet::new();
-    let mut result = Vec::new();
+    let mut result: Vec<ListenerConfig> = Vec::new();
     for (i, l) in raw.listeners.iter().enumerate() {
         let path = format!("listeners[{i}].addr");
         let Some(text) = &l.addr else {
@@ -61,8 +60,8 @@ fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
             continue;
         };
         match text.parse::<SocketAddr>() {
-            Ok(addr) if addr.port() != 0 && !seen.insert(addr) => {
-                out.push(path, format!("{addr} is used by an earlier listener"));
+            Ok(addr) if result.iter().any(|earlier| overlaps(earlier.addr, addr)) => {
+                out.push(path, format!("{addr} overlaps an earlier listener (same port, covering address)"));
             }
             Ok(addr) => result.push(ListenerConfig { addr }),
             Err(_) => out.push(path, format!("{text:?} is not an IP:port address (e.g. \"0.0.0.0:8080\")")),
@@ -479,6 +478,14 @@ fn sticky(base: &str, pool: &str, raw: &RawSticky, out: &mut Issues<'_>) -> Stic
     }
 }
 
+/// Whether two listening addresses would collide at bind: the same non-zero port, and the same IP or
+/// one that covers the other (`0.0.0.0` covers IPv4; `[::]` covers everything on Linux's default
+/// dual-stack sockets).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |x: SocketAddr, y: SocketAddr| x.ip().is_unspecified() && (x.is_ipv6() || y.is_ipv4());
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
 /// Default admin address: loopback only, so metrics and status are never public unless configured.
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
@@ -488,8 +495,8 @@ fn admin(raw: &RawAdmin, listeners: &[ListenerConfig], out: &mut Issues<'_>) -> 
     }
     let text = raw.addr.as_deref().unwrap_or(DEFAULT_ADMIN);
     match text.parse::<SocketAddr>() {
-        Ok(addr) if addr.port() != 0 && listeners.iter().any(|l| l.addr == addr) => {
-            out.push("admin.addr", format!("{addr} is also a proxy listener"));
+        Ok(addr) if listeners.iter().any(|l| overlaps(l.addr, addr)) => {
+            out.push("admin.addr", format!("{addr} overlaps a proxy listener"));
             None
         }
         Ok(addr) => Some(addr),
