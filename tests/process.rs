@@ -78,12 +78,7 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     let config = write_config(&config_with(&[("a", a.addr)], ""));
     let (mut child, addr) = spawn_lb(&config);
     let pending = tokio::spawn(async move { get(&client(), &format!("http://{addr}/slow?ms=700")).await });
-    let seen = a.seen.clone();
-    eventually(Duration::from_secs(10), || {
-        let seen = seen.clone();
-        async move { seen.in_progress.load(std::sync::atomic::Ordering::SeqCst) == 1 }
-    })
-    .await;
+    wait_in_progress(&a, 1).await;
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let (status, body) = pending.await.unwrap();
@@ -132,12 +127,7 @@ async fn sigint_exits_zero_and_a_drain_timeout_cuts_what_is_left() {
         let req = client().get(format!("http://{addr}/slow?ms=30000").parse().unwrap()).await;
         req.map(|r| r.status())
     });
-    let seen = a.seen.clone();
-    eventually(Duration::from_secs(10), || {
-        let seen = seen.clone();
-        async move { seen.in_progress.load(std::sync::atomic::Ordering::SeqCst) == 1 }
-    })
-    .await;
+    wait_in_progress(&a, 1).await;
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let exit =

@@ -199,7 +199,7 @@ async fn consistent_hash_pools_fall_back_to_the_ring() {
 
 #[tokio::test]
 async fn http2_clients_and_websocket_upgrades_are_sticky_too() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let backends = [Backend::start("a").await, Backend::start("b").await, Backend::start("c").await];
     let servers: Vec<_> = backends.iter().map(|b| (b.name.as_str(), b.addr)).collect();
     let lb = Lb::start(&sticky_toml(&servers, "round_robin")).await;
@@ -218,13 +218,7 @@ async fn http2_clients_and_websocket_upgrades_are_sticky_too() {
             "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{cookie_line}\r\n"
         );
         s.write_all(req.as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            assert_eq!(s.read(&mut byte).await.unwrap(), 1);
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        let head = read_head(&mut s).await;
         assert!(head.starts_with("http/1.1 101"), "{head}");
         assert_eq!(head.contains("set-cookie: lb_web="), expect_cookie, "{head}");
         if !expect_cookie {

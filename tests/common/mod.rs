@@ -365,3 +365,24 @@ impl Drop for LbProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Waits (bounded) until `backend` holds at least `n` requests in progress.
+pub async fn wait_in_progress(backend: &Backend, n: usize) {
+    let seen = backend.seen.clone();
+    eventually(Duration::from_secs(10), || {
+        let seen = seen.clone();
+        async move { seen.in_progress.load(Ordering::SeqCst) >= n }
+    })
+    .await;
+}
+
+/// Reads a response head byte by byte (so nothing after it is consumed), lowercased.
+pub async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed before the head ended");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
