@@ -28,18 +28,45 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
 }
 
-/// Serves the admin endpoints on `listener` until the task is dropped.
+/// Time an admin client has to send its request head (and idle time between requests).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How often histogram samples are folded into their buckets. The exporter keeps raw samples until
+/// upkeep runs, so without this a process nobody scrapes would grow without bound.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Serves the admin endpoints on `listener` until the task is dropped, and runs metric upkeep.
 pub async fn serve(listener: TcpListener, admin: Admin) {
+    if let Some(handle) = admin.metrics.clone() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
         let admin = admin.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(handle(&admin, &req)) }
             });
-            let _ =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

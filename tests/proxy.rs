@@ -552,3 +552,16 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     tokio::time::timeout(Duration::from_secs(10), second.read_to_string(&mut answer)).await.unwrap().unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
 }
+
+#[tokio::test]
+async fn a_client_cannot_hide_the_request_id_from_the_upstream() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    let answer = raw(
+        lb.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: abc-123\r\nConnection: close, X-Request-Id\r\n\r\n",
+    )
+    .await;
+    assert!(answer.to_ascii_lowercase().contains("x-request-id: abc-123"), "{answer}");
+    assert_eq!(a.last_head().headers["x-request-id"], "abc-123");
+}

@@ -39,6 +39,16 @@ fn text(v: Option<&HeaderValue>) -> &str {
     v.and_then(|v| v.to_str().ok()).unwrap_or("-")
 }
 
+/// Escapes `"` and `\` (as Apache does in its combined format), so a field cannot close its quotes
+/// and forge the fields after it.
+fn quoted(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['"', '\\']) {
+        std::borrow::Cow::Owned(s.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 /// The JSON shape of a line, serialized straight from borrowed fields.
 #[derive(Serialize)]
 struct JsonLine<'a> {
@@ -104,13 +114,16 @@ impl AccessRecord {
                 let upstream = upstream_ms.map_or_else(|| "-".to_owned(), |ms| format!("{:.3}", ms / 1000.0));
                 tracing::info!(
                     target: TARGET,
-                    "{} - - [{time}] \"{} {path} {protocol}\" {} {bytes} \"{}\" \"{}\" rt={:.3} urt={upstream} server={server} host={host} rid={request_id}",
+                    "{} - - [{time}] \"{} {} {protocol}\" {} {bytes} \"{}\" \"{}\" rt={:.3} urt={upstream} server={server} host={} rid={}",
                     self.client.ip(),
                     self.method,
+                    quoted(path),
                     self.status,
-                    text(self.referer.as_ref()),
-                    text(self.user_agent.as_ref()),
+                    quoted(text(self.referer.as_ref())),
+                    quoted(text(self.user_agent.as_ref())),
                     total.as_secs_f64(),
+                    quoted(host),
+                    quoted(request_id),
                 );
             }
             AccessLog::Json => {
@@ -169,6 +182,13 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quotes_and_backslashes_are_escaped() {
+        assert_eq!(quoted(r#"x" rt=0 server=web/b "#), r#"x\" rt=0 server=web/b "#);
+        assert_eq!(quoted(r"a\b"), r"a\\b");
+        assert!(matches!(quoted("plain"), std::borrow::Cow::Borrowed("plain")));
+    }
 
     #[test]
     fn formats_utc_timestamps() {

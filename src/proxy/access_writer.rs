@@ -6,7 +6,7 @@
 //! the line and counts it (`lb_access_log_dropped_total`) rather than slowing requests down.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,8 +16,14 @@ use std::time::Duration;
 pub const PERIOD: Duration = Duration::from_millis(20);
 /// Lines the queue holds before dropping (a few seconds of a busy proxy's log).
 pub const CAPACITY: usize = 65_536;
+/// Bytes the queue holds before dropping: lines can be long (a path or User-Agent of many KiB), so
+/// the line count alone would not bound memory.
+pub const BYTE_BUDGET: usize = 32 << 20;
+/// Longest wait at exit for the final flush (stdout may be a pipe nobody reads).
+const EXIT_FLUSH_LIMIT: Duration = Duration::from_secs(1);
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+static QUEUED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Lines dropped so far because the queue was full.
 pub fn dropped() -> u64 {
@@ -44,7 +50,13 @@ impl Drop for FlushOnDrop {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
-            let _ = t.join();
+            let deadline = std::time::Instant::now() + EXIT_FLUSH_LIMIT;
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -71,7 +83,10 @@ fn drain(rx: Receiver<Vec<u8>>, mut out: impl Write, stop: &AtomicBool) {
         let mut closed = stop.load(Ordering::Acquire);
         loop {
             match rx.try_recv() {
-                Ok(line) => batch.extend_from_slice(&line),
+                Ok(line) => {
+                    QUEUED_BYTES.fetch_sub(line.len(), Ordering::Relaxed);
+                    batch.extend_from_slice(&line);
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     closed = true;
@@ -91,9 +106,15 @@ fn drain(rx: Receiver<Vec<u8>>, mut out: impl Write, stop: &AtomicBool) {
 
 impl Write for AccessWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if QUEUED_BYTES.fetch_add(buf.len(), Ordering::Relaxed) + buf.len() > BYTE_BUDGET {
+            QUEUED_BYTES.fetch_sub(buf.len(), Ordering::Relaxed);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return Ok(buf.len());
+        }
         match self.tx.try_send(buf.to_vec()) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                QUEUED_BYTES.fetch_sub(buf.len(), Ordering::Relaxed);
                 DROPPED.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -129,6 +150,26 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_stuck_output_cannot_hang_exit() {
+        struct Stuck;
+        impl Write for Stuck {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                std::thread::sleep(Duration::from_secs(3600));
+                Ok(0)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (writer, guard) = AccessWriter::start(Stuck);
+        writer.clone().write_all(b"line\n").unwrap();
+        std::thread::sleep(PERIOD * 3);
+        let start = std::time::Instant::now();
+        drop(guard);
+        assert!(start.elapsed() < EXIT_FLUSH_LIMIT * 3, "exit waited {:?}", start.elapsed());
     }
 
     #[test]

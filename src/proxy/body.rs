@@ -195,6 +195,8 @@ pub struct Upload {
     pub stalled: AtomicBool,
     /// Notified once the whole body has been handed to the upstream connection.
     pub sent: tokio::sync::Notify,
+    /// When that happened.
+    pub done_at: std::sync::OnceLock<Instant>,
 }
 
 /// The client's request body on its way upstream. A failure of the client's side fails the upstream
@@ -267,7 +269,10 @@ impl Body for RequestBody {
         if let Some(upload) = &this.upload {
             match &frame {
                 Some(Err(_)) => upload.broken.store(true, Ordering::Relaxed),
-                None => upload.sent.notify_one(),
+                None => {
+                    let _ = upload.done_at.set(Instant::now());
+                    upload.sent.notify_one();
+                }
                 Some(Ok(_)) => {}
             }
         }

@@ -204,7 +204,12 @@ async fn forward(
     let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
     let client_upgrade =
         upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(id) = request_id {
+        // Even if the client named it in `Connection`: the upstream always gets the id.
+        parts.headers.insert(X_REQUEST_ID.clone(), id);
+    }
     if let (Some(token), Some(_)) = (&upgrade, &client_upgrade) {
         if let Ok(value) = HeaderValue::from_str(token) {
             headers::set_upgrade(&mut parts.headers, value);
@@ -223,22 +228,29 @@ async fn forward(
         RequestBody::watch(body, snap.config.timeouts.client_body, &pool.metrics.received);
     // A failed connect sent nothing, so a bodyless request may go to another server instead (HAProxy's
     // `option redispatch`). Its head is kept for that only when the pool has another server.
-    let spare = (body.is_end_stream() && client_upgrade.is_none() && pool.upstreams.len() > 1)
-        .then(|| copy_head(&parts));
+    let spare = (body.is_end_stream() && client_upgrade.is_none() && pool.upstreams.len() > 1).then(|| {
+        // With the original target: a consistent-hash pool may hash its path or query again.
+        let mut head = copy_head(&parts);
+        head.uri = target.clone();
+        head
+    });
     let timeout = snap.config.timeouts.response;
     let mut tried = Vec::new();
     let (mut resp, guard) = loop {
         let upstream = choice.upstream;
         let guard = pool.begin(upstream);
+        // Recorded before the attempt, so a failure is counted and logged against this server.
+        trace.server = Some(choice.index);
         parts.uri = upstream_uri(&target, &upstream.authority)?;
         let sent_at = tokio::time::Instant::now();
         let sending = shared.client.request(Request::from_parts(parts, body));
         let e = match respond_within(timeout, upload.as_deref(), sending).await {
             Some(Ok(resp)) => {
-                let elapsed = sent_at.elapsed();
+                // The upstream's time starts once the client's upload is over (it is the client's).
+                let from = upload.as_ref().and_then(|u| u.done_at.get().copied()).unwrap_or(sent_at);
+                let elapsed = from.elapsed();
                 upstream.metrics.ttfb.record(elapsed.as_secs_f64());
                 trace.upstream_time = Some(elapsed);
-                trace.server = Some(choice.index);
                 break (resp, guard);
             }
             None => {
