@@ -77,13 +77,6 @@ impl Pool {
         Some(Choice { index, upstream, set_cookie })
     }
 
-    /// Removes the pool's sticky cookie from a request before it goes upstream.
-    pub fn strip_sticky(&self, headers: &mut http::HeaderMap) {
-        if let Some(sticky) = &self.sticky {
-            sticky.strip(headers);
-        }
-    }
-
     /// The strategy's choice among ready servers, ignoring cookies (`None`: none is ready).
     pub fn pick(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<&Arc<Upstream>> {
         self.pick_index(client, parts).and_then(|i| self.upstreams.get(i))
@@ -122,6 +115,8 @@ pub struct Snapshot {
     pub pools: Box<[Pool]>,
     /// The config this snapshot was built from (timeouts, limits, options).
     pub config: Arc<Config>,
+    /// Every pool's sticky cookie name: none of them ever reaches an upstream.
+    pub sticky_cookies: Box<[String]>,
 }
 
 /// Holds the current snapshot and the registry of per-server state.
@@ -227,7 +222,15 @@ fn build(
             }
         })
         .collect();
-    Snapshot { generation, router: Router::new(&config.routes), pools, config: Arc::new(config) }
+    let sticky_cookies =
+        config.pools.iter().filter_map(|p| p.sticky.as_ref().map(|s| s.cookie.clone())).collect();
+    Snapshot {
+        generation,
+        router: Router::new(&config.routes),
+        pools,
+        config: Arc::new(config),
+        sticky_cookies,
+    }
 }
 
 #[cfg(test)]

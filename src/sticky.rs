@@ -93,25 +93,41 @@ impl Sticky {
     pub fn set_cookie(&self, index: usize) -> Option<&HeaderValue> {
         self.set_cookie.get(index).and_then(Option::as_ref)
     }
+}
 
-    /// Removes lb's cookie from the request's `Cookie` fields; every other cookie passes untouched.
-    pub fn strip(&self, headers: &mut HeaderMap) {
-        if cookie_values(headers, &self.cookie).next().is_none() {
-            return;
-        }
-        let kept: Vec<HeaderValue> = headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| {
-                let rest: Vec<&[u8]> =
-                    pairs(v.as_bytes()).filter(|pair| name_of(pair) != self.cookie.as_bytes()).collect();
-                (!rest.is_empty()).then(|| HeaderValue::from_bytes(&rest.join(&b"; "[..])).ok()).flatten()
-            })
-            .collect();
-        headers.remove(COOKIE);
-        for v in kept {
-            headers.append(COOKIE, v);
-        }
+/// Removes every cookie named in `names` (all of lb's sticky cookies, whichever pool set them) from
+/// the request's `Cookie` fields; every other cookie passes untouched, and a request carrying none of
+/// them is not rewritten at all.
+pub fn strip_cookies(headers: &mut HeaderMap, names: &[String]) {
+    let ours = |pair: &[u8]| names.iter().any(|n| name_of(pair) == n.as_bytes());
+    let present = headers.get_all(COOKIE).iter().any(|v| pairs(v.as_bytes()).any(ours));
+    if !present {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| {
+            let rest: Vec<&[u8]> = pairs(v.as_bytes()).filter(|pair| !ours(pair)).collect();
+            (!rest.is_empty()).then(|| HeaderValue::from_bytes(&rest.join(&b"; "[..])).ok()).flatten()
+        })
+        .collect();
+    headers.remove(COOKIE);
+    for v in kept {
+        headers.append(COOKIE, v);
+    }
+}
+
+/// HTTP/2 clients may split `Cookie` into several fields; an HTTP/1.1 upstream must get one, joined
+/// with "; " (RFC 9113 section 8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers.get_all(COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(COOKIE, value);
     }
 }
 
@@ -243,15 +259,24 @@ mod tests {
     }
 
     #[test]
-    fn strip_removes_only_lbs_cookie() {
-        let (s, _) = sticky();
-        let mut h = cookie_header("theme=dark; lb_web=abc; session=xyz");
+    fn strip_removes_only_lbs_cookies() {
+        let names = vec!["lb_web".to_owned(), "lb_api".to_owned()];
+        let mut h = cookie_header("theme=dark; lb_web=abc; session=xyz; lb_api=q");
         h.append(COOKIE, HeaderValue::from_static("lb_web=def"));
-        s.strip(&mut h);
+        strip_cookies(&mut h, &names);
         let all: Vec<_> = h.get_all(COOKIE).iter().map(|v| v.to_str().unwrap().to_owned()).collect();
         assert_eq!(all, vec!["theme=dark; session=xyz"]);
         let mut untouched = cookie_header("a=1;b=2");
-        s.strip(&mut untouched);
-        assert_eq!(untouched[COOKIE], "a=1;b=2", "requests without lb's cookie are not rewritten");
+        strip_cookies(&mut untouched, &names);
+        assert_eq!(untouched[COOKIE], "a=1;b=2", "requests without lb's cookies are not rewritten");
+    }
+
+    #[test]
+    fn split_cookie_fields_are_joined() {
+        let mut h = cookie_header("a=1");
+        h.append(COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(COOKIE).iter().count(), 1);
+        assert_eq!(h[COOKIE], "a=1; b=2");
     }
 }

@@ -227,3 +227,36 @@ async fn http2_clients_and_websocket_upgrades_are_sticky_too() {
         }
     }
 }
+
+#[tokio::test]
+async fn no_pool_ever_forwards_any_of_lbs_cookies() {
+    let (api, web) = (Backend::start("api").await, Backend::start("web").await);
+    let toml = format!(
+        r#"[[listeners]]
+addr = "127.0.0.1:0"
+[sticky]
+secret = "{SECRET}"
+[pools.api]
+sticky = {{ cookie = "lb_api" }}
+servers = [{{ addr = "{}" }}]
+[pools.web]
+servers = [{{ addr = "{}" }}]
+[[routes]]
+path_prefix = "/api"
+pool = "api"
+[[routes]]
+pool = "web"
+"#,
+        api.addr, web.addr
+    );
+    let lb = Lb::start(&toml).await;
+    let client = client();
+    let resp = client.get(lb.url("/api/x").parse().unwrap()).await.unwrap();
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let req = Request::get(lb.url("/home"))
+        .header("cookie", format!("theme=dark; {cookie}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(client.request(req).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(web.last_head().headers["cookie"], "theme=dark", "another pool's sticky cookie leaked");
+}

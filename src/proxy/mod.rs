@@ -17,6 +17,7 @@ use crate::metrics;
 use crate::runtime::Runtime;
 use crate::runtime::Snapshot;
 use crate::server::ActiveRequest;
+use crate::sticky;
 use access::AccessRecord;
 use body::{Finish, RequestBody, ResponseBody, Upload};
 use error::ProxyError;
@@ -199,7 +200,12 @@ async fn forward(
     let mut choice = pool
         .choose(client, &parts)
         .ok_or_else(|| ProxyError::NoReadyServer { pool: pool.name.to_string() })?;
-    pool.strip_sticky(&mut parts.headers);
+    if parts.version == Version::HTTP_2 {
+        sticky::join_cookies(&mut parts.headers);
+    }
+    if !snap.sticky_cookies.is_empty() {
+        sticky::strip_cookies(&mut parts.headers, &snap.sticky_cookies);
+    }
 
     let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
     let client_upgrade =
