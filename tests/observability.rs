@@ -203,3 +203,20 @@ async fn text_access_log_reads_like_the_combined_format() {
     assert!(line.contains("] \"GET /page HTTP/1.1\" 200 1 \"-\" \"curl/8\" rt="), "{line}");
     assert!(line.contains(" server=web/a host=web.test rid="), "{line}");
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_logged_as_499() {
+    use tokio::io::AsyncWriteExt;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut lb = LbProcess::start(&toml(a.addr, b.addr, "[log]\naccess = \"json\""));
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /slow?ms=5000 HTTP/1.1\r\nHost: web.test\r\n\r\n").await.unwrap();
+    wait_in_progress(&a, 1).await;
+    drop(s);
+    let mut line = String::new();
+    lb.stdout.read_line(&mut line).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    assert_eq!((entry["status"].as_u64(), entry["server"].as_str()), (Some(499), Some("web/a")), "{line}");
+    let m = parse_metrics(&admin_get(lb.admin, "/metrics").await.1);
+    assert_eq!(m.get(r#"lb_requests_total{class="4xx",pool="web",server="a"}"#), Some(&1.0));
+}

@@ -103,26 +103,28 @@ impl tower::Service<Request<Incoming>> for Proxy {
             let request_id = request_id(&parts.headers);
             parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
             let format = snap.config.access_log;
-            let mut access = (format != AccessLog::Off)
+            let access = (format != AccessLog::Off)
                 .then(|| Box::new(AccessRecord::new(format, client, &parts, &request_id)));
             let mut active = active;
-            let mut trace = Trace::default();
+            // Armed until a response exists: if the client goes away first, hyper drops this future
+            // and the guard records the request as 499 (client closed), as nginx does.
+            let mut watch =
+                Unanswered { start, snap: Arc::clone(&snap), trace: Trace::default(), access, armed: true };
             let req = Request::from_parts(parts, body);
-            let mut resp =
-                match forward(&shared, &snap, client, &client_ip, req, &mut active, &mut trace).await {
-                    Ok(resp) => resp,
-                    Err(e) => {
-                        log_failure(&e, client);
-                        error::error_response(&e)
-                    }
-                };
+            let result =
+                forward(&shared, &snap, client, &client_ip, req, &mut active, &mut watch.trace).await;
+            watch.armed = false;
+            let (trace, mut access) = (std::mem::take(&mut watch.trace), watch.access.take());
+            let mut resp = match result {
+                Ok(resp) => resp,
+                Err(e) => {
+                    log_failure(&e, client);
+                    error::error_response(&e)
+                }
+            };
             let status = resp.status().as_u16();
-            let pool = trace.pool.and_then(|p| snap.pools.get(p));
-            let server = pool.zip(trace.server).and_then(|(p, s)| p.upstreams.get(s));
-            match server {
-                Some(u) => u.metrics.answered(status),
-                None => metrics::answered_without_server(pool.map(|p| &*p.name), status),
-            }
+            let (pool, server) = trace.resolve(&snap);
+            count_answer(pool, server, status);
             if let Some(record) = access.as_mut() {
                 record.status = status;
                 record.upstream_time = trace.upstream_time;
@@ -141,6 +143,49 @@ impl tower::Service<Request<Incoming>> for Proxy {
 /// `X-Request-Id`: passed to the upstream and echoed to the client.
 static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
+/// Counts an answered request under its server, or under its pool (or none) if no server answered.
+fn count_answer(
+    pool: Option<&crate::runtime::Pool>,
+    server: Option<&Arc<crate::upstream::Upstream>>,
+    status: u16,
+) {
+    match server {
+        Some(u) => u.metrics.answered(status),
+        None => metrics::answered_without_server(pool.map(|p| &*p.name), status),
+    }
+}
+
+/// nginx's status for a request whose client closed the connection before the response.
+const CLIENT_CLOSED: u16 = 499;
+
+/// Records a request that never got a response because its client went away (see `Proxy::call`).
+struct Unanswered {
+    start: tokio::time::Instant,
+    snap: Arc<Snapshot>,
+    trace: Trace,
+    access: Option<Box<AccessRecord>>,
+    armed: bool,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (pool, server) = self.trace.resolve(&self.snap);
+        count_answer(pool, server, CLIENT_CLOSED);
+        let elapsed = self.start.elapsed();
+        if let Some(p) = pool {
+            p.metrics.duration.record(elapsed.as_secs_f64());
+        }
+        if let Some(mut record) = self.access.take() {
+            record.status = CLIENT_CLOSED;
+            record.server = server.map(|u| (Arc::clone(&u.key.pool), Arc::clone(&u.key.name)));
+            record.emit(0, elapsed);
+        }
+    }
+}
+
 /// What the request path learned about one request, for metrics and the access log.
 #[derive(Debug, Default)]
 struct Trace {
@@ -150,6 +195,18 @@ struct Trace {
     server: Option<usize>,
     /// Upstream time to response head.
     upstream_time: Option<Duration>,
+}
+
+impl Trace {
+    /// The pool and server this trace names, in `snap`.
+    fn resolve<'s>(
+        &self,
+        snap: &'s Snapshot,
+    ) -> (Option<&'s crate::runtime::Pool>, Option<&'s Arc<crate::upstream::Upstream>>) {
+        let pool = self.pool.and_then(|p| snap.pools.get(p));
+        let server = pool.zip(self.server).and_then(|(p, s)| p.upstreams.get(s));
+        (pool, server)
+    }
 }
 
 /// The client's `X-Request-Id` if it is a sane token (printable, at most 128 bytes), else a new
