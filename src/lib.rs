@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod router;

@@ -25,8 +25,20 @@ pub const UPSTREAM_READY: &str = "lb_upstream_ready";
 pub const UPSTREAM_CONNECTIONS: &str = "lb_upstream_connections";
 /// Failed attempts to reach a server, by kind: `connect`, `timeout`, `reset`.
 pub const UPSTREAM_ERRORS: &str = "lb_upstream_errors_total";
-/// Requests sent to another server after a connect failure, by pool.
+/// Retries of failed attempts on another server, by pool.
 pub const RETRIES: &str = "lb_retries_total";
+/// Retries not made because the pool's retry budget was spent, by pool.
+pub const RETRIES_REFUSED: &str = "lb_retries_refused_total";
+/// Active health checks by pool, server and result (`pass`, `fail`).
+pub const HEALTH_CHECKS: &str = "lb_health_checks_total";
+/// Health state changes by pool, server, new state (`up`, `down`) and cause (`check`, `passive`).
+pub const HEALTH_CHANGES: &str = "lb_health_changes_total";
+/// 1 if a server passes its health checks and is not ejected, else 0.
+pub const UPSTREAM_HEALTHY: &str = "lb_upstream_healthy";
+/// Requests waiting in a pool's queue for a server below its limits.
+pub const QUEUED: &str = "lb_pool_queued";
+/// Queued requests answered 503, by pool and reason (`full`, `timeout`).
+pub const QUEUE_REJECTED: &str = "lb_queue_rejected_total";
 /// Request body bytes received from clients, by pool.
 pub const RECEIVED_BYTES: &str = "lb_received_bytes_total";
 /// Response body bytes sent to clients, by pool.
@@ -69,7 +81,13 @@ pub fn describe() {
     describe_gauge!(UPSTREAM_READY, "1 if the server may take new requests.");
     describe_gauge!(UPSTREAM_CONNECTIONS, "Open upstream connections, by server address.");
     describe_counter!(UPSTREAM_ERRORS, "Failed attempts to reach a server, by kind.");
-    describe_counter!(RETRIES, "Requests redispatched to another server after a connect failure.");
+    describe_counter!(RETRIES, "Retries of failed attempts on another server.");
+    describe_counter!(RETRIES_REFUSED, "Retries not made because the retry budget was spent.");
+    describe_counter!(HEALTH_CHECKS, "Active health checks by result.");
+    describe_counter!(HEALTH_CHANGES, "Health state changes by new state and cause.");
+    describe_gauge!(UPSTREAM_HEALTHY, "1 if the server passes health checks and is not ejected.");
+    describe_gauge!(QUEUED, "Requests waiting for a server below its limits.");
+    describe_counter!(QUEUE_REJECTED, "Queued requests answered 503, by reason.");
     describe_counter!(RECEIVED_BYTES, Unit::Bytes, "Request body bytes received from clients.");
     describe_counter!(SENT_BYTES, Unit::Bytes, "Response body bytes sent to clients.");
     describe_gauge!(OPEN_CONNECTIONS, "Open client connections.");
@@ -125,8 +143,10 @@ pub struct PoolMetrics {
     pub received: Counter,
     /// Response body bytes.
     pub sent: Counter,
-    /// Redispatches.
+    /// Retries.
     pub retries: Counter,
+    /// Retries refused by the budget.
+    pub retries_refused: Counter,
 }
 
 impl PoolMetrics {
@@ -137,6 +157,7 @@ impl PoolMetrics {
             received: counter!(RECEIVED_BYTES, "pool" => pool.to_owned()),
             sent: counter!(SENT_BYTES, "pool" => pool.to_owned()),
             retries: counter!(RETRIES, "pool" => pool.to_owned()),
+            retries_refused: counter!(RETRIES_REFUSED, "pool" => pool.to_owned()),
         }
     }
 }
@@ -153,15 +174,36 @@ pub fn upstream_error(pool: &str, server: &str, kind: &'static str) {
         .increment(1);
 }
 
+/// Counts a health state change.
+pub fn health_change(pool: &str, server: &str, to: &'static str, cause: &'static str) {
+    counter!(HEALTH_CHANGES, "pool" => pool.to_owned(), "server" => server.to_owned(), "to" => to, "cause" => cause)
+        .increment(1);
+}
+
+/// The pass and fail counters of one server's health checks.
+pub fn check_counters(pool: &str, server: &str) -> (Counter, Counter) {
+    let c = |result: &'static str| counter!(HEALTH_CHECKS, "pool" => pool.to_owned(), "server" => server.to_owned(), "result" => result);
+    (c("pass"), c("fail"))
+}
+
+/// Counts a queued request refused with 503.
+pub fn queue_rejected(pool: &str, reason: &'static str) {
+    counter!(QUEUE_REJECTED, "pool" => pool.to_owned(), "reason" => reason).increment(1);
+}
+
 /// Sets the gauges that mirror live state, just before a scrape.
 pub fn refresh(snapshot: &crate::runtime::Snapshot) {
     gauge!(CONFIG_GENERATION).set(snapshot.generation as f64);
     counter!(ACCESS_LOG_DROPPED).absolute(crate::proxy::access_writer::dropped());
     for pool in snapshot.pools.iter() {
+        gauge!(QUEUED, "pool" => pool.name.to_string())
+            .set(pool.stats.queued.load(std::sync::atomic::Ordering::Relaxed) as f64);
         for u in pool.upstreams.iter() {
             let (p, s) = (u.key.pool.to_string(), u.key.name.to_string());
             gauge!(UPSTREAM_IN_FLIGHT, "pool" => p.clone(), "server" => s.clone())
                 .set(u.stats.in_flight() as f64);
+            let healthy = if u.stats.health.is_up() { 1.0 } else { 0.0 };
+            gauge!(UPSTREAM_HEALTHY, "pool" => p.clone(), "server" => s.clone()).set(healthy);
             gauge!(UPSTREAM_READY, "pool" => p, "server" => s).set(if u.is_ready() { 1.0 } else { 0.0 });
         }
     }

@@ -4,16 +4,20 @@
 //! built snapshot) never mixes two configs within one request. Per-server live state is re-attached by
 //! stable identity on every build, so counters survive reloads.
 
+use crate::balance::rng::Rng;
 use crate::balance::{self, hash_key, PickCtx, Strategy, Upstreams};
-use crate::config::{Config, HashConfig, HashFallback, Secret};
+use crate::config::{Config, HashConfig, HashFallback, HealthCheck, Passive, PoolLimits, Retry, Secret};
+use crate::health::{self, passive, Checks};
 use crate::metrics::{PoolMetrics, ServerMetrics};
+use crate::proxy::connector::ConnLimits;
 use crate::router::Router;
 use crate::sticky::Sticky;
-use crate::upstream::{InFlight, Upstream, UpstreamKey, UpstreamStats};
+use crate::upstream::{InFlight, PoolStats, Upstream, UpstreamKey, UpstreamStats};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 /// One pool as of one snapshot: its servers and its built strategy.
@@ -30,6 +34,22 @@ pub struct Pool {
     sticky: Option<Sticky>,
     /// Metric handles of the pool.
     pub metrics: PoolMetrics,
+    /// Live state shared across snapshots (in flight, retries, ejections, queue).
+    pub stats: Arc<PoolStats>,
+    /// Active health checks, if any.
+    pub health: Option<HealthCheck>,
+    /// Passive ejection, if on.
+    pub passive: Option<Passive>,
+    /// Slow start of servers that come back.
+    pub slow_start: Option<std::time::Duration>,
+    /// Retry policy.
+    pub retry: Retry,
+    /// Circuit-breaking limits and queue.
+    pub limits: PoolLimits,
+    /// Whether any server has a request or connection limit (then a full pool queues requests).
+    limited: bool,
+    /// Draws for slow start when a request has no hash key.
+    warm_rng: Rng,
 }
 
 /// A chosen server for one request.
@@ -56,18 +76,17 @@ impl Pool {
         self.choice(index)
     }
 
-    /// Chooses a ready server not in `tried` (after a connect failure), preferring the strategy's
-    /// pick. Sticky clients get a cookie for the new server: their session moved.
+    /// Chooses a ready server not in `tried` (for a retry), preferring the strategy's choice (for
+    /// consistent hashing, the next server on the ring). Sticky clients get a cookie for the new
+    /// server: their session moved.
     pub fn choose_other(
         &self,
         client: SocketAddr,
         parts: &http::request::Parts,
         tried: &[usize],
     ) -> Option<Choice<'_>> {
-        let from_strategy =
-            (0..3).filter_map(|_| self.pick_index(client, parts)).find(|i| !tried.contains(i));
-        let index = from_strategy
-            .or_else(|| Upstreams(&self.upstreams).ready().map(|(i, _)| i).find(|i| !tried.contains(i)))?;
+        let ctx = self.ctx(client, parts);
+        let index = self.strategy.pick_other(&ctx, Upstreams(&self.upstreams), tried)?;
         self.choice(index)
     }
 
@@ -82,25 +101,145 @@ impl Pool {
         self.pick_index(client, parts).and_then(|i| self.upstreams.get(i))
     }
 
-    fn pick_index(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<usize> {
+    fn ctx<'p>(&self, client: SocketAddr, parts: &'p http::request::Parts) -> PickCtx<'p> {
         let hash = self.hash.as_ref().and_then(|h| {
             hash_key::extract(&h.key, client, parts).or_else(|| match h.fallback {
                 HashFallback::ClientIp => Some(hash_key::client_ip(client)),
                 HashFallback::RoundRobin => None,
             })
         });
-        let ctx = PickCtx { client, parts, hash };
-        self.strategy.pick(&ctx, Upstreams(&self.upstreams))
+        PickCtx { client, parts, hash }
     }
 
-    /// Counts a request on `upstream` (and in the pool total, if the strategy keeps one) until the
-    /// returned guard drops.
-    pub fn begin(&self, upstream: &Upstream) -> InFlight {
-        let guard = upstream.stats.begin();
-        match self.strategy.pool_load() {
-            Some(load) => guard.with_pool(load),
-            None => guard,
+    fn pick_index(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<usize> {
+        let ctx = self.ctx(client, parts);
+        let ups = Upstreams(&self.upstreams);
+        let index = self.strategy.pick(&ctx, ups)?;
+        Some(self.warm(index, &ctx, ups))
+    }
+
+    /// Slow start: a pick of a server still warming up (share `w` of [`health::FULL`]) stands with
+    /// probability `w`, otherwise goes to another server, so the server gets about `w` of its share
+    /// whatever the strategy. Hashed requests draw from their key, so each key moves back once.
+    fn warm(&self, index: usize, ctx: &PickCtx<'_>, ups: Upstreams<'_>) -> usize {
+        let share = self.upstreams.get(index).map_or(health::FULL, |u| u.stats.health.warmup());
+        if share >= health::FULL {
+            return index;
         }
+        let draw = ctx.hash.unwrap_or_else(|| self.warm_rng.next_u64()) % u64::from(health::FULL);
+        if draw < u64::from(share) {
+            return index;
+        }
+        self.strategy.pick_other(ctx, ups, &[index]).unwrap_or(index)
+    }
+
+    /// Whether requests that find every server at its limits may wait (the pool has limits and at
+    /// least one healthy server to wait for).
+    pub fn may_queue(&self) -> bool {
+        self.limited && self.upstreams.iter().any(|u| u.is_healthy())
+    }
+
+    /// Waits in the pool's bounded queue for a server below its limits (circuit breaking), for at
+    /// most `limits.queue_timeout`. Refused at once when the pool has no limits, no healthy server,
+    /// or a full queue.
+    pub async fn wait_for_room(
+        &self,
+        client: SocketAddr,
+        parts: &http::request::Parts,
+    ) -> Result<Choice<'_>, NoServer> {
+        if !self.may_queue() {
+            return Err(NoServer::NoneReady);
+        }
+        let stats = &self.stats;
+        if stats.queued.fetch_add(1, Ordering::AcqRel) >= self.limits.queue {
+            stats.queued.fetch_sub(1, Ordering::AcqRel);
+            crate::metrics::queue_rejected(&self.name, "full");
+            return Err(NoServer::QueueFull);
+        }
+        let _leave = Queued(stats);
+        let deadline = tokio::time::Instant::now() + self.limits.queue_timeout;
+        loop {
+            // Registered before looking, so a release in between is not missed.
+            let freed = stats.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(choice) = self.choose(client, parts) {
+                return Ok(choice);
+            }
+            if !self.may_queue() {
+                return Err(NoServer::NoneReady);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                crate::metrics::queue_rejected(&self.name, "timeout");
+                return Err(NoServer::QueueTimeout(self.limits.queue_timeout));
+            }
+        }
+    }
+
+    /// Counts a request on `upstream` and in the pool until the returned guard drops.
+    pub fn begin(&self, upstream: &Upstream) -> InFlight {
+        upstream.stats.begin(&self.stats)
+    }
+
+    /// Records an attempt's outcome for passive checks (when the pool has them).
+    pub fn observe(&self, upstream: &Upstream, outcome: passive::Outcome) {
+        if let Some(cfg) = &self.passive {
+            let view = passive::PoolView {
+                cfg,
+                stats: &self.stats,
+                servers: self.upstreams.len(),
+                slow_start: self.slow_start,
+            };
+            passive::observe(view, upstream, outcome);
+        }
+    }
+
+    /// Takes a retry slot if the retry budget allows one more retry in progress: at most
+    /// `budget_percent` of the pool's requests in flight, and always at least `budget_min`.
+    pub fn retry_slot(&self) -> Option<RetrySlot> {
+        let allowed = (self.stats.in_flight() * self.retry.budget_percent as usize / 100)
+            .max(self.retry.budget_min as usize);
+        let taken = self
+            .stats
+            .retries
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < allowed).then_some(n + 1));
+        match taken {
+            Ok(_) => Some(RetrySlot(Arc::clone(&self.stats))),
+            Err(_) => {
+                self.metrics.retries_refused.increment(1);
+                None
+            }
+        }
+    }
+}
+
+/// Why a request got no server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoServer {
+    /// No server is healthy (or the pool has no limits to wait for).
+    NoneReady,
+    /// Every server is at its limits and the queue is full.
+    QueueFull,
+    /// Every server stayed at its limits for the whole queue timeout.
+    QueueTimeout(std::time::Duration),
+}
+
+/// One queued request, counted until dropped (also when its client goes away).
+struct Queued<'a>(&'a PoolStats);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One retry in progress, counted against the pool's retry budget until dropped.
+#[derive(Debug)]
+pub struct RetrySlot(Arc<PoolStats>);
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        self.0.retries.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -126,17 +265,57 @@ pub struct Runtime {
     /// Signs sticky cookies when the config sets no secret: generated once per process, so reloads
     /// keep sessions (restarts and other instances cannot).
     generated_secret: Secret,
-    /// Touched only while applying a config, never on the request path.
-    stats: Mutex<HashMap<UpstreamKey, Arc<UpstreamStats>>>,
+    /// Live state by identity; touched only while applying a config, never on the request path.
+    registry: Mutex<Registry>,
+    /// Connection limits per upstream address, read by the upstream connector.
+    conn_limits: Arc<ConnLimits>,
+}
+
+/// Live state that outlives snapshots, by stable identity.
+#[derive(Debug, Default)]
+struct Registry {
+    servers: HashMap<UpstreamKey, Arc<UpstreamStats>>,
+    pools: HashMap<Arc<str>, Arc<PoolStats>>,
+    /// Health-check tasks, once started.
+    checks: Option<Checks>,
 }
 
 impl Runtime {
     /// Builds the first snapshot.
     pub fn new(config: Config) -> Self {
         let generated_secret = random_secret();
-        let mut stats = HashMap::new();
-        let snapshot = build(config, 1, &mut stats, &generated_secret);
-        Self { current: ArcSwap::from_pointee(snapshot), generated_secret, stats: Mutex::new(stats) }
+        let mut registry = Registry::default();
+        let conn_limits = Arc::new(ConnLimits::default());
+        let snapshot = build(config, 1, &mut registry, &generated_secret);
+        conn_limits.update(&snapshot);
+        Self {
+            current: ArcSwap::from_pointee(snapshot),
+            generated_secret,
+            registry: Mutex::new(registry),
+            conn_limits,
+        }
+    }
+
+    /// The connection limits the upstream connector enforces.
+    pub fn conn_limits(&self) -> Arc<ConnLimits> {
+        Arc::clone(&self.conn_limits)
+    }
+
+    /// Starts the active health checks of the current snapshot (and of every later one). Must run
+    /// inside a tokio runtime; checks stop with [`Runtime::stop_health_checks`].
+    pub fn start_health_checks(&self) {
+        let mut registry = self.lock();
+        let checks = registry.checks.get_or_insert_with(Checks::default);
+        checks.reconcile(&self.current.load());
+    }
+
+    /// Stops every health-check task.
+    pub fn stop_health_checks(&self) {
+        self.lock().checks = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The current snapshot. Load once per request; safe to hold across `.await`.
@@ -147,13 +326,18 @@ impl Runtime {
     /// Builds a snapshot from `config`, re-attaching live state of servers whose identity is unchanged,
     /// and swaps it in. Requests in flight finish on the snapshot they started with.
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
-        let mut stats = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut registry = self.lock();
         let generation = self.current.load().generation + 1;
-        let snapshot = Arc::new(build(config, generation, &mut stats, &self.generated_secret));
+        let snapshot = Arc::new(build(config, generation, &mut registry, &self.generated_secret));
+        self.conn_limits.update(&snapshot);
         self.current.store(Arc::clone(&snapshot));
         let live: std::collections::HashSet<&UpstreamKey> =
             snapshot.pools.iter().flat_map(|p| p.upstreams.iter().map(|u| &u.key)).collect();
-        stats.retain(|key, _| live.contains(key));
+        registry.servers.retain(|key, _| live.contains(key));
+        registry.pools.retain(|name, _| snapshot.pools.iter().any(|p| &p.name == name));
+        if let Some(checks) = registry.checks.as_mut() {
+            checks.reconcile(&snapshot);
+        }
         snapshot
     }
 }
@@ -171,12 +355,7 @@ fn random_secret() -> Secret {
     Secret(bytes)
 }
 
-fn build(
-    config: Config,
-    generation: u64,
-    stats: &mut HashMap<UpstreamKey, Arc<UpstreamStats>>,
-    generated_secret: &Secret,
-) -> Snapshot {
+fn build(config: Config, generation: u64, registry: &mut Registry, generated_secret: &Secret) -> Snapshot {
     let secret = config.sticky_secret.as_ref().unwrap_or(generated_secret);
     if config.sticky_secret.is_none() && config.pools.iter().any(|p| p.sticky.is_some()) {
         tracing::warn!(
@@ -189,6 +368,7 @@ fn build(
         .iter()
         .map(|pool| {
             let name: Arc<str> = pool.name.as_str().into();
+            let start_up = pool.health.as_ref().is_none_or(|h| h.start_up);
             let upstreams: Box<[Arc<Upstream>]> = pool
                 .servers
                 .iter()
@@ -197,19 +377,30 @@ fn build(
                     // Validation already checked the address; a failure here would be a bug, so skip
                     // the server rather than take the process down.
                     let authority = s.addr.parse().ok()?;
-                    let stats = Arc::clone(stats.entry(key.clone()).or_default());
-                    let metrics = ServerMetrics::new(&pool.name, &s.name);
+                    let stats = registry
+                        .servers
+                        .entry(key.clone())
+                        .or_insert_with(|| Arc::new(UpstreamStats::new(start_up)));
+                    let limit =
+                        |server: Option<usize>, pool: Option<usize>| server.or(pool).unwrap_or(usize::MAX);
+                    let max_in_flight = limit(s.max_requests, pool.limits.max_requests)
+                        .min(limit(s.max_connections, pool.limits.max_connections));
                     Some(Arc::new(Upstream {
                         key,
                         addr: s.addr.clone(),
                         authority,
                         weight: s.weight,
-                        stats,
-                        metrics,
+                        max_in_flight,
+                        stats: Arc::clone(stats),
+                        metrics: ServerMetrics::new(&pool.name, &s.name),
                     }))
                 })
                 .collect();
-            let strategy = balance::build(pool, &upstreams);
+            let stats = Arc::clone(registry.pools.entry(Arc::clone(&name)).or_default());
+            let strategy = balance::build(pool, &upstreams, &stats);
+            let limited = upstreams.iter().any(|u| u.max_in_flight != usize::MAX)
+                || pool.servers.iter().any(|s| s.max_connections.is_some())
+                || pool.limits.max_connections.is_some();
             let sticky =
                 pool.sticky.as_ref().map(|st| Sticky::new(st, &secret.0, &pool.name, &upstreams, false));
             Pool {
@@ -219,6 +410,14 @@ fn build(
                 strategy,
                 hash: pool.hash.clone(),
                 sticky,
+                stats,
+                health: pool.health.clone(),
+                passive: pool.passive,
+                slow_start: pool.slow_start,
+                retry: pool.retry,
+                limits: pool.limits,
+                limited,
+                warm_rng: Rng::from_entropy(),
             }
         })
         .collect();
@@ -250,12 +449,12 @@ mod tests {
             r#"{ name = "a", addr = "127.0.0.1:1" }, { name = "b", addr = "127.0.0.1:2" }"#,
         ));
         let before = rt.snapshot();
-        let guard = before.pools[0].upstreams[0].stats.begin();
+        let guard = before.pools[0].begin(&before.pools[0].upstreams[0]);
         let after = rt.apply(config(r#"{ name = "a", addr = "127.0.0.1:3", weight = 5 }"#));
         assert_eq!(after.generation, 2);
         assert_eq!(after.pools[0].upstreams[0].stats.in_flight(), 1, "same stats re-attached by name");
         drop(guard);
         assert_eq!(after.pools[0].upstreams[0].stats.in_flight(), 0);
-        assert_eq!(rt.stats.lock().unwrap().len(), 1, "removed server's state is dropped");
+        assert_eq!(rt.lock().servers.len(), 1, "removed server's state is dropped");
     }
 }

@@ -4,6 +4,7 @@
 //! config reload can build new `Upstream`s while re-attaching the same stats by stable identity
 //! (pool name + server name), keeping in-flight counts exact across the swap.
 
+use crate::health::Health;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -17,22 +18,53 @@ pub struct UpstreamKey {
     pub name: Arc<str>,
 }
 
-/// Live counters of one server, shared by every snapshot that contains it. Lock-free.
+/// Live state of one server, shared by every snapshot that contains it. Lock-free.
 #[derive(Debug, Default)]
 pub struct UpstreamStats {
     in_flight: AtomicUsize,
+    /// Health verdicts (active checks, passive ejection) and slow-start progress.
+    pub health: Health,
 }
 
 impl UpstreamStats {
+    /// State for a server seen for the first time: up, or down until its health checks pass.
+    pub fn new(start_up: bool) -> Self {
+        Self { in_flight: AtomicUsize::new(0), health: Health::new(start_up) }
+    }
+
     /// Requests currently using this server (from pick until the response body ends or is dropped).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Marks one request as using this server until the returned guard drops.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    /// Marks one request as using this server (and its pool) until the returned guard drops.
+    pub fn begin(self: &Arc<Self>, pool: &Arc<PoolStats>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { server: Arc::clone(self), pool: None }
+        pool.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { server: Arc::clone(self), pool: Arc::clone(pool) }
+    }
+}
+
+/// Live state of one pool, shared by every snapshot that contains it (by pool name). Lock-free on the
+/// request path; the queue's `Notify` is only touched while requests are queued.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Requests in flight on any of the pool's servers (bounded-load hashing, retry budget).
+    pub in_flight: AtomicUsize,
+    /// Retries in progress (retry budget).
+    pub retries: AtomicUsize,
+    /// Servers currently ejected by passive checks (capped by `max_ejected_percent`).
+    pub ejected: AtomicUsize,
+    /// Requests waiting for a server below its limits.
+    pub queued: AtomicUsize,
+    /// Signalled when a request ends while others are queued.
+    pub freed: tokio::sync::Notify,
+}
+
+impl PoolStats {
+    /// Requests in flight in the pool.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 }
 
@@ -42,24 +74,16 @@ impl UpstreamStats {
 #[must_use = "the request is counted only while this guard is alive"]
 pub struct InFlight {
     server: Arc<UpstreamStats>,
-    /// The pool-wide count, for strategies that need the total (bounded-load hashing).
-    pool: Option<Arc<AtomicUsize>>,
-}
-
-impl InFlight {
-    /// Also counts the request in a pool-wide total until the guard drops.
-    pub fn with_pool(mut self, pool: &Arc<AtomicUsize>) -> Self {
-        pool.fetch_add(1, Ordering::Relaxed);
-        self.pool = Some(Arc::clone(pool));
-        self
-    }
+    pool: Arc<PoolStats>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(pool) = &self.pool {
-            pool.fetch_sub(1, Ordering::Relaxed);
+        self.pool.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Wake one queued request (circuit breaking): this server may now be below its limit.
+        if self.pool.queued.load(Ordering::Relaxed) > 0 {
+            self.pool.freed.notify_one();
         }
     }
 }
@@ -75,6 +99,8 @@ pub struct Upstream {
     pub authority: http::uri::Authority,
     /// Configured weight; 0 means draining (not ready for new requests).
     pub weight: u32,
+    /// Most requests in flight here (circuit breaking); `usize::MAX` when unlimited.
+    pub max_in_flight: usize,
     /// Live state shared across snapshots.
     pub stats: Arc<UpstreamStats>,
     /// Metric handles (requests by status class, upstream response time).
@@ -82,8 +108,14 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Whether strategies may send a new request here. Read lock-free on every pick.
+    /// Whether strategies may send a new request here: healthy and below its limits. Read lock-free
+    /// on every pick.
     pub fn is_ready(&self) -> bool {
-        self.weight > 0
+        self.is_healthy() && (self.max_in_flight == usize::MAX || self.stats.in_flight() < self.max_in_flight)
+    }
+
+    /// Whether the server may take traffic at all (weight above 0, up, not ejected), limits aside.
+    pub fn is_healthy(&self) -> bool {
+        self.weight > 0 && self.stats.health.is_up()
     }
 }

@@ -46,7 +46,7 @@ fn no_strategy_allocates_when_picking() {
         let runtime = Runtime::new(Config::from_toml(&toml).unwrap());
         let snap = runtime.snapshot();
         let pool = &snap.pools[0];
-        let _load: Vec<_> = pool.upstreams.iter().step_by(3).map(|u| u.stats.begin()).collect();
+        let _load: Vec<_> = pool.upstreams.iter().step_by(3).map(|u| pool.begin(u)).collect();
         let requests: Vec<_> = (0..64)
             .map(|i| {
                 http::Request::builder()

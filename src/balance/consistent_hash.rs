@@ -15,8 +15,7 @@
 use super::hash_key::hash_point;
 use super::round_robin::RoundRobin;
 use super::{PickCtx, Strategy, Upstreams};
-use crate::upstream::Upstream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use crate::upstream::{PoolStats, Upstream};
 use std::sync::Arc;
 
 /// Most points on one ring (16 bytes each: 4 MiB). Huge pools or weights get fewer points per unit
@@ -28,8 +27,8 @@ pub(crate) const MAX_POINTS: u64 = 1 << 18;
 pub struct ConsistentHash {
     ring: Box<[(u64, u32)]>,
     balance_factor: Option<f64>,
-    /// In-flight requests of the whole pool (bounded load only), kept by the pool's guards.
-    load: Arc<AtomicUsize>,
+    /// The pool's live state: its in-flight total (bounded load), kept by the pool's guards.
+    load: Arc<PoolStats>,
     /// Servers with a weight at build time: an upper bound on the ready servers.
     eligible: usize,
     /// For requests without a key (when the pool's fallback is round robin).
@@ -39,7 +38,12 @@ pub struct ConsistentHash {
 impl ConsistentHash {
     /// Builds the ring for `ups` with `vnodes` points per unit of weight (fewer if the ring would
     /// exceed [`MAX_POINTS`]).
-    pub fn new(ups: &[Arc<Upstream>], vnodes: u32, balance_factor: Option<f64>) -> Self {
+    pub fn new(
+        ups: &[Arc<Upstream>],
+        vnodes: u32,
+        balance_factor: Option<f64>,
+        load: Arc<PoolStats>,
+    ) -> Self {
         let total_weight: u64 = ups.iter().map(|u| u64::from(u.weight)).sum();
         let per_weight = u64::from(vnodes).min((MAX_POINTS / total_weight.max(1)).max(1));
         let per_weight = u32::try_from(per_weight).unwrap_or(vnodes);
@@ -54,21 +58,23 @@ impl ConsistentHash {
         Self {
             ring: ring.into(),
             balance_factor,
-            load: Arc::new(AtomicUsize::new(0)),
+            load,
             eligible: ups.iter().filter(|u| u.weight > 0).count(),
             fallback: RoundRobin::default(),
         }
     }
 
-    /// The first ready server clockwise from `hash` that has room under the bounded-load cap.
-    fn walk(&self, hash: u64, ups: Upstreams<'_>) -> Option<usize> {
+    /// The first ready server clockwise from `hash`, not in `exclude`, that has room under the
+    /// bounded-load cap.
+    fn walk(&self, hash: u64, ups: Upstreams<'_>, exclude: &[usize]) -> Option<usize> {
         let len = self.ring.len();
         let start = self.ring.partition_point(|&(point, _)| point < hash);
         let first = self.ring.get(start % len.max(1))?.1 as usize;
         // Fast path, O(1): the key's own server is ready and, with bounded load, below a cap computed
         // over every eligible server. That cap is never above the exact one (ready <= eligible).
-        let quick_cap = self.balance_factor.map(|f| cap(f, self.load.load(Ordering::Relaxed), self.eligible));
-        if ups.is_ready(first) && quick_cap.is_none_or(|c| in_flight(ups, first) < c) {
+        let quick_cap = self.balance_factor.map(|f| cap(f, self.load.in_flight(), self.eligible));
+        let usable = |i: usize| ups.is_ready(i) && !exclude.contains(&i);
+        if usable(first) && quick_cap.is_none_or(|c| in_flight(ups, first) < c) {
             return Some(first);
         }
         // Slow path: walk on with the exact cap over the ready servers, unless nothing is ready.
@@ -76,9 +82,8 @@ impl ConsistentHash {
         if ready == 0 {
             return None;
         }
-        let exact = self.balance_factor.map(|f| cap(f, self.load.load(Ordering::Relaxed), ready));
-        let candidates =
-            || (0..len).map(|k| self.ring[(start + k) % len].1 as usize).filter(|&i| ups.is_ready(i));
+        let exact = self.balance_factor.map(|f| cap(f, self.load.in_flight(), ready));
+        let candidates = || (0..len).map(|k| self.ring[(start + k) % len].1 as usize).filter(|&i| usable(i));
         candidates()
             .find(|&i| exact.is_none_or(|c| in_flight(ups, i) < c))
             // Every ready server full cannot happen with consistent counts (factor >= 1); if counts
@@ -100,13 +105,22 @@ fn cap(factor: f64, total: usize, servers: usize) -> usize {
 impl Strategy for ConsistentHash {
     fn pick(&self, ctx: &PickCtx<'_>, ups: Upstreams<'_>) -> Option<usize> {
         match ctx.hash {
-            Some(hash) => self.walk(hash, ups),
+            Some(hash) => self.walk(hash, ups, &[]),
             None => self.fallback.pick(ctx, ups),
         }
     }
 
-    fn pool_load(&self) -> Option<&Arc<AtomicUsize>> {
-        self.balance_factor.map(|_| &self.load)
+    /// With a key, the next usable server on the ring after the excluded ones: every lb instance
+    /// retries a key on the same server.
+    fn pick_other(&self, ctx: &PickCtx<'_>, ups: Upstreams<'_>, exclude: &[usize]) -> Option<usize> {
+        match ctx.hash {
+            Some(hash) => self.walk(hash, ups, exclude),
+            None => {
+                let from_fallback =
+                    (0..3).filter_map(|_| self.fallback.pick(ctx, ups)).find(|i| !exclude.contains(i));
+                from_fallback.or_else(|| ups.ready().map(|(i, _)| i).find(|i| !exclude.contains(i)))
+            }
+        }
     }
 }
 
@@ -116,6 +130,10 @@ mod tests {
     use crate::balance::hash_key::hash_key_bytes;
     use crate::balance::testing::{client, ctx_parts, named_pool, pool};
     use proptest::prelude::{any, prop, prop_assert, prop_assert_eq, proptest, ProptestConfig};
+
+    fn load() -> Arc<PoolStats> {
+        Arc::new(PoolStats::default())
+    }
 
     fn place(ring: &ConsistentHash, ups: &[Arc<Upstream>], keys: u64) -> Vec<usize> {
         let parts = ctx_parts();
@@ -135,7 +153,7 @@ mod tests {
     #[test]
     fn keys_without_a_hash_use_the_fallback() {
         let ups = pool(&[1, 1]);
-        let ch = ConsistentHash::new(&ups, 160, None);
+        let ch = ConsistentHash::new(&ups, 160, None, load());
         let parts = ctx_parts();
         let ctx = PickCtx { client: client(), parts: &parts, hash: None };
         let picks: Vec<_> = (0..4).map(|_| ch.pick(&ctx, Upstreams(&ups)).unwrap()).collect();
@@ -145,7 +163,7 @@ mod tests {
     #[test]
     fn huge_rings_are_capped() {
         let ups = pool(&vec![1000; 100]);
-        let ch = ConsistentHash::new(&ups, 1000, None);
+        let ch = ConsistentHash::new(&ups, 1000, None, load());
         assert!(ch.ring.len() as u64 <= MAX_POINTS, "{} points", ch.ring.len());
         assert!(ch.ring.len() as u64 >= MAX_POINTS / 2, "still finely spread: {} points", ch.ring.len());
     }
@@ -153,7 +171,7 @@ mod tests {
     #[test]
     fn weight_scales_the_share() {
         let ups = pool(&[1, 3]);
-        let ch = ConsistentHash::new(&ups, 160, None);
+        let ch = ConsistentHash::new(&ups, 160, None, load());
         let placement = place(&ch, &ups, 40_000);
         let heavy = placement.iter().filter(|&&i| i == 1).count();
         assert!((27_000..33_000).contains(&heavy), "{heavy} of 40000 on the weight-3 server");
@@ -166,7 +184,7 @@ mod tests {
         fn two_independent_builds_place_every_key_alike(n in 1usize..12) {
             let names_list: Vec<String> = (0..n).map(|i| format!("srv-{i}")).collect();
             let (a, b) = (named_pool(&names_list), named_pool(&names_list));
-            let (ra, rb) = (ConsistentHash::new(&a, 160, None), ConsistentHash::new(&b, 160, None));
+            let (ra, rb) = (ConsistentHash::new(&a, 160, None, load()), ConsistentHash::new(&b, 160, None, load()));
             prop_assert_eq!(place(&ra, &a, 2_000), place(&rb, &b, 2_000));
         }
 
@@ -176,8 +194,8 @@ mod tests {
             let all: Vec<String> = (0..n).map(|i| format!("srv-{i}")).collect();
             let rest: Vec<String> = all.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, s)| s.clone()).collect();
             let (full, less) = (named_pool(&all), named_pool(&rest));
-            let before = names(&full, &place(&ConsistentHash::new(&full, 160, None), &full, 3_000));
-            let after = names(&less, &place(&ConsistentHash::new(&less, 160, None), &less, 3_000));
+            let before = names(&full, &place(&ConsistentHash::new(&full, 160, None, load()), &full, 3_000));
+            let after = names(&less, &place(&ConsistentHash::new(&less, 160, None, load()), &less, 3_000));
             for (b, a) in before.iter().zip(&after) {
                 if *b != all[victim] {
                     prop_assert_eq!(b, a, "a key not on the removed server moved");
@@ -189,7 +207,7 @@ mod tests {
         fn an_unready_server_moves_only_its_keys(n in 2usize..12, victim in 0usize..12) {
             let victim = victim % n;
             let ups = pool(&vec![1; n]);
-            let ch = ConsistentHash::new(&ups, 160, None);
+            let ch = ConsistentHash::new(&ups, 160, None, load());
             let before = place(&ch, &ups, 3_000);
             let mut drained = pool(&vec![1; n]);
             Arc::get_mut(&mut drained[victim]).unwrap().weight = 0; // not ready, same ring
@@ -209,8 +227,8 @@ mod tests {
             new.push(format!("srv-{n}"));
             let (a, b) = (named_pool(&old), named_pool(&new));
             let keys = 20_000u64;
-            let before = names(&a, &place(&ConsistentHash::new(&a, 160, None), &a, keys));
-            let after = names(&b, &place(&ConsistentHash::new(&b, 160, None), &b, keys));
+            let before = names(&a, &place(&ConsistentHash::new(&a, 160, None, load()), &a, keys));
+            let after = names(&b, &place(&ConsistentHash::new(&b, 160, None, load()), &b, keys));
             let moved = before.iter().zip(&after).filter(|(x, y)| x != y).count() as f64 / keys as f64;
             let ideal = 1.0 / (n as f64 + 1.0);
             // Every moved key went to the new server, and about 1/(N+1) of them moved.
@@ -226,7 +244,8 @@ mod tests {
         ) {
             // Few distinct keys: an unbounded ring would pile them onto one or two servers.
             let ups = pool(&vec![1; n]);
-            let ch = ConsistentHash::new(&ups, 160, Some(factor));
+            let pool_stats = load();
+            let ch = ConsistentHash::new(&ups, 160, Some(factor), Arc::clone(&pool_stats));
             let parts = ctx_parts();
             let mut held: Vec<crate::upstream::InFlight> = Vec::new();
             for (arrive, key) in ops {
@@ -236,7 +255,7 @@ mod tests {
                 }
                 let ctx = PickCtx { client: client(), parts: &parts, hash: Some(hash_key_bytes(&key.to_le_bytes())) };
                 let i = ch.pick(&ctx, Upstreams(&ups)).unwrap();
-                held.push(ups[i].stats.begin().with_pool(ch.pool_load().unwrap()));
+                held.push(ups[i].stats.begin(&pool_stats));
                 let total = held.len();
                 let cap = (factor * total as f64 / n as f64).ceil() as usize;
                 prop_assert!(ups[i].stats.in_flight() <= cap, "server {} holds {} > cap {}", i, ups[i].stats.in_flight(), cap);

@@ -77,9 +77,9 @@ mod tests {
     #[test]
     fn prefers_the_least_loaded_relative_to_weight() {
         let ups = pool(&[1, 1, 2]);
-        let _busy: Vec<_> = (0..3).map(|_| ups[0].stats.begin()).collect();
-        let _b = ups[1].stats.begin();
-        let _c: Vec<_> = (0..2).map(|_| ups[2].stats.begin()).collect();
+        let _busy: Vec<_> = (0..3).map(|_| ups[0].stats.begin(&Default::default())).collect();
+        let _b = ups[1].stats.begin(&Default::default());
+        let _c: Vec<_> = (0..2).map(|_| ups[2].stats.begin(&Default::default())).collect();
         let parts = ctx_parts();
         let ctx = PickCtx { client: client(), parts: &parts, hash: None };
         // Loads: 3/1, 1/1, 2/2 -> servers 1 and 2 tie at 1.0; both must be chosen over time.
@@ -109,7 +109,7 @@ mod tests {
             let ups = pool(&weights);
             let _guards: Vec<_> = servers.iter().enumerate()
                 .flat_map(|(i, s)| (0..s.1).map(move |_| i))
-                .map(|i| ups[i].stats.begin())
+                .map(|i| ups[i].stats.begin(&Default::default()))
                 .collect();
             let lc = LeastConn { next: AtomicUsize::new(start) };
             let parts = ctx_parts();

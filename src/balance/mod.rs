@@ -23,11 +23,10 @@ pub use round_robin::RoundRobin;
 pub use weighted::Weighted;
 
 use crate::config::{PoolConfig, StrategyKind};
-use crate::upstream::Upstream;
+use crate::upstream::{PoolStats, Upstream};
 use rng::Rng;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 /// What a strategy may look at when choosing: the client and the request head.
@@ -73,15 +72,20 @@ pub trait Strategy: Send + Sync + fmt::Debug {
     /// Index of a *ready* server, or `None` when none is ready. Must not block, lock or allocate.
     fn pick(&self, ctx: &PickCtx<'_>, ups: Upstreams<'_>) -> Option<usize>;
 
-    /// A pool-wide in-flight counter this strategy reads, if it needs one (bounded-load hashing);
-    /// the pool then counts every request in it for the request's whole life.
-    fn pool_load(&self) -> Option<&Arc<AtomicUsize>> {
-        None
+    /// A ready server not in `exclude` (for a retry, or to turn away from a server warming up), or
+    /// `None`. By default the strategy's own choice if it avoids `exclude` within a few picks, else
+    /// the first ready server in pool order that does.
+    fn pick_other(&self, ctx: &PickCtx<'_>, ups: Upstreams<'_>, exclude: &[usize]) -> Option<usize> {
+        (0..3)
+            .filter_map(|_| self.pick(ctx, ups))
+            .find(|i| !exclude.contains(i))
+            .or_else(|| ups.ready().map(|(i, _)| i).find(|i| !exclude.contains(i)))
     }
 }
 
-/// Builds the strategy a pool's config names, for that pool's servers.
-pub fn build(pool: &PoolConfig, ups: &[Arc<Upstream>]) -> Box<dyn Strategy> {
+/// Builds the strategy a pool's config names, for that pool's servers. `load` is the pool's live
+/// state (its in-flight total, which bounded-load hashing reads).
+pub fn build(pool: &PoolConfig, ups: &[Arc<Upstream>], load: &Arc<PoolStats>) -> Box<dyn Strategy> {
     let rng = || pool.seed.map_or_else(Rng::from_entropy, Rng::new);
     match pool.strategy {
         StrategyKind::RoundRobin => Box::new(RoundRobin::default()),
@@ -91,7 +95,7 @@ pub fn build(pool: &PoolConfig, ups: &[Arc<Upstream>]) -> Box<dyn Strategy> {
         StrategyKind::P2c => Box::new(P2c::new(rng())),
         StrategyKind::ConsistentHash => {
             let (vnodes, factor) = pool.hash.as_ref().map_or((160, None), |h| (h.vnodes, h.balance_factor));
-            Box::new(ConsistentHash::new(ups, vnodes, factor))
+            Box::new(ConsistentHash::new(ups, vnodes, factor, Arc::clone(load)))
         }
     }
 }
@@ -109,6 +113,7 @@ pub(crate) mod testing {
             authority: addr.parse().unwrap(),
             addr,
             weight,
+            max_in_flight: usize::MAX,
             stats: Arc::new(UpstreamStats::default()),
             metrics: crate::metrics::ServerMetrics::new("p", name),
         })

@@ -56,7 +56,7 @@ mod tests {
     #[test]
     fn sends_most_requests_away_from_a_busy_server() {
         let ups = pool(&[1, 1, 1, 1]);
-        let _busy: Vec<_> = (0..10).map(|_| ups[0].stats.begin()).collect();
+        let _busy: Vec<_> = (0..10).map(|_| ups[0].stats.begin(&Default::default())).collect();
         let p2c = P2c::new(Rng::new(3));
         let parts = ctx_parts();
         let ctx = PickCtx { client: client(), parts: &parts, hash: None };

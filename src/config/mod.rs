@@ -6,6 +6,7 @@
 //! See docs/configuration.md for every key and its default.
 
 mod duration;
+mod health;
 mod locate;
 mod raw;
 mod validate;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::parse as parse_duration;
+pub use health::{CheckKind, FailureKinds, HealthCheck, HttpCheck, Passive, PoolLimits, Retry};
 
 /// A validated configuration. Every field holds its final type and default.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,6 +202,16 @@ pub struct PoolConfig {
     pub seed: Option<u64>,
     /// Sticky sessions by cookie; `None` (default) disables them.
     pub sticky: Option<StickyConfig>,
+    /// Active health checks; `None` (default) runs none.
+    pub health: Option<HealthCheck>,
+    /// Passive ejection from live traffic; on by default, `None` when `enabled = false`.
+    pub passive: Option<Passive>,
+    /// How long a server that comes back takes to reach its full weight. Default none (at once).
+    pub slow_start: Option<Duration>,
+    /// Retries of failed attempts.
+    pub retry: Retry,
+    /// Circuit-breaking limits and the queue in front of them.
+    pub limits: PoolLimits,
 }
 
 /// The balancing strategies `strategy = "..."` accepts.
@@ -285,6 +297,10 @@ pub struct ServerConfig {
     /// Relative weight, 0..=1000. Default 1. 0 drains the server: it gets no new requests, and its
     /// consistent-hash keys move to the other servers.
     pub weight: u32,
+    /// Most requests in flight on this server; overrides the pool's `limits.max_requests`.
+    pub max_requests: Option<usize>,
+    /// Most open connections to this server; overrides the pool's `limits.max_connections`.
+    pub max_connections: Option<usize>,
 }
 
 /// One routing rule: requests whose Host and path match go to `pool`.

@@ -96,8 +96,52 @@ pub(crate) struct RawPool {
     pub hash_vnodes: Option<i64>,
     pub seed: Option<i64>,
     pub sticky: Option<RawSticky>,
+    pub slow_start: Option<String>,
+    pub health: Option<RawHealth>,
+    pub passive: Option<RawPassive>,
+    pub retry: Option<RawRetry>,
+    pub limits: Option<RawPoolLimits>,
     #[serde(default)]
     pub servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawHealth {
+    pub r#type: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+    pub initial: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub expect: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawPassive {
+    pub enabled: Option<bool>,
+    pub consecutive: Option<i64>,
+    pub on: Option<Vec<String>>,
+    pub base_ejection: Option<String>,
+    pub max_ejection: Option<String>,
+    pub max_ejected_percent: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRetry {
+    pub attempts: Option<i64>,
+    pub budget_percent: Option<i64>,
+    pub budget_min: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawPoolLimits {
+    pub max_requests: Option<i64>,
+    pub max_connections: Option<i64>,
+    pub queue: Option<i64>,
+    pub queue_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +149,8 @@ pub(crate) struct RawServer {
     pub name: Option<String>,
     pub addr: Option<String>,
     pub weight: Option<i64>,
+    pub max_requests: Option<i64>,
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

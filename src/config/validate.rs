@@ -1,5 +1,6 @@
 //! Raw shape -> typed [`Config`], collecting every problem instead of stopping at the first.
 
+use super::health;
 use super::raw::{
     RawAdmin, RawConfig, RawHttp, RawLimits, RawPool, RawRoute, RawSticky, RawStickySecret, RawTimeouts,
 };
@@ -15,10 +16,10 @@ use std::time::Duration;
 /// Largest accepted server weight (HAProxy allows 256; a little headroom for ratios).
 const MAX_WEIGHT: i64 = 1000;
 
-struct Issues<'a>(&'a mut Vec<Issue>);
+pub(super) struct Issues<'a>(&'a mut Vec<Issue>);
 
 impl Issues<'_> {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Issue { path: path.into(), line: None, message: message.into() });
     }
 }
@@ -196,7 +197,9 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
                 1
             }
         };
-        servers.push(ServerConfig { name, addr: addr.clone(), weight });
+        let max_requests = health::per_server(&format!("{path}.max_requests"), s.max_requests, out);
+        let max_connections = health::per_server(&format!("{path}.max_connections"), s.max_connections, out);
+        servers.push(ServerConfig { name, addr: addr.clone(), weight, max_requests, max_connections });
     }
     let hash = hash_options(&base, strategy, raw, out);
     let seed = match (raw.seed, strategy) {
@@ -208,7 +211,19 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
         }
     };
     let sticky = raw.sticky.as_ref().map(|st| sticky(&base, name, st, out));
-    PoolConfig { name: name.to_owned(), strategy, servers, hash, seed, sticky }
+    PoolConfig {
+        name: name.to_owned(),
+        strategy,
+        servers,
+        hash,
+        seed,
+        sticky,
+        health: raw.health.as_ref().map(|h| health::health(&base, h, out)),
+        passive: health::passive(&base, raw.passive.as_ref(), out),
+        slow_start: health::slow_start(&base, raw, out),
+        retry: health::retry(&base, raw.retry.as_ref(), out),
+        limits: health::limits(&base, raw.limits.as_ref(), out),
+    }
 }
 
 /// A server address is `host:port`: an IP literal or a DNS name, a port, nothing else.

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -209,6 +210,8 @@ pub struct RequestBody {
     upload: Option<Arc<Upload>>,
     stall: Option<Stall>,
     received: Option<Counter>,
+    /// Where the body goes if it is dropped before its first read (see [`RequestBody::returnable`]).
+    handback: Option<oneshot::Sender<RequestBody>>,
 }
 
 impl RequestBody {
@@ -217,7 +220,10 @@ impl RequestBody {
     pub fn watch(inner: Incoming, stall_limit: Duration, received: &Counter) -> (Self, Option<Arc<Upload>>) {
         // Bodiless requests (most GETs) cannot fail or stall: skip the allocations.
         if inner.is_end_stream() {
-            return (Self { inner: Some(inner), upload: None, stall: None, received: None }, None);
+            return (
+                Self { inner: Some(inner), upload: None, stall: None, received: None, handback: None },
+                None,
+            );
         }
         let upload = Arc::new(Upload::default());
         let body = Self {
@@ -225,13 +231,38 @@ impl RequestBody {
             upload: Some(Arc::clone(&upload)),
             stall: Some(Stall::new(stall_limit)),
             received: Some(received.clone()),
+            handback: None,
         };
         (body, Some(upload))
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        Self { inner: None, upload: None, stall: None, received: None }
+        Self { inner: None, upload: None, stall: None, received: None, handback: None }
+    }
+
+    /// Arms a hand-back: if hyper drops this body without ever reading it (the connection failed
+    /// before anything was sent), the body comes back through the receiver, untouched, so it can be
+    /// sent to another server. Once read, it is gone for good: nothing is replayed.
+    pub fn returnable(&mut self) -> oneshot::Receiver<RequestBody> {
+        let (tx, rx) = oneshot::channel();
+        self.handback = Some(tx);
+        rx
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Some(tx) = self.handback.take() {
+            let body = Self {
+                inner: self.inner.take(),
+                upload: self.upload.take(),
+                stall: self.stall.take(),
+                received: self.received.take(),
+                handback: None,
+            };
+            let _ = tx.send(body);
+        }
     }
 }
 
@@ -244,6 +275,8 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        // Read once: the body can no longer be sent anywhere else.
+        this.handback = None;
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
         let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => frame.map(|r| r.map_err(BoxError::from)),

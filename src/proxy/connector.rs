@@ -1,34 +1,92 @@
 //! The upstream connector: hyper-util's `HttpConnector` (DNS, connect timeout, `TCP_NODELAY`),
 //! wrapped so every open upstream connection is counted in `lb_upstream_connections{addr}` from
-//! connect until its socket is closed. The label is the configured `host:port`, a bounded set.
+//! connect until its socket is closed (the label is the configured `host:port`, a bounded set), and
+//! so a server's `max_connections` is never exceeded: each connection holds a permit of its
+//! address's semaphore, and a new connection waits (up to the connect timeout) for a free one.
+//! The request path usually never waits here: a server whose in-flight count reached its limit is
+//! not ready for the strategies. The wait covers hyper's pool opening a connection while an idle
+//! one is about to come back.
 
+use arc_swap::ArcSwap;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// `HttpConnector` plus connection counting.
-#[derive(Debug, Clone)]
-pub struct CountingConnector {
-    inner: HttpConnector,
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connection limits by upstream address (`host:port` as configured), swapped with each snapshot.
+#[derive(Debug, Default)]
+pub struct ConnLimits {
+    by_addr: ArcSwap<HashMap<String, (usize, Arc<Semaphore>)>>,
 }
 
-impl CountingConnector {
-    /// Wraps a configured `HttpConnector`.
-    pub fn new(inner: HttpConnector) -> Self {
-        Self { inner }
+impl ConnLimits {
+    /// Takes the limits of `snap`'s servers; an address whose limit is unchanged keeps its semaphore
+    /// (and so its count of open connections). Servers sharing an address share the smallest limit.
+    pub fn update(&self, snap: &crate::runtime::Snapshot) {
+        let old = self.by_addr.load();
+        let mut wanted: HashMap<String, usize> = HashMap::new();
+        for (pool, config) in snap.pools.iter().zip(&snap.config.pools) {
+            for (u, server) in pool.upstreams.iter().zip(&config.servers) {
+                if let Some(limit) = server.max_connections.or(config.limits.max_connections) {
+                    let entry = wanted.entry(u.addr.clone()).or_insert(limit);
+                    *entry = (*entry).min(limit);
+                }
+            }
+        }
+        let next = wanted
+            .into_iter()
+            .map(|(addr, limit)| {
+                let sem = match old.get(&addr) {
+                    Some((l, sem)) if *l == limit => Arc::clone(sem),
+                    _ => Arc::new(Semaphore::new(limit)),
+                };
+                (addr, (limit, sem))
+            })
+            .collect();
+        self.by_addr.store(Arc::new(next));
+    }
+
+    fn get(&self, addr: &str) -> Option<Arc<Semaphore>> {
+        self.by_addr.load().get(addr).map(|(_, sem)| Arc::clone(sem))
     }
 }
 
-/// An upstream socket that decrements its gauge when closed.
+/// The server stayed at its connection limit for the whole connect timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("server at its connection limit (max_connections) for {0:?}")]
+pub struct AtConnectionLimit(pub Duration);
+
+/// `HttpConnector` plus connection counting and limits.
+#[derive(Debug, Clone)]
+pub struct CountingConnector {
+    inner: HttpConnector,
+    limits: Arc<ConnLimits>,
+    wait: Duration,
+}
+
+impl CountingConnector {
+    /// Wraps a configured `HttpConnector`; a connection to an address at its limit waits up to `wait`.
+    pub fn new(inner: HttpConnector, limits: Arc<ConnLimits>, wait: Duration) -> Self {
+        Self { inner, limits, wait }
+    }
+}
+
+/// An upstream socket that decrements its gauge (and frees its limit permit) when closed.
 #[derive(Debug)]
 pub struct Counted {
     io: TokioIo<TcpStream>,
     open: metrics::Gauge,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Counted {
@@ -39,21 +97,32 @@ impl Drop for Counted {
 
 impl tower::Service<http::Uri> for CountingConnector {
     type Response = Counted;
-    type Error = <HttpConnector as tower::Service<http::Uri>>::Error;
+    type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Counted, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let addr = uri.authority().map_or_else(String::new, |a| a.as_str().to_owned());
-        let connecting = self.inner.call(uri);
+        let limit = self.limits.get(&addr);
+        let wait = self.wait;
+        let mut inner = self.inner.clone();
         Box::pin(async move {
-            let io = connecting.await?;
+            let permit = match limit {
+                Some(sem) => Some(
+                    tokio::time::timeout(wait, sem.acquire_owned())
+                        .await
+                        .map_err(|_| AtConnectionLimit(wait))?
+                        .map_err(|_| AtConnectionLimit(wait))?,
+                ),
+                None => None,
+            };
+            let io = inner.call(uri).await?;
             let open = metrics::gauge!(crate::metrics::UPSTREAM_CONNECTIONS, "addr" => addr);
             open.increment(1.0);
-            Ok(Counted { io, open })
+            Ok(Counted { io, open, _permit: permit })
         })
     }
 }

@@ -39,6 +39,26 @@ pub enum ProxyError {
         /// The pool.
         pool: String,
     },
+    /// Every server is at its limits and the pool's queue is full.
+    #[error("pool {pool}: every server is at its limits and the queue is full")]
+    QueueFull {
+        /// The pool.
+        pool: String,
+    },
+    /// Every server stayed at its limits for the whole queue timeout.
+    #[error("pool {pool}: no server below its limits within {after:?}")]
+    QueueTimeout {
+        /// The pool.
+        pool: String,
+        /// The queue timeout.
+        after: Duration,
+    },
+    /// The chosen server stayed at its connection limit.
+    #[error("upstream {upstream}: at its connection limit")]
+    AtLimit {
+        /// Pool/server.
+        upstream: String,
+    },
     /// Connecting to the upstream was refused or failed.
     #[error("upstream {upstream}: connect failed: {reason}")]
     Connect {
@@ -73,7 +93,10 @@ impl ProxyError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NoReadyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoReadyServer { .. }
+            | Self::QueueFull { .. }
+            | Self::QueueTimeout { .. }
+            | Self::AtLimit { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -86,7 +109,12 @@ impl ProxyError {
                 Source::Client
             }
             Self::NoRoute | Self::NoReadyServer { .. } => Source::Config,
-            Self::Connect { .. } | Self::Timeout { .. } | Self::Upstream { .. } => Source::Upstream,
+            Self::Connect { .. }
+            | Self::Timeout { .. }
+            | Self::Upstream { .. }
+            | Self::QueueFull { .. }
+            | Self::QueueTimeout { .. }
+            | Self::AtLimit { .. } => Source::Upstream,
         }
     }
 }

@@ -13,9 +13,10 @@ pub mod headers;
 pub mod tunnel;
 
 use crate::config::AccessLog;
+use crate::health::passive::Outcome;
 use crate::metrics;
 use crate::runtime::Runtime;
-use crate::runtime::Snapshot;
+use crate::runtime::{NoServer, Snapshot};
 use crate::server::ActiveRequest;
 use crate::sticky;
 use access::AccessRecord;
@@ -38,8 +39,9 @@ use std::time::Duration;
 /// The process-wide pooled upstream client (HTTP/1.1, keep-alive).
 pub type UpstreamClient = Client<connector::CountingConnector, RequestBody>;
 
-/// Builds the upstream client: one connection pool shared by every listener and request.
-pub fn upstream_client(config: &crate::config::Config) -> UpstreamClient {
+/// Builds the upstream client: one connection pool shared by every listener and request, with the
+/// runtime's connection limits.
+pub fn upstream_client(config: &crate::config::Config, limits: Arc<connector::ConnLimits>) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.timeouts.connect));
     connector.set_nodelay(true);
@@ -47,7 +49,7 @@ pub fn upstream_client(config: &crate::config::Config) -> UpstreamClient {
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_idle_timeout(config.timeouts.upstream_idle)
         .pool_max_idle_per_host(config.limits.upstream_idle_per_server)
-        .build(connector::CountingConnector::new(connector))
+        .build(connector::CountingConnector::new(connector, limits, config.timeouts.connect))
 }
 
 /// What every request of one client connection shares.
@@ -254,9 +256,10 @@ async fn forward(
     let pool_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
     let pool = snap.pools.get(pool_index).ok_or(ProxyError::NoRoute)?;
     trace.pool = Some(pool_index);
-    let mut choice = pool
-        .choose(client, &parts)
-        .ok_or_else(|| ProxyError::NoReadyServer { pool: pool.name.to_string() })?;
+    let mut choice = match pool.choose(client, &parts) {
+        Some(choice) => choice,
+        None => pool.wait_for_room(client, &parts).await.map_err(|why| no_server(pool, why))?,
+    };
     if parts.version == Version::HTTP_2 {
         sticky::join_cookies(&mut parts.headers);
     }
@@ -289,26 +292,35 @@ async fn forward(
 
     let (mut body, upload) =
         RequestBody::watch(body, snap.config.timeouts.client_body, &pool.metrics.received);
-    // A failed connect sent nothing, so a bodyless request may go to another server instead (HAProxy's
-    // `option redispatch`). Its head is kept for that only when the pool has another server.
-    let spare = (body.is_end_stream() && client_upgrade.is_none() && pool.upstreams.len() > 1).then(|| {
-        // With the original target: a consistent-hash pool may hash its path or query again.
-        let mut head = copy_head(&parts);
-        head.uri = target.clone();
-        head
-    });
+    // A failed attempt may be retried on another server (see `may_retry`); the head is kept for that
+    // only when the pool allows retries and has another server.
+    let spare =
+        (client_upgrade.is_none() && pool.retry.attempts > 0 && pool.upstreams.len() > 1).then(|| {
+            // With the original target: a consistent-hash pool may hash its path or query again.
+            let mut head = copy_head(&parts);
+            head.uri = target.clone();
+            head
+        });
+    let idempotent = is_idempotent(&parts.method);
     let timeout = snap.config.timeouts.response;
     let mut tried = Vec::new();
+    // Held while a retry is in progress: the retry budget counts it.
+    let mut _retrying = None;
     let (mut resp, guard) = loop {
         let upstream = choice.upstream;
         let guard = pool.begin(upstream);
         // Recorded before the attempt, so a failure is counted and logged against this server.
         trace.server = Some(choice.index);
         parts.uri = upstream_uri(&target, &upstream.authority)?;
+        let bodyless = body.is_end_stream();
+        let handback = (spare.is_some() && !bodyless).then(|| body.returnable());
         let sent_at = tokio::time::Instant::now();
         let sending = shared.client.request(Request::from_parts(parts, body));
-        let e = match respond_within(timeout, upload.as_deref(), sending).await {
+        let (failure, attempt) = match respond_within(timeout, upload.as_deref(), sending).await {
             Some(Ok(resp)) => {
+                let outcome =
+                    if resp.status().is_server_error() { Outcome::Status5xx } else { Outcome::Success };
+                pool.observe(upstream, outcome);
                 // The upstream's time starts once the client's upload is over (it is the client's).
                 let from = upload.as_ref().and_then(|u| u.done_at.get().copied()).unwrap_or(sent_at);
                 let elapsed = from.elapsed();
@@ -316,36 +328,40 @@ async fn forward(
                 trace.upstream_time = Some(elapsed);
                 break (resp, guard);
             }
-            None => {
-                metrics::upstream_error(&upstream.key.pool, &upstream.key.name, "timeout");
-                return Err(ProxyError::Timeout { upstream: who(upstream), after: timeout });
-            }
+            None => (ProxyError::Timeout { upstream: who(upstream), after: timeout }, Attempt::Timeout),
             Some(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled.load(Ordering::Relaxed)) => {
                 return Err(ProxyError::ClientTimeout);
             }
             Some(Err(e)) if upload.as_ref().is_some_and(|u| u.broken.load(Ordering::Relaxed)) => {
                 return Err(ProxyError::ClientBody(error_chain(&e)));
             }
-            Some(Err(e)) => e,
+            Some(Err(e)) => classify(&e, upstream, snap.config.timeouts.connect),
         };
-        let failure = upstream_error(&e, who(upstream), snap.config.timeouts.connect);
-        let kind = match failure {
-            ProxyError::Timeout { .. } => "timeout",
-            ProxyError::Connect { .. } => "connect",
-            _ => "reset",
+        metrics::upstream_error(&upstream.key.pool, &upstream.key.name, attempt.label());
+        if let Some(outcome) = attempt.outcome() {
+            pool.observe(upstream, outcome);
+        }
+        drop(guard);
+        // The body, if it can still be sent: empty, or never read by the failed attempt.
+        let unsent = if bodyless {
+            Some(RequestBody::empty())
+        } else {
+            handback.and_then(|mut rx| rx.try_recv().ok())
         };
-        metrics::upstream_error(&upstream.key.pool, &upstream.key.name, kind);
-        let next = match &spare {
-            Some(head) if e.is_connect() && tried.len() < MAX_REDISPATCH => {
-                tried.push(choice.index);
-                pool.choose_other(client, head, &tried)
-            }
-            _ => None,
+        let (Some(head), Some(next_body)) = (&spare, unsent) else { return Err(failure) };
+        if tried.len() >= pool.retry.attempts as usize || !attempt.may_retry(idempotent) {
+            return Err(failure);
+        }
+        tried.push(choice.index);
+        let Some(next) = pool.choose_other(client, head, &tried) else { return Err(failure) };
+        let Some(slot) = pool.retry_slot() else {
+            tracing::warn!(%client, error = %failure, pool = %pool.name, "not retried: retry budget spent");
+            return Err(failure);
         };
-        let (Some(next), Some(head)) = (next, &spare) else { return Err(failure) };
-        tracing::warn!(%client, error = %failure, to = %who(next.upstream), "redispatching after connect failure");
+        tracing::warn!(%client, error = %failure, to = %who(next.upstream), "retrying on another server");
         pool.metrics.retries.increment(1);
-        (parts, body, choice) = (copy_head(head), RequestBody::empty(), next);
+        _retrying = Some(slot);
+        (parts, body, choice) = (copy_head(head), next_body, next);
     };
     let upstream = choice.upstream;
 
@@ -405,8 +421,60 @@ async fn respond_within<F: std::future::Future>(
     }
 }
 
-/// Most other servers a bodyless request is redispatched to after connect failures.
-const MAX_REDISPATCH: usize = 2;
+/// How one failed attempt failed, which decides whether it is retried and what passive checks see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// No connection: nothing was sent.
+    Connect,
+    /// The server stayed at its connection limit: nothing was sent, and the server is not at fault.
+    AtLimit,
+    /// No response head in time.
+    Timeout,
+    /// The connection broke before a response head.
+    Reset,
+}
+
+impl Attempt {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::AtLimit => "limit",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+        }
+    }
+
+    fn outcome(self) -> Option<Outcome> {
+        match self {
+            Self::Connect => Some(Outcome::Connect),
+            Self::AtLimit => None,
+            Self::Timeout => Some(Outcome::Timeout),
+            Self::Reset => Some(Outcome::Reset),
+        }
+    }
+
+    /// Connect failures sent nothing, so any request may go elsewhere; after a timeout or a reset
+    /// the server may have acted on it, so only idempotent requests are retried.
+    fn may_retry(self, idempotent: bool) -> bool {
+        matches!(self, Self::Connect | Self::AtLimit) || idempotent
+    }
+}
+
+/// RFC 9110 section 9.2.2's idempotent methods (CONNECT never reaches here).
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::PUT, Method::DELETE, Method::TRACE].contains(method)
+}
+
+/// The error a request gets when its pool had no server for it.
+fn no_server(pool: &crate::runtime::Pool, why: NoServer) -> ProxyError {
+    let pool = pool.name.to_string();
+    match why {
+        NoServer::NoneReady => ProxyError::NoReadyServer { pool },
+        NoServer::QueueFull => ProxyError::QueueFull { pool },
+        NoServer::QueueTimeout(after) => ProxyError::QueueTimeout { pool, after },
+    }
+}
 
 /// "pool/server", for logs and errors.
 fn who(upstream: &crate::upstream::Upstream) -> String {
@@ -463,22 +531,37 @@ fn upstream_uri(original: &Uri, authority: &uri::Authority) -> Result<Uri, Proxy
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
 }
 
-/// Classifies a client error: refused/reset -> 502, connect timeout -> 504.
-fn upstream_error(e: &hyper_util::client::legacy::Error, upstream: String, connect: Duration) -> ProxyError {
-    let reason = error_chain(e);
-    if e.is_connect() && has_io_kind(e, std::io::ErrorKind::TimedOut) {
-        return ProxyError::Timeout { upstream, after: connect };
+/// Classifies a client error: at the connection limit -> 503, refused/reset -> 502, connect
+/// timeout -> 504.
+fn classify(
+    e: &hyper_util::client::legacy::Error,
+    upstream: &crate::upstream::Upstream,
+    connect: Duration,
+) -> (ProxyError, Attempt) {
+    let (upstream, reason) = (who(upstream), error_chain(e));
+    if e.is_connect() && in_chain(e, |err| err.is::<connector::AtConnectionLimit>()) {
+        return (ProxyError::AtLimit { upstream }, Attempt::AtLimit);
+    }
+    let timed_out = |err: &(dyn std::error::Error + 'static)| {
+        err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    };
+    if e.is_connect() && in_chain(e, timed_out) {
+        return (ProxyError::Timeout { upstream, after: connect }, Attempt::Connect);
     }
     if e.is_connect() {
-        return ProxyError::Connect { upstream, reason };
+        return (ProxyError::Connect { upstream, reason }, Attempt::Connect);
     }
-    ProxyError::Upstream { upstream, reason }
+    (ProxyError::Upstream { upstream, reason }, Attempt::Reset)
 }
 
-fn has_io_kind(e: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
+/// Whether `e` or any error in its source chain satisfies `test`.
+fn in_chain(
+    e: &(dyn std::error::Error + 'static),
+    test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == kind) {
+        if test(err) {
             return true;
         }
         cur = err.source();

@@ -46,7 +46,9 @@ pub async fn bind(config: &Config) -> io::Result<Vec<TcpListener>> {
 /// Serves `listeners` with the runtime's current config until `shutdown` completes, then drains.
 pub async fn serve(listeners: Vec<TcpListener>, runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) {
     let config = Arc::clone(&runtime.snapshot().config);
-    let shared = Arc::new(Shared { client: proxy::upstream_client(&config), runtime });
+    let client = proxy::upstream_client(&config, runtime.conn_limits());
+    runtime.start_health_checks();
+    let shared = Arc::new(Shared { client, runtime: Arc::clone(&runtime) });
     let builder = Arc::new(http_builder(&config));
     let max = config.limits.max_connections;
     let permits = Arc::new(Semaphore::new(max));
@@ -62,6 +64,7 @@ pub async fn serve(listeners: Vec<TcpListener>, runtime: Arc<Runtime>, shutdown:
         tokio::spawn(accept_loop(listener, ctx));
     }
     shutdown.await;
+    runtime.stop_health_checks();
     tracing::info!(drain = ?config.timeouts.drain, "shutting down: no new connections, draining");
     let _ = stop_tx.send(true);
     // Every connection holds one permit: when all are back, every connection has closed.

@@ -1,0 +1,321 @@
+//! A pool's resilience options: active health checks, passive ejection, slow start, retries and
+//! circuit-breaking limits. Types first, then their validation. docs/health.md explains each.
+
+use super::duration;
+use super::raw::{RawHealth, RawPassive, RawPool, RawPoolLimits, RawRetry};
+use super::validate::Issues;
+use std::time::Duration;
+
+/// Active health checks of a pool: `[pools.NAME.health]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    /// What a check does. Default HTTP.
+    pub kind: CheckKind,
+    /// Time between two checks of one server. Default 2s (HAProxy's `inter`).
+    pub interval: Duration,
+    /// How long one check may take. Default 1s.
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down server up. Default 2 (HAProxy's `rise`).
+    pub rise: u32,
+    /// Consecutive failures that take an up server down. Default 3 (HAProxy's `fall`).
+    pub fall: u32,
+    /// Whether a server starts up (optimistic, default) or down until it passes `rise` checks.
+    pub start_up: bool,
+}
+
+/// One kind of check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// `type = "tcp"`: a TCP connect that succeeds within the timeout passes.
+    Tcp,
+    /// `type = "http"`: a request on a fresh connection whose status falls in `expect` passes.
+    Http(HttpCheck),
+}
+
+/// An HTTP check request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HttpCheck {
+    /// `method`: GET (default), HEAD or OPTIONS.
+    pub method: http::Method,
+    /// `path`: origin-form target. Default `/`.
+    pub path: String,
+    /// `host`: the Host header. Default: the server's address.
+    pub host: Option<String>,
+    /// `expect`: accepted status ranges, e.g. `["200-399"]` (default) or `["200", "204"]`.
+    pub expect: Vec<(u16, u16)>,
+}
+
+impl HttpCheck {
+    /// Whether `status` passes.
+    pub fn accepts(&self, status: u16) -> bool {
+        self.expect.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+}
+
+/// Passive health checks (outlier detection) from live traffic: `[pools.NAME.passive]`. On by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passive {
+    /// Consecutive failures that eject a server. Default 5 (Envoy's `consecutive_5xx`).
+    pub consecutive: u32,
+    /// Which outcomes count as failures. Default connect failures and timeouts.
+    pub on: FailureKinds,
+    /// First ejection time; each further ejection doubles it. Default 30s (Envoy).
+    pub base_ejection: Duration,
+    /// Longest ejection. Default 5m.
+    pub max_ejection: Duration,
+    /// Most servers of a pool ejected at once, as a percentage of the pool (rounded down). Default 50.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Self {
+            consecutive: 5,
+            on: FailureKinds { connect: true, timeout: true, reset: false, status_5xx: false },
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// The outcomes passive checks count: `on = ["connect", "timeout", "reset", "5xx"]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureKinds {
+    /// Connection refused or connect timeout.
+    pub connect: bool,
+    /// No response head within `timeouts.response`.
+    pub timeout: bool,
+    /// The connection broke before a response head arrived.
+    pub reset: bool,
+    /// A response with status 500..=599.
+    pub status_5xx: bool,
+}
+
+/// Retries: `[pools.NAME.retry]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Most retries per request (after the first try). Default 2; 0 disables retries.
+    pub attempts: u32,
+    /// Retries in progress may be at most this percentage of the pool's requests in flight. Default 20
+    /// (Envoy's retry budget).
+    pub budget_percent: u32,
+    /// Retries in progress always allowed, whatever the budget says. Default 3 (Envoy).
+    pub budget_min: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self { attempts: 2, budget_percent: 20, budget_min: 3 }
+    }
+}
+
+/// Circuit breaking: `[pools.NAME.limits]`. Server entries may override the per-server limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// Most requests in flight on one server. Default none.
+    pub max_requests: Option<usize>,
+    /// Most open connections to one server. Default none.
+    pub max_connections: Option<usize>,
+    /// Most requests waiting for a server below its limits. Default 100.
+    pub queue: usize,
+    /// Longest wait in that queue before a 503. Default 5s (HAProxy's `timeout queue` falls back to
+    /// `timeout connect`, whose default this is).
+    pub queue_timeout: Duration,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        Self { max_requests: None, max_connections: None, queue: 100, queue_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Validates the health-related keys of a pool.
+pub(super) fn health(base: &str, raw: &RawHealth, out: &mut Issues<'_>) -> HealthCheck {
+    let key = |k: &str| format!("{base}.health.{k}");
+    let interval = positive(&key("interval"), raw.interval.as_deref(), Duration::from_secs(2), out);
+    let timeout = positive(&key("timeout"), raw.timeout.as_deref(), Duration::from_secs(1), out);
+    let rise = count(&key("rise"), raw.rise, 1, 100, 2, out);
+    let fall = count(&key("fall"), raw.fall, 1, 100, 3, out);
+    let start_up = match raw.initial.as_deref() {
+        None | Some("up") => true,
+        Some("down") => false,
+        Some(other) => {
+            out.push(key("initial"), format!("{other:?}: expected \"up\" or \"down\""));
+            true
+        }
+    };
+    let kind = match raw.r#type.as_deref() {
+        None | Some("http") => CheckKind::Http(http_check(base, raw, out)),
+        Some("tcp") => {
+            for (k, set) in [("method", raw.method.is_some()), ("path", raw.path.is_some())]
+                .into_iter()
+                .chain([("host", raw.host.is_some()), ("expect", raw.expect.is_some())])
+            {
+                if set {
+                    out.push(key(k), "only applies to type = \"http\"");
+                }
+            }
+            CheckKind::Tcp
+        }
+        Some(other) => {
+            out.push(key("type"), format!("{other:?}: expected \"http\" or \"tcp\""));
+            CheckKind::Tcp
+        }
+    };
+    HealthCheck { kind, interval, timeout, rise, fall, start_up }
+}
+
+fn http_check(base: &str, raw: &RawHealth, out: &mut Issues<'_>) -> HttpCheck {
+    let key = |k: &str| format!("{base}.health.{k}");
+    let method = match raw.method.as_deref().map(str::to_ascii_uppercase).as_deref() {
+        None | Some("GET") => http::Method::GET,
+        Some("HEAD") => http::Method::HEAD,
+        Some("OPTIONS") => http::Method::OPTIONS,
+        Some(other) => {
+            out.push(key("method"), format!("{other:?}: expected \"GET\", \"HEAD\" or \"OPTIONS\""));
+            http::Method::GET
+        }
+    };
+    let path = raw.path.clone().unwrap_or_else(|| "/".to_owned());
+    if !path.starts_with('/') || http::uri::PathAndQuery::try_from(path.as_str()).is_err() {
+        out.push(key("path"), format!("{path:?} must be a path starting with '/'"));
+    }
+    if let Some(host) = &raw.host {
+        if http::HeaderValue::from_str(host).is_err() || host.is_empty() || host.contains(' ') {
+            out.push(key("host"), format!("{host:?} is not a valid Host value"));
+        }
+    }
+    let expect = match &raw.expect {
+        None => vec![(200, 399)],
+        Some(list) if list.is_empty() => {
+            out.push(key("expect"), "must list at least one status or range, e.g. [\"200-399\"]");
+            vec![(200, 399)]
+        }
+        Some(list) => list
+            .iter()
+            .filter_map(|text| status_range(text).map_err(|e| out.push(key("expect"), e)).ok())
+            .collect(),
+    };
+    HttpCheck { method, path, host: raw.host.clone(), expect }
+}
+
+/// `"200"` or `"200-399"`, within 100..=599.
+fn status_range(text: &str) -> Result<(u16, u16), String> {
+    let parse = |s: &str| s.trim().parse::<u16>().ok().filter(|v| (100..=599).contains(v));
+    let range = match text.split_once('-') {
+        None => parse(text).map(|v| (v, v)),
+        Some((lo, hi)) => parse(lo).zip(parse(hi)).filter(|(lo, hi)| lo <= hi),
+    };
+    range.ok_or_else(|| format!("{text:?} is not a status (100-599) or a range like \"200-399\""))
+}
+
+/// Validates `[pools.NAME.passive]`.
+pub(super) fn passive(base: &str, raw: Option<&RawPassive>, out: &mut Issues<'_>) -> Option<Passive> {
+    let d = Passive::default();
+    let Some(raw) = raw else { return Some(d) };
+    let key = |k: &str| format!("{base}.passive.{k}");
+    let consecutive = count(&key("consecutive"), raw.consecutive, 1, 1000, d.consecutive, out);
+    let on = match &raw.on {
+        None => d.on,
+        Some(list) => {
+            let mut kinds = FailureKinds { connect: false, timeout: false, reset: false, status_5xx: false };
+            for item in list {
+                match item.as_str() {
+                    "connect" => kinds.connect = true,
+                    "timeout" => kinds.timeout = true,
+                    "reset" => kinds.reset = true,
+                    "5xx" => kinds.status_5xx = true,
+                    other => out.push(
+                        key("on"),
+                        format!("{other:?}: expected \"connect\", \"timeout\", \"reset\" or \"5xx\""),
+                    ),
+                }
+            }
+            kinds
+        }
+    };
+    let base_ejection = positive(&key("base_ejection"), raw.base_ejection.as_deref(), d.base_ejection, out);
+    let max_ejection = positive(&key("max_ejection"), raw.max_ejection.as_deref(), d.max_ejection, out);
+    if max_ejection < base_ejection {
+        out.push(key("max_ejection"), "must not be shorter than base_ejection");
+    }
+    let max_ejected_percent =
+        count(&key("max_ejected_percent"), raw.max_ejected_percent, 0, 100, d.max_ejected_percent, out);
+    let passive = Passive { consecutive, on, base_ejection, max_ejection, max_ejected_percent };
+    (raw.enabled != Some(false)).then_some(passive)
+}
+
+/// Validates `[pools.NAME.retry]`.
+pub(super) fn retry(base: &str, raw: Option<&RawRetry>, out: &mut Issues<'_>) -> Retry {
+    let d = Retry::default();
+    let Some(raw) = raw else { return d };
+    let key = |k: &str| format!("{base}.retry.{k}");
+    Retry {
+        attempts: count(&key("attempts"), raw.attempts, 0, 10, d.attempts, out),
+        budget_percent: count(&key("budget_percent"), raw.budget_percent, 0, 100, d.budget_percent, out),
+        budget_min: count(&key("budget_min"), raw.budget_min, 0, 10_000, d.budget_min, out),
+    }
+}
+
+/// Validates `[pools.NAME.limits]`.
+pub(super) fn limits(base: &str, raw: Option<&RawPoolLimits>, out: &mut Issues<'_>) -> PoolLimits {
+    let d = PoolLimits::default();
+    let Some(raw) = raw else { return d };
+    let key = |k: &str| format!("{base}.limits.{k}");
+    PoolLimits {
+        max_requests: per_server(&key("max_requests"), raw.max_requests, out),
+        max_connections: per_server(&key("max_connections"), raw.max_connections, out),
+        queue: count(&key("queue"), raw.queue, 0, 1_000_000, d.queue as u32, out) as usize,
+        queue_timeout: positive(&key("queue_timeout"), raw.queue_timeout.as_deref(), d.queue_timeout, out),
+    }
+}
+
+/// A per-server limit: 1..=1_000_000, or none.
+pub(super) fn per_server(path: &str, value: Option<i64>, out: &mut Issues<'_>) -> Option<usize> {
+    let v = value?;
+    if (1..=1_000_000).contains(&v) {
+        return usize::try_from(v).ok();
+    }
+    out.push(path, format!("{v} is out of range 1..=1000000"));
+    None
+}
+
+/// Validates `slow_start`: a duration, `"0s"` (default) meaning off.
+pub(super) fn slow_start(base: &str, raw: &RawPool, out: &mut Issues<'_>) -> Option<Duration> {
+    let text = raw.slow_start.as_deref()?;
+    match duration::parse(text) {
+        Ok(d) if d.is_zero() => None,
+        Ok(d) => Some(d),
+        Err(e) => {
+            out.push(format!("{base}.slow_start"), e);
+            None
+        }
+    }
+}
+
+fn positive(path: &str, value: Option<&str>, default: Duration, out: &mut Issues<'_>) -> Duration {
+    let Some(text) = value else { return default };
+    match duration::parse(text) {
+        Ok(d) if d.is_zero() => {
+            out.push(path, "must be greater than zero");
+            default
+        }
+        Ok(d) => d,
+        Err(e) => {
+            out.push(path, e);
+            default
+        }
+    }
+}
+
+fn count(path: &str, value: Option<i64>, min: i64, max: i64, default: u32, out: &mut Issues<'_>) -> u32 {
+    match value {
+        None => default,
+        Some(v) if (min..=max).contains(&v) => u32::try_from(v).unwrap_or(default),
+        Some(v) => {
+            out.push(path, format!("{v} is out of range {min}..={max}"));
+            default
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Keeps exactly one check task per server of every pool with `[health]`: started with the balancer,
+//! reconciled on every config apply (new servers get a task, removed ones lose theirs, a changed
+//! address or check restarts it), stopped on shutdown.
+
+use super::check::{self, Target};
+use crate::runtime::Snapshot;
+use crate::upstream::UpstreamKey;
+use std::collections::HashMap;
+use tokio::task::AbortHandle;
+
+/// The running check tasks.
+#[derive(Debug, Default)]
+pub struct Checks {
+    tasks: HashMap<UpstreamKey, (Target, AbortHandle)>,
+}
+
+impl Checks {
+    /// Brings the tasks in line with `snap`. Must run inside a tokio runtime.
+    pub fn reconcile(&mut self, snap: &Snapshot) {
+        let mut wanted = HashMap::new();
+        for pool in snap.pools.iter() {
+            for u in pool.upstreams.iter() {
+                let Some(check) = &pool.health else {
+                    // Checks were removed from the pool: their last verdict no longer holds.
+                    if u.stats.health.set_down(false) && u.stats.health.is_up() {
+                        super::came_back(&u.stats, pool.slow_start);
+                    }
+                    continue;
+                };
+                let target = Target {
+                    key: u.key.clone(),
+                    addr: u.addr.clone(),
+                    check: check.clone(),
+                    stats: std::sync::Arc::clone(&u.stats),
+                    slow_start: pool.slow_start,
+                };
+                wanted.insert(u.key.clone(), target);
+            }
+        }
+        self.tasks.retain(|key, (running, handle)| {
+            let keep = wanted.get(key).is_some_and(|t| same(t, running));
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for (key, target) in wanted {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.tasks.entry(key) {
+                let handle = tokio::spawn(check::run(target.clone())).abort_handle();
+                slot.insert((target, handle));
+            }
+        }
+    }
+
+    /// How many servers are being checked.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether no server is being checked.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+}
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        for (_, handle) in self.tasks.values() {
+            handle.abort();
+        }
+    }
+}
+
+/// Whether a running task already checks `wanted` (same address, check and slow start, same state).
+fn same(wanted: &Target, running: &Target) -> bool {
+    wanted.addr == running.addr
+        && wanted.check == running.check
+        && wanted.slow_start == running.slow_start
+        && std::sync::Arc::ptr_eq(&wanted.stats, &running.stats)
+}
