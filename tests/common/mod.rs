@@ -31,11 +31,27 @@ pub struct Seen {
     pub in_progress: AtomicUsize,
     /// Request heads, in arrival order.
     pub heads: Mutex<Vec<http::request::Parts>>,
+    /// `/health` answers 503 while set.
+    pub sick: std::sync::atomic::AtomicBool,
+    /// Requests being handled now, and the most ever at once.
+    pub active: AtomicUsize,
+    pub peak_active: AtomicUsize,
+    /// Connections open now, and the most ever at once.
+    pub open: AtomicUsize,
+    pub peak_open: AtomicUsize,
+}
+
+/// Counts one more in `now` and raises `peak` to it.
+fn rise(now: &AtomicUsize, peak: &AtomicUsize) {
+    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+    peak.fetch_max(n, Ordering::SeqCst);
 }
 
 /// A named upstream server on 127.0.0.1:0. Paths:
 /// `/` answers its name; `/slow?ms=N` answers after N ms; `/big?bytes=N` streams N bytes;
-/// `/echo` streams the request body back; `/sink` reads the whole body and answers its length; `/stall` sends a first chunk and then nothing; `/ws` switches protocols and echoes raw bytes.
+/// `/echo` streams the request body back; `/sink` reads the whole body and answers its length; `/stall` sends a first chunk and then nothing; `/ws` switches protocols and echoes raw bytes;
+/// `/health` answers 200, or 503 while `seen.sick`; `/error` answers 500; `/drop` reads the body and
+/// then closes the connection without an answer.
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
@@ -57,6 +73,16 @@ impl Backend {
     /// A backend that waits `delay` before answering every request (a slow server).
     pub async fn start_with_delay(name: &str, delay: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(name, listener, delay)
+    }
+
+    /// A backend on a given address (a stopped server coming back).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(name, listener, Duration::ZERO)
+    }
+
+    fn serve(name: &str, listener: TcpListener, delay: Duration) -> Self {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let (n, s) = (name.to_owned(), Arc::clone(&seen));
@@ -68,23 +94,35 @@ impl Backend {
                     return;
                 };
                 s.connections.fetch_add(1, Ordering::SeqCst);
+                rise(&s.open, &s.peak_open);
                 let (n, s) = (n.clone(), Arc::clone(&s));
+                let s2 = Arc::clone(&s);
                 conns.spawn(async move {
-                    let svc = service_fn(move |req| {
+                    let svc = service_fn(move |req: Request<Incoming>| {
                         let (n, s) = (n.clone(), Arc::clone(&s));
                         async move {
+                            rise(&s.active, &s.peak_active);
                             if !delay.is_zero() {
                                 s.in_progress.fetch_add(1, Ordering::SeqCst);
                                 tokio::time::sleep(delay).await;
                                 s.in_progress.fetch_sub(1, Ordering::SeqCst);
                             }
-                            handle(n, s, req).await
+                            let result = if req.uri().path() == "/drop" {
+                                s.requests.fetch_add(1, Ordering::SeqCst);
+                                let _ = req.into_body().collect().await;
+                                Err(std::io::Error::other("dropped on purpose"))
+                            } else {
+                                Ok(handle(n, Arc::clone(&s), req).await.unwrap_or_else(|e| match e {}))
+                            };
+                            s.active.fetch_sub(1, Ordering::SeqCst);
+                            result
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
                         .await;
+                    s2.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -139,6 +177,16 @@ async fn handle(
             let first = futures_util::stream::iter([Ok(Frame::data(Bytes::from_static(b"partial")))]);
             let frames = futures_util::StreamExt::chain(first, futures_util::stream::pending());
             Response::new(StreamBody::new(frames).boxed())
+        }
+        "/health" if seen.sick.load(Ordering::SeqCst) => {
+            let mut resp = Response::new(full("sick".into()));
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            resp
+        }
+        "/error" => {
+            let mut resp = Response::new(full("error".into()));
+            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            resp
         }
         "/sink" => {
             // Reads the whole body, then answers with its length.
