@@ -126,12 +126,32 @@ pub fn status(snap: &Snapshot) -> serde_json::Value {
                         "addr": u.addr,
                         "weight": u.weight,
                         "ready": u.is_ready(),
+                        "health": health_state(u),
+                        "warmup_permille": u.stats.health.warmup(),
                         "in_flight": u.stats.in_flight(),
                     })
                 })
                 .collect();
-            serde_json::json!({ "name": &*p.name, "strategy": strategy, "servers": servers })
+            let queued = p.stats.queued.load(std::sync::atomic::Ordering::Relaxed);
+            let ejected = p.stats.ejected.load(std::sync::atomic::Ordering::Relaxed);
+            serde_json::json!({
+                "name": &*p.name,
+                "strategy": strategy,
+                "queued": queued,
+                "ejected": ejected,
+                "servers": servers,
+            })
         })
         .collect();
     serde_json::json!({ "generation": snap.generation, "pools": pools })
+}
+
+/// `up`, `down` (active checks fail), `ejected` (passive checks) or `down+ejected`.
+fn health_state(u: &crate::upstream::Upstream) -> &'static str {
+    match (u.stats.health.is_down(), u.stats.health.is_ejected()) {
+        (false, false) => "up",
+        (true, false) => "down",
+        (false, true) => "ejected",
+        (true, true) => "down+ejected",
+    }
 }
