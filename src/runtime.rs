@@ -437,8 +437,12 @@ mod tests {
     use super::*;
 
     fn config(servers: &str) -> Config {
+        config_with(servers, "")
+    }
+
+    fn config_with(servers: &str, extra: &str) -> Config {
         Config::from_toml(&format!(
-            "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{servers}]\n"
+            "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{servers}]\n{extra}"
         ))
         .unwrap()
     }
@@ -456,5 +460,41 @@ mod tests {
         drop(guard);
         assert_eq!(after.pools[0].upstreams[0].stats.in_flight(), 0);
         assert_eq!(rt.lock().servers.len(), 1, "removed server's state is dropped");
+    }
+
+    #[test]
+    fn the_retry_budget_allows_a_share_of_requests_in_flight_and_a_floor() {
+        let rt = Runtime::new(config_with(
+            r#"{ name = "a", addr = "127.0.0.1:1" }"#,
+            "[pools.web.retry]\nbudget_percent = 20\nbudget_min = 1\n",
+        ));
+        let snap = rt.snapshot();
+        let pool = &snap.pools[0];
+        let first = pool.retry_slot().expect("the floor allows one");
+        assert!(pool.retry_slot().is_none(), "no requests in flight: only the floor");
+        let load: Vec<_> = (0..10).map(|_| pool.begin(&pool.upstreams[0])).collect();
+        let second = pool.retry_slot().expect("20% of 10 in flight is 2");
+        assert!(pool.retry_slot().is_none());
+        drop((first, second, load));
+        assert_eq!(pool.stats.retries.load(Ordering::Relaxed), 0, "slots are given back");
+    }
+
+    #[test]
+    fn health_state_survives_a_reload_and_removed_checks_release_it() {
+        let checked = "[pools.web.health]\ntype = \"tcp\"\ninitial = \"down\"\n";
+        let rt = Runtime::new(config_with(r#"{ name = "a", addr = "127.0.0.1:1" }"#, checked));
+        assert!(!rt.snapshot().pools[0].upstreams[0].is_ready(), "starts down until checks pass");
+        rt.snapshot().pools[0].upstreams[0].stats.health.set_ejected(true);
+        let next = rt.apply(config_with(r#"{ name = "a", addr = "127.0.0.1:2" }"#, checked));
+        let a = &next.pools[0].upstreams[0];
+        assert!(a.stats.health.is_down() && a.stats.health.is_ejected(), "same server, same state");
+        // Reconciling a snapshot without checks clears their verdict (ejection runs its own course).
+        let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio.block_on(async {
+            rt.start_health_checks();
+            let last = rt.apply(config(r#"{ name = "a", addr = "127.0.0.1:2" }"#));
+            assert!(!last.pools[0].upstreams[0].stats.health.is_down());
+            rt.stop_health_checks();
+        });
     }
 }

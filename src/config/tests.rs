@@ -304,3 +304,53 @@ fn overlapping_listen_addresses_are_refused() {
         "{admin:?}"
     );
 }
+
+#[test]
+fn health_options_get_defaults_and_are_parsed() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    let p = &c.pools[0];
+    assert_eq!((p.health.as_ref(), p.passive, p.slow_start), (None, Some(Passive::default()), None));
+    assert_eq!((p.retry, p.limits), (Retry::default(), PoolLimits::default()));
+    let src = format!(
+        "{MINIMAL}slow_start = \"30s\"\n[pools.web.health]\npath = \"/hz\"\nexpect = [\"200\", \"300-302\"]\n\
+         rise = 1\ninitial = \"down\"\n[pools.web.passive]\non = [\"5xx\", \"reset\"]\nconsecutive = 2\n\
+         [pools.web.retry]\nattempts = 0\n[pools.web.limits]\nmax_requests = 10\nqueue = 0\n"
+    );
+    let c = Config::from_toml(&src).unwrap();
+    let p = &c.pools[0];
+    let h = p.health.as_ref().unwrap();
+    assert_eq!((h.rise, h.fall, h.start_up, h.interval), (1, 3, false, std::time::Duration::from_secs(2)));
+    let CheckKind::Http(http) = &h.kind else { panic!("http check expected") };
+    assert_eq!((http.path.as_str(), http.expect.clone()), ("/hz", vec![(200, 200), (300, 302)]));
+    assert!(http.accepts(301) && !http.accepts(204));
+    let passive = p.passive.unwrap();
+    assert_eq!(passive.consecutive, 2);
+    assert!(passive.on.status_5xx && passive.on.reset && !passive.on.connect && !passive.on.timeout);
+    assert_eq!(p.slow_start, Some(std::time::Duration::from_secs(30)));
+    assert_eq!((p.retry.attempts, p.limits.max_requests, p.limits.queue), (0, Some(10), 0));
+}
+
+#[test]
+fn health_option_mistakes_are_reported_with_their_keys() {
+    let src = format!(
+        "{MINIMAL}[pools.web.health]\ntype = \"tcp\"\npath = \"/\"\nrise = 0\ninterval = \"0s\"\nbogus = 1\n\
+         [pools.web.passive]\non = [\"5xx\", \"teapot\"]\nbase_ejection = \"1m\"\nmax_ejection = \"10s\"\n\
+         max_ejected_percent = 101\n[pools.web.limits]\nmax_connections = 0\n"
+    );
+    let got = issues(&src);
+    for expected in [
+        "pools.web.health.path: only applies to type = \"http\"",
+        "pools.web.health.rise: 0 is out of range 1..=100",
+        "pools.web.health.interval: must be greater than zero",
+        "pools.web.health.bogus: unknown key",
+        "pools.web.passive.on: \"teapot\": expected",
+        "pools.web.passive.max_ejection: must not be shorter than base_ejection",
+        "pools.web.passive.max_ejected_percent: 101 is out of range 0..=100",
+        "pools.web.limits.max_connections: 0 is out of range 1..=1000000",
+    ] {
+        assert!(got.iter().any(|g| g.contains(expected)), "missing {expected:?} in {got:?}");
+    }
+    let expect = issues(&format!("{MINIMAL}[pools.web.health]\nexpect = [\"2xx\", \"300-200\"]\n"));
+    assert_eq!(expect.len(), 2, "{expect:?}");
+    assert!(expect[0].contains("pools.web.health.expect: \"2xx\""), "{expect:?}");
+}
