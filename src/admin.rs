@@ -148,7 +148,7 @@ pub fn status(snap: &Snapshot) -> serde_json::Value {
 
 /// `up`, `down` (active checks fail), `ejected` (passive checks) or `down+ejected`.
 fn health_state(u: &crate::upstream::Upstream) -> &'static str {
-    match (u.stats.health.is_down(), u.stats.health.is_ejected()) {
+    match (u.checked && u.stats.health.is_down(), u.stats.health.is_ejected()) {
         (false, false) => "up",
         (true, false) => "down",
         (false, true) => "ejected",

@@ -146,13 +146,13 @@ impl Pool {
         &self,
         client: SocketAddr,
         parts: &http::request::Parts,
-    ) -> Result<Choice<'_>, NoServer> {
+    ) -> Result<(Choice<'_>, InFlight), NoServer> {
         if !self.may_queue() {
             return Err(NoServer::NoneReady);
         }
         let stats = &self.stats;
-        if stats.queued.fetch_add(1, Ordering::AcqRel) >= self.limits.queue {
-            stats.queued.fetch_sub(1, Ordering::AcqRel);
+        if stats.queued.fetch_add(1, Ordering::SeqCst) >= self.limits.queue {
+            stats.queued.fetch_sub(1, Ordering::SeqCst);
             crate::metrics::queue_rejected(&self.name, "full");
             return Err(NoServer::QueueFull);
         }
@@ -163,22 +163,64 @@ impl Pool {
             let freed = stats.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(choice) = self.choose(client, parts) {
-                return Ok(choice);
+            if let Some(claimed) = self.claim_now(client, parts) {
+                return Ok(claimed);
             }
             if !self.may_queue() {
                 return Err(NoServer::NoneReady);
             }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+            if tokio::time::Instant::now() >= deadline {
                 crate::metrics::queue_rejected(&self.name, "timeout");
                 return Err(NoServer::QueueTimeout(self.limits.queue_timeout));
             }
+            // Woken by a request that ended; also look again now and then, for room that appears
+            // without one ending (a server coming back, a reload raising a limit).
+            let _ =
+                tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + QUEUE_POLL), freed).await;
         }
     }
 
-    /// Counts a request on `upstream` and in the pool until the returned guard drops.
-    pub fn begin(&self, upstream: &Upstream) -> InFlight {
-        upstream.stats.begin(&self.stats)
+    /// Chooses a server and reserves a slot on it (its request limit is checked and taken in one
+    /// atomic step). `None` when no server has room, or when requests are already queued (they go
+    /// first: the caller then queues behind them).
+    pub fn claim(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<(Choice<'_>, InFlight)> {
+        if self.limited && self.stats.queued.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        self.claim_now(client, parts)
+    }
+
+    fn claim_now(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<(Choice<'_>, InFlight)> {
+        let choice = self.choose(client, parts)?;
+        match self.begin(choice.upstream) {
+            Some(guard) => Some((choice, guard)),
+            // Another request took the last slot between the pick and the reservation.
+            None => self.claim_other(client, parts, &[choice.index]),
+        }
+    }
+
+    /// Like [`Pool::choose_other`], with a reserved slot on the chosen server.
+    pub fn claim_other(
+        &self,
+        client: SocketAddr,
+        parts: &http::request::Parts,
+        tried: &[usize],
+    ) -> Option<(Choice<'_>, InFlight)> {
+        let mut exclude = tried.to_vec();
+        while exclude.len() < self.upstreams.len() + tried.len() {
+            let choice = self.choose_other(client, parts, &exclude)?;
+            match self.begin(choice.upstream) {
+                Some(guard) => return Some((choice, guard)),
+                None => exclude.push(choice.index),
+            }
+        }
+        None
+    }
+
+    /// Counts a request on `upstream` and in the pool until the returned guard drops; `None` when the
+    /// server is at its request limit.
+    pub fn begin(&self, upstream: &Upstream) -> Option<InFlight> {
+        upstream.stats.try_begin(&self.stats, upstream.max_in_flight)
     }
 
     /// Records an attempt's outcome for passive checks (when the pool has them).
@@ -187,7 +229,7 @@ impl Pool {
             let view = passive::PoolView {
                 cfg,
                 stats: &self.stats,
-                servers: self.upstreams.len(),
+                servers: &self.upstreams,
                 slow_start: self.slow_start,
             };
             passive::observe(view, upstream, outcome);
@@ -212,6 +254,9 @@ impl Pool {
         }
     }
 }
+
+/// How often a queued request looks for room when no request ended.
+const QUEUE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why a request got no server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,7 +350,7 @@ impl Runtime {
     /// inside a tokio runtime; checks stop with [`Runtime::stop_health_checks`].
     pub fn start_health_checks(&self) {
         let mut registry = self.lock();
-        let checks = registry.checks.get_or_insert_with(Checks::default);
+        let checks = registry.checks.get_or_insert_with(|| Checks::new(tokio::runtime::Handle::current()));
         checks.reconcile(&self.current.load());
     }
 
@@ -391,6 +436,7 @@ fn build(config: Config, generation: u64, registry: &mut Registry, generated_sec
                         authority,
                         weight: s.weight,
                         max_in_flight,
+                        checked: pool.health.is_some(),
                         stats: Arc::clone(stats),
                         metrics: ServerMetrics::new(&pool.name, &s.name),
                     }))
@@ -453,7 +499,7 @@ mod tests {
             r#"{ name = "a", addr = "127.0.0.1:1" }, { name = "b", addr = "127.0.0.1:2" }"#,
         ));
         let before = rt.snapshot();
-        let guard = before.pools[0].begin(&before.pools[0].upstreams[0]);
+        let guard = before.pools[0].begin(&before.pools[0].upstreams[0]).unwrap();
         let after = rt.apply(config(r#"{ name = "a", addr = "127.0.0.1:3", weight = 5 }"#));
         assert_eq!(after.generation, 2);
         assert_eq!(after.pools[0].upstreams[0].stats.in_flight(), 1, "same stats re-attached by name");
@@ -472,7 +518,7 @@ mod tests {
         let pool = &snap.pools[0];
         let first = pool.retry_slot().expect("the floor allows one");
         assert!(pool.retry_slot().is_none(), "no requests in flight: only the floor");
-        let load: Vec<_> = (0..10).map(|_| pool.begin(&pool.upstreams[0])).collect();
+        let load: Vec<_> = (0..10).map(|_| pool.begin(&pool.upstreams[0]).unwrap()).collect();
         let second = pool.retry_slot().expect("20% of 10 in flight is 2");
         assert!(pool.retry_slot().is_none());
         drop((first, second, load));
@@ -488,12 +534,14 @@ mod tests {
         let next = rt.apply(config_with(r#"{ name = "a", addr = "127.0.0.1:2" }"#, checked));
         let a = &next.pools[0].upstreams[0];
         assert!(a.stats.health.is_down() && a.stats.health.is_ejected(), "same server, same state");
-        // Reconciling a snapshot without checks clears their verdict (ejection runs its own course).
+        // A pool whose checks were removed ignores their last verdict.
         let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         tokio.block_on(async {
             rt.start_health_checks();
             let last = rt.apply(config(r#"{ name = "a", addr = "127.0.0.1:2" }"#));
-            assert!(!last.pools[0].upstreams[0].stats.health.is_down());
+            let a = &last.pools[0].upstreams[0];
+            a.stats.health.set_ejected(false);
+            assert!(a.stats.health.is_down() && a.is_ready(), "a DOWN verdict without checks does not count");
             rt.stop_health_checks();
         });
     }

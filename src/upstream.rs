@@ -43,6 +43,19 @@ impl UpstreamStats {
         pool.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight { server: Arc::clone(self), pool: Arc::clone(pool) }
     }
+
+    /// Like [`UpstreamStats::begin`], but only while fewer than `max` requests are in flight: the slot
+    /// is reserved atomically, so concurrent requests can never exceed the limit.
+    pub fn try_begin(self: &Arc<Self>, pool: &Arc<PoolStats>, max: usize) -> Option<InFlight> {
+        if max == usize::MAX {
+            return Some(self.begin(pool));
+        }
+        self.in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()?;
+        pool.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight { server: Arc::clone(self), pool: Arc::clone(pool) })
+    }
 }
 
 /// Live state of one pool, shared by every snapshot that contains it (by pool name). Lock-free on the
@@ -79,10 +92,13 @@ pub struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // SeqCst pairs with the queue's increment of `queued` and its look at `in_flight`
+        // (`Pool::wait_for_room`): either this sees the queued request, or it sees the free slot.
+        // Both are plain instructions on x86 (a locked add and a load).
+        self.server.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.pool.in_flight.fetch_sub(1, Ordering::Relaxed);
         // Wake one queued request (circuit breaking): this server may now be below its limit.
-        if self.pool.queued.load(Ordering::Relaxed) > 0 {
+        if self.pool.queued.load(Ordering::SeqCst) > 0 {
             self.pool.freed.notify_one();
         }
     }
@@ -101,6 +117,8 @@ pub struct Upstream {
     pub weight: u32,
     /// Most requests in flight here (circuit breaking); `usize::MAX` when unlimited.
     pub max_in_flight: usize,
+    /// Whether the pool runs active checks: their DOWN verdict counts only then.
+    pub checked: bool,
     /// Live state shared across snapshots.
     pub stats: Arc<UpstreamStats>,
     /// Metric handles (requests by status class, upstream response time).
@@ -111,11 +129,13 @@ impl Upstream {
     /// Whether strategies may send a new request here: healthy and below its limits. Read lock-free
     /// on every pick.
     pub fn is_ready(&self) -> bool {
-        self.is_healthy() && (self.max_in_flight == usize::MAX || self.stats.in_flight() < self.max_in_flight)
+        self.is_healthy()
+            && (self.max_in_flight == usize::MAX
+                || self.stats.in_flight.load(Ordering::SeqCst) < self.max_in_flight)
     }
 
     /// Whether the server may take traffic at all (weight above 0, up, not ejected), limits aside.
     pub fn is_healthy(&self) -> bool {
-        self.weight > 0 && self.stats.health.is_up()
+        self.weight > 0 && self.stats.health.admits(self.checked)
     }
 }

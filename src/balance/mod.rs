@@ -74,12 +74,17 @@ pub trait Strategy: Send + Sync + fmt::Debug {
 
     /// A ready server not in `exclude` (for a retry, or to turn away from a server warming up), or
     /// `None`. By default the strategy's own choice if it avoids `exclude` within a few picks, else
-    /// the first ready server in pool order that does.
+    /// the least loaded of the others, scanning from just after the first excluded server (so a
+    /// strategy that keeps choosing the excluded one, as least-connection does with a warming
+    /// server, does not pour its traffic onto the first server of the pool).
     fn pick_other(&self, ctx: &PickCtx<'_>, ups: Upstreams<'_>, exclude: &[usize]) -> Option<usize> {
-        (0..3)
-            .filter_map(|_| self.pick(ctx, ups))
-            .find(|i| !exclude.contains(i))
-            .or_else(|| ups.ready().map(|(i, _)| i).find(|i| !exclude.contains(i)))
+        if let Some(i) = (0..3).filter_map(|_| self.pick(ctx, ups)).find(|i| !exclude.contains(i)) {
+            return Some(i);
+        }
+        let n = ups.len();
+        let start = exclude.first().map_or(0, |&i| (i + 1) % n.max(1));
+        let order = (start..n).chain(0..start).filter(|i| !exclude.contains(i));
+        least_conn::least_loaded(order, ups)
     }
 }
 
@@ -114,6 +119,7 @@ pub(crate) mod testing {
             addr,
             weight,
             max_in_flight: usize::MAX,
+            checked: false,
             stats: Arc::new(UpstreamStats::default()),
             metrics: crate::metrics::ServerMetrics::new("p", name),
         })

@@ -218,6 +218,10 @@ pub(super) fn passive(base: &str, raw: Option<&RawPassive>, out: &mut Issues<'_>
     let consecutive = count(&key("consecutive"), raw.consecutive, 1, 1000, d.consecutive, out);
     let on = match &raw.on {
         None => d.on,
+        Some(list) if list.is_empty() => {
+            out.push(key("on"), "must list at least one of \"connect\", \"timeout\", \"reset\", \"5xx\" (or set enabled = false)");
+            d.on
+        }
         Some(list) => {
             let mut kinds = FailureKinds { connect: false, timeout: false, reset: false, status_5xx: false };
             for item in list {
@@ -243,6 +247,14 @@ pub(super) fn passive(base: &str, raw: Option<&RawPassive>, out: &mut Issues<'_>
     let max_ejected_percent =
         count(&key("max_ejected_percent"), raw.max_ejected_percent, 0, 100, d.max_ejected_percent, out);
     let passive = Passive { consecutive, on, base_ejection, max_ejection, max_ejected_percent };
+    let others = raw.consecutive.is_some()
+        || raw.on.is_some()
+        || raw.base_ejection.is_some()
+        || raw.max_ejection.is_some()
+        || raw.max_ejected_percent.is_some();
+    if raw.enabled == Some(false) && others {
+        out.push(key("enabled"), "is false, so the other passive keys would have no effect: remove them");
+    }
     (raw.enabled != Some(false)).then_some(passive)
 }
 
@@ -279,6 +291,29 @@ pub(super) fn per_server(path: &str, value: Option<i64>, out: &mut Issues<'_>) -
     }
     out.push(path, format!("{v} is out of range 1..=1000000"));
     None
+}
+
+/// Reports options that could never take effect in this pool: a queue without limits to wait for,
+/// a slow start with nothing that takes servers out and lets them back.
+pub(super) fn check_combination(base: &str, raw: &RawPool, pool: &super::PoolConfig, out: &mut Issues<'_>) {
+    let limited = pool.limits.max_requests.is_some()
+        || pool.limits.max_connections.is_some()
+        || pool.servers.iter().any(|s| s.max_requests.is_some() || s.max_connections.is_some());
+    if let Some(limits) = &raw.limits {
+        for (key, set) in
+            [("queue", limits.queue.is_some()), ("queue_timeout", limits.queue_timeout.is_some())]
+        {
+            if set && !limited {
+                out.push(format!("{base}.limits.{key}"), "only applies with max_requests or max_connections");
+            }
+        }
+    }
+    if pool.slow_start.is_some() && pool.health.is_none() && pool.passive.is_none() {
+        out.push(
+            format!("{base}.slow_start"),
+            "has no effect without [health] checks or passive ejection: servers never come back",
+        );
+    }
 }
 
 /// Validates `slow_start`: a duration, `"0s"` (default) meaning off.

@@ -350,6 +350,17 @@ fn health_option_mistakes_are_reported_with_their_keys() {
     ] {
         assert!(got.iter().any(|g| g.contains(expected)), "missing {expected:?} in {got:?}");
     }
+    let useless = issues(&format!(
+        "{MINIMAL}slow_start = \"5s\"\n[pools.web.passive]\nenabled = false\nconsecutive = 3\n\
+         [pools.web.limits]\nqueue = 5\n"
+    ));
+    for expected in [
+        "pools.web.slow_start: has no effect",
+        "pools.web.passive.enabled: is false",
+        "pools.web.limits.queue: only applies with max_requests or max_connections",
+    ] {
+        assert!(useless.iter().any(|g| g.contains(expected)), "missing {expected:?} in {useless:?}");
+    }
     let expect = issues(&format!("{MINIMAL}[pools.web.health]\nexpect = [\"2xx\", \"300-200\"]\n"));
     assert_eq!(expect.len(), 2, "{expect:?}");
     assert!(expect[0].contains("pools.web.health.expect: \"2xx\""), "{expect:?}");

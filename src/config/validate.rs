@@ -211,7 +211,7 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
         }
     };
     let sticky = raw.sticky.as_ref().map(|st| sticky(&base, name, st, out));
-    PoolConfig {
+    let pool = PoolConfig {
         name: name.to_owned(),
         strategy,
         servers,
@@ -223,7 +223,9 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
         slow_start: health::slow_start(&base, raw, out),
         retry: health::retry(&base, raw.retry.as_ref(), out),
         limits: health::limits(&base, raw.limits.as_ref(), out),
-    }
+    };
+    health::check_combination(&base, raw, &pool, out);
+    pool
 }
 
 /// A server address is `host:port`: an IP literal or a DNS name, a port, nothing else.

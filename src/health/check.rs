@@ -41,8 +41,11 @@ pub async fn run(target: Target) {
             Ok(()) => pass.increment(1),
             Err(_) => fail.increment(1),
         }
-        let Some(up) = verdict.observe(result.is_ok()) else { continue };
-        stats.health.set_down(!up);
+        let flipped = verdict.observe(result.is_ok());
+        // Re-asserted on every check, not only on a flip: the state is this task's alone, and a task
+        // replaced at a reload may have written once more after this one read it.
+        stats.health.set_down(!verdict.is_up());
+        let Some(up) = flipped else { continue };
         if up {
             tracing::info!(pool = %key.pool, server = %key.name, passes = check.rise, "server up: health checks pass");
             if stats.health.is_up() {

@@ -64,6 +64,17 @@ impl Health {
         self.state.load(Ordering::Relaxed) == 0
     }
 
+    /// Whether the server may take traffic: not ejected, and not down by active checks if `checked`
+    /// (a DOWN verdict left over from checks a reload removed does not count).
+    pub fn admits(&self, checked: bool) -> bool {
+        let state = self.state.load(Ordering::Relaxed);
+        if checked {
+            state == 0
+        } else {
+            state & EJECTED == 0
+        }
+    }
+
     /// Whether active checks hold the server down.
     pub fn is_down(&self) -> bool {
         self.state.load(Ordering::Relaxed) & DOWN != 0

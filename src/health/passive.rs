@@ -55,7 +55,7 @@ pub fn ejection_time(cfg: &Passive, nth: u32) -> Duration {
     cfg.base_ejection.checked_mul(factor).map_or(cfg.max_ejection, |t| t.min(cfg.max_ejection))
 }
 
-/// How many of `servers` may be ejected at once.
+/// How many of `servers` (those that could serve: weight above 0, not down) may be ejected at once.
 pub fn ejection_cap(cfg: &Passive, servers: usize) -> usize {
     servers * cfg.max_ejected_percent as usize / 100
 }
@@ -67,8 +67,8 @@ pub struct PoolView<'a> {
     pub cfg: &'a Passive,
     /// Its shared state (ejected count).
     pub stats: &'a Arc<PoolStats>,
-    /// How many servers it has.
-    pub servers: usize,
+    /// Its servers.
+    pub servers: &'a [Arc<Upstream>],
     /// Its slow-start time, for servers coming back.
     pub slow_start: Option<Duration>,
 }
@@ -93,7 +93,11 @@ pub fn observe(pool: PoolView<'_>, server: &Upstream, outcome: Outcome) {
 
 fn eject(pool: PoolView<'_>, server: &Upstream, failures: u32, last: Outcome) {
     let (name, pool_name) = (&server.key.name, &server.key.pool);
-    let cap = ejection_cap(pool.cfg, pool.servers);
+    // The cap counts servers that could serve (weight above 0 and not down by active checks), ejected
+    // ones included, so drained or dead servers never let passive checks take the last live one.
+    let eligible =
+        pool.servers.iter().filter(|u| u.weight > 0 && (!u.checked || !u.stats.health.is_down())).count();
+    let cap = ejection_cap(pool.cfg, eligible);
     let room =
         pool.stats.ejected.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1));
     if room.is_err() {
@@ -137,6 +141,8 @@ struct Return {
 impl Return {
     async fn after(self, time: Duration) {
         tokio::time::sleep(time).await;
+        // Failures counted while ejected came from requests already under way: start afresh.
+        self.stats.health.failures.store(0, Ordering::Relaxed);
         self.stats.health.set_ejected(false);
         self.pool.ejected.fetch_sub(1, Ordering::AcqRel);
         tracing::info!(pool = %self.key.pool, server = %self.key.name, "ejection over: server takes traffic again");
@@ -159,8 +165,8 @@ mod tests {
         Passive { consecutive: 3, ..Passive::default() }
     }
 
-    fn view<'a>(cfg: &'a Passive, stats: &'a Arc<PoolStats>, n: usize) -> PoolView<'a> {
-        PoolView { cfg, stats, servers: n, slow_start: None }
+    fn view<'a>(cfg: &'a Passive, stats: &'a Arc<PoolStats>, servers: &'a [Arc<Upstream>]) -> PoolView<'a> {
+        PoolView { cfg, stats, servers, slow_start: None }
     }
 
     #[test]
@@ -181,14 +187,14 @@ mod tests {
     async fn ejects_after_consecutive_failures_and_lets_back_after_the_time() {
         let (cfg, stats, ups) = (cfg(), Arc::new(PoolStats::default()), servers(&[1, 1]));
         let s = &ups[0];
-        observe(view(&cfg, &stats, 2), s, Outcome::Connect);
-        observe(view(&cfg, &stats, 2), s, Outcome::Connect);
-        observe(view(&cfg, &stats, 2), s, Outcome::Success);
-        observe(view(&cfg, &stats, 2), s, Outcome::Timeout);
-        observe(view(&cfg, &stats, 2), s, Outcome::Reset); // not counted by default: no change
-        observe(view(&cfg, &stats, 2), s, Outcome::Connect);
+        observe(view(&cfg, &stats, &ups), s, Outcome::Connect);
+        observe(view(&cfg, &stats, &ups), s, Outcome::Connect);
+        observe(view(&cfg, &stats, &ups), s, Outcome::Success);
+        observe(view(&cfg, &stats, &ups), s, Outcome::Timeout);
+        observe(view(&cfg, &stats, &ups), s, Outcome::Reset); // not counted by default: no change
+        observe(view(&cfg, &stats, &ups), s, Outcome::Connect);
         assert!(s.is_ready(), "a success broke the streak");
-        observe(view(&cfg, &stats, 2), s, Outcome::Connect);
+        observe(view(&cfg, &stats, &ups), s, Outcome::Connect);
         assert!(!s.is_ready() && s.stats.health.is_ejected());
         assert_eq!(stats.ejected.load(Ordering::Relaxed), 1);
 
@@ -200,7 +206,7 @@ mod tests {
 
         // A second ejection soon after lasts twice as long.
         for _ in 0..3 {
-            observe(view(&cfg, &stats, 2), s, Outcome::Connect);
+            observe(view(&cfg, &stats, &ups), s, Outcome::Connect);
         }
         tokio::time::sleep(Duration::from_millis(59_990)).await;
         assert!(s.stats.health.is_ejected(), "second ejection: 60s");
@@ -217,10 +223,20 @@ mod tests {
         let (cfg, stats, ups) = (cfg(), Arc::new(PoolStats::default()), servers(&[1, 1, 1, 1]));
         for s in ups.iter() {
             for _ in 0..10 {
-                observe(view(&cfg, &stats, 4), s, Outcome::Connect);
+                observe(view(&cfg, &stats, &ups), s, Outcome::Connect);
             }
         }
         assert_eq!(ups.iter().filter(|s| s.stats.health.is_ejected()).count(), 2, "50% of 4");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drained_servers_do_not_count_toward_the_cap() {
+        let (cfg, stats) = (cfg(), Arc::new(PoolStats::default()));
+        let ups = servers(&[1, 0]);
+        for _ in 0..10 {
+            observe(view(&cfg, &stats, &ups), &ups[0], Outcome::Connect);
+        }
+        assert!(ups[0].is_ready(), "the only server with a weight is never ejected");
     }
 
     #[tokio::test(start_paused = true)]
@@ -229,12 +245,12 @@ mod tests {
         let ups = servers(&[1, 1]);
         let mut cfg = cfg();
         for _ in 0..5 {
-            observe(view(&cfg, &stats, 2), &ups[0], Outcome::Status5xx);
+            observe(view(&cfg, &stats, &ups), &ups[0], Outcome::Status5xx);
         }
         assert!(ups[0].is_ready());
         cfg.on.status_5xx = true;
         for _ in 0..3 {
-            observe(view(&cfg, &stats, 2), &ups[0], Outcome::Status5xx);
+            observe(view(&cfg, &stats, &ups), &ups[0], Outcome::Status5xx);
         }
         assert!(!ups[0].is_ready());
     }

@@ -9,24 +9,26 @@ use std::collections::HashMap;
 use tokio::task::AbortHandle;
 
 /// The running check tasks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Checks {
+    /// The runtime the tasks run on, so a reconcile may come from any thread.
+    runtime: tokio::runtime::Handle,
     tasks: HashMap<UpstreamKey, (Target, AbortHandle)>,
 }
 
 impl Checks {
-    /// Brings the tasks in line with `snap`. Must run inside a tokio runtime.
+    /// No tasks yet; they will run on `runtime`.
+    pub fn new(runtime: tokio::runtime::Handle) -> Self {
+        Self { runtime, tasks: HashMap::new() }
+    }
+
+    /// Brings the tasks in line with `snap`. A pool without checks ignores their old DOWN verdicts
+    /// (`Upstream::checked`), so nothing needs clearing here.
     pub fn reconcile(&mut self, snap: &Snapshot) {
         let mut wanted = HashMap::new();
         for pool in snap.pools.iter() {
             for u in pool.upstreams.iter() {
-                let Some(check) = &pool.health else {
-                    // Checks were removed from the pool: their last verdict no longer holds.
-                    if u.stats.health.set_down(false) && u.stats.health.is_up() {
-                        super::came_back(&u.stats, pool.slow_start);
-                    }
-                    continue;
-                };
+                let Some(check) = &pool.health else { continue };
                 let target = Target {
                     key: u.key.clone(),
                     addr: u.addr.clone(),
@@ -46,7 +48,7 @@ impl Checks {
         });
         for (key, target) in wanted {
             if let std::collections::hash_map::Entry::Vacant(slot) = self.tasks.entry(key) {
-                let handle = tokio::spawn(check::run(target.clone())).abort_handle();
+                let handle = self.runtime.spawn(check::run(target.clone())).abort_handle();
                 slot.insert((target, handle));
             }
         }

@@ -26,12 +26,54 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Connection limits by upstream address (`host:port` as configured), swapped with each snapshot.
 #[derive(Debug, Default)]
 pub struct ConnLimits {
-    by_addr: ArcSwap<HashMap<String, (usize, Arc<Semaphore>)>>,
+    by_addr: ArcSwap<HashMap<String, Arc<AddrLimit>>>,
+}
+
+/// One address's connection limit: a permit per open connection.
+#[derive(Debug)]
+struct AddrLimit {
+    limit: std::sync::atomic::AtomicUsize,
+    sem: Arc<Semaphore>,
+    /// Permits to destroy as connections close, after a reload lowered the limit below the number
+    /// of connections then open.
+    deficit: std::sync::atomic::AtomicUsize,
+}
+
+impl AddrLimit {
+    fn new(limit: usize) -> Self {
+        Self { limit: limit.into(), sem: Arc::new(Semaphore::new(limit)), deficit: 0.into() }
+    }
+
+    /// Moves to `limit` keeping the count of open connections: raising adds permits, lowering
+    /// destroys free permits now and the rest as connections close.
+    fn resize(&self, limit: usize) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let old = self.limit.swap(limit, AcqRel);
+        if limit > old {
+            let more = limit - old;
+            // A pending deficit is cancelled first; only the rest becomes new permits.
+            let pending = self.deficit.fetch_update(AcqRel, Acquire, |d| Some(d - d.min(more))).unwrap_or(0);
+            self.sem.add_permits(more - pending.min(more));
+        } else if limit < old {
+            let fewer = old - limit;
+            let forgotten = self.sem.forget_permits(fewer);
+            self.deficit.fetch_add(fewer - forgotten, AcqRel);
+        }
+    }
+
+    /// A closing connection's permit: destroyed if the limit was lowered meanwhile, else returned.
+    fn release(&self, permit: OwnedSemaphorePermit) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        if self.deficit.fetch_update(AcqRel, Acquire, |d| d.checked_sub(1)).is_ok() {
+            permit.forget();
+        }
+    }
 }
 
 impl ConnLimits {
-    /// Takes the limits of `snap`'s servers; an address whose limit is unchanged keeps its semaphore
-    /// (and so its count of open connections). Servers sharing an address share the smallest limit.
+    /// Takes the limits of `snap`'s servers; an address keeps its semaphore (and so its count of
+    /// open connections) across reloads, resized if its limit changed. Servers sharing an address
+    /// share the smallest limit.
     pub fn update(&self, snap: &crate::runtime::Snapshot) {
         let old = self.by_addr.load();
         let mut wanted: HashMap<String, usize> = HashMap::new();
@@ -46,18 +88,21 @@ impl ConnLimits {
         let next = wanted
             .into_iter()
             .map(|(addr, limit)| {
-                let sem = match old.get(&addr) {
-                    Some((l, sem)) if *l == limit => Arc::clone(sem),
-                    _ => Arc::new(Semaphore::new(limit)),
+                let entry = match old.get(&addr) {
+                    Some(existing) => {
+                        existing.resize(limit);
+                        Arc::clone(existing)
+                    }
+                    None => Arc::new(AddrLimit::new(limit)),
                 };
-                (addr, (limit, sem))
+                (addr, entry)
             })
             .collect();
         self.by_addr.store(Arc::new(next));
     }
 
-    fn get(&self, addr: &str) -> Option<Arc<Semaphore>> {
-        self.by_addr.load().get(addr).map(|(_, sem)| Arc::clone(sem))
+    fn get(&self, addr: &str) -> Option<Arc<AddrLimit>> {
+        self.by_addr.load().get(addr).map(Arc::clone)
     }
 }
 
@@ -86,12 +131,15 @@ impl CountingConnector {
 pub struct Counted {
     io: TokioIo<TcpStream>,
     open: metrics::Gauge,
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<(OwnedSemaphorePermit, Arc<AddrLimit>)>,
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
         self.open.decrement(1.0);
+        if let Some((permit, limit)) = self.permit.take() {
+            limit.release(permit);
+        }
     }
 }
 
@@ -111,18 +159,19 @@ impl tower::Service<http::Uri> for CountingConnector {
         let mut inner = self.inner.clone();
         Box::pin(async move {
             let permit = match limit {
-                Some(sem) => Some(
-                    tokio::time::timeout(wait, sem.acquire_owned())
+                Some(limit) => {
+                    let permit = tokio::time::timeout(wait, Arc::clone(&limit.sem).acquire_owned())
                         .await
                         .map_err(|_| AtConnectionLimit(wait))?
-                        .map_err(|_| AtConnectionLimit(wait))?,
-                ),
+                        .map_err(|_| AtConnectionLimit(wait))?;
+                    Some((permit, limit))
+                }
                 None => None,
             };
             let io = inner.call(uri).await?;
             let open = metrics::gauge!(crate::metrics::UPSTREAM_CONNECTIONS, "addr" => addr);
             open.increment(1.0);
-            Ok(Counted { io, open, _permit: permit })
+            Ok(Counted { io, open, permit })
         })
     }
 }
@@ -162,5 +211,28 @@ impl Write for Counted {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lowered_limit_holds_once_the_extra_connections_close() {
+        let limit = Arc::new(AddrLimit::new(3));
+        let held: Vec<_> = (0..3).map(|_| Arc::clone(&limit.sem).try_acquire_owned().unwrap()).collect();
+        limit.resize(1);
+        for permit in held {
+            limit.release(permit);
+        }
+        assert_eq!(limit.sem.available_permits(), 1, "three closed, limit 1");
+        limit.resize(4);
+        assert_eq!(limit.sem.available_permits(), 4);
+        let one = Arc::clone(&limit.sem).try_acquire_owned().unwrap();
+        limit.resize(2);
+        assert_eq!(limit.sem.available_permits(), 1, "one open, one free");
+        limit.release(one);
+        assert_eq!(limit.sem.available_permits(), 2);
     }
 }

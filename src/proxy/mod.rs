@@ -256,8 +256,9 @@ async fn forward(
     let pool_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
     let pool = snap.pools.get(pool_index).ok_or(ProxyError::NoRoute)?;
     trace.pool = Some(pool_index);
-    let mut choice = match pool.choose(client, &parts) {
-        Some(choice) => choice,
+    // A reserved slot on the chosen server (its in-flight guard), or a wait in the pool's queue.
+    let (mut choice, mut guard) = match pool.claim(client, &parts) {
+        Some(claimed) => claimed,
         None => pool.wait_for_room(client, &parts).await.map_err(|why| no_server(pool, why))?,
     };
     if parts.version == Version::HTTP_2 {
@@ -308,7 +309,6 @@ async fn forward(
     let mut _retrying = None;
     let (mut resp, guard) = loop {
         let upstream = choice.upstream;
-        let guard = pool.begin(upstream);
         // Recorded before the attempt, so a failure is counted and logged against this server.
         trace.server = Some(choice.index);
         parts.uri = upstream_uri(&target, &upstream.authority)?;
@@ -353,7 +353,9 @@ async fn forward(
             return Err(failure);
         }
         tried.push(choice.index);
-        let Some(next) = pool.choose_other(client, head, &tried) else { return Err(failure) };
+        let Some((next, next_guard)) = pool.claim_other(client, head, &tried) else { return Err(failure) };
+        // This request's previous retry, if any, is over: its slot goes back before taking another.
+        _retrying = None;
         let Some(slot) = pool.retry_slot() else {
             tracing::warn!(%client, error = %failure, pool = %pool.name, "not retried: retry budget spent");
             return Err(failure);
@@ -361,7 +363,7 @@ async fn forward(
         tracing::warn!(%client, error = %failure, to = %who(next.upstream), "retrying on another server");
         pool.metrics.retries.increment(1);
         _retrying = Some(slot);
-        (parts, body, choice) = (copy_head(head), next_body, next);
+        (parts, body, choice, guard) = (copy_head(head), next_body, next, next_guard);
     };
     let upstream = choice.upstream;
 
