@@ -3,7 +3,7 @@
 
 use super::duration;
 use super::raw::{RawHealth, RawPassive, RawPool, RawPoolLimits, RawRetry};
-use super::validate::Issues;
+use super::validate::{count, positive, Issues};
 use std::time::Duration;
 
 /// Active health checks of a pool: `[pools.NAME.health]`.
@@ -135,8 +135,8 @@ pub(super) fn health(base: &str, raw: &RawHealth, out: &mut Issues<'_>) -> Healt
     let key = |k: &str| format!("{base}.health.{k}");
     let interval = positive(&key("interval"), raw.interval.as_deref(), Duration::from_secs(2), out);
     let timeout = positive(&key("timeout"), raw.timeout.as_deref(), Duration::from_secs(1), out);
-    let rise = count(&key("rise"), raw.rise, 1, 100, 2, out);
-    let fall = count(&key("fall"), raw.fall, 1, 100, 3, out);
+    let rise = count(&key("rise"), raw.rise, (1, 100), 2, out);
+    let fall = count(&key("fall"), raw.fall, (1, 100), 3, out);
     let start_up = match raw.initial.as_deref() {
         None | Some("up") => true,
         Some("down") => false,
@@ -215,7 +215,7 @@ pub(super) fn passive(base: &str, raw: Option<&RawPassive>, out: &mut Issues<'_>
     let d = Passive::default();
     let Some(raw) = raw else { return Some(d) };
     let key = |k: &str| format!("{base}.passive.{k}");
-    let consecutive = count(&key("consecutive"), raw.consecutive, 1, 1000, d.consecutive, out);
+    let consecutive = count(&key("consecutive"), raw.consecutive, (1, 1000), d.consecutive, out);
     let on = match &raw.on {
         None => d.on,
         Some(list) if list.is_empty() => {
@@ -245,7 +245,7 @@ pub(super) fn passive(base: &str, raw: Option<&RawPassive>, out: &mut Issues<'_>
         out.push(key("max_ejection"), "must not be shorter than base_ejection");
     }
     let max_ejected_percent =
-        count(&key("max_ejected_percent"), raw.max_ejected_percent, 0, 100, d.max_ejected_percent, out);
+        count(&key("max_ejected_percent"), raw.max_ejected_percent, (0, 100), d.max_ejected_percent, out);
     let passive = Passive { consecutive, on, base_ejection, max_ejection, max_ejected_percent };
     let others = raw.consecutive.is_some()
         || raw.on.is_some()
@@ -264,9 +264,9 @@ pub(super) fn retry(base: &str, raw: Option<&RawRetry>, out: &mut Issues<'_>) ->
     let Some(raw) = raw else { return d };
     let key = |k: &str| format!("{base}.retry.{k}");
     Retry {
-        attempts: count(&key("attempts"), raw.attempts, 0, 10, d.attempts, out),
-        budget_percent: count(&key("budget_percent"), raw.budget_percent, 0, 100, d.budget_percent, out),
-        budget_min: count(&key("budget_min"), raw.budget_min, 0, 10_000, d.budget_min, out),
+        attempts: count(&key("attempts"), raw.attempts, (0, 10), d.attempts, out),
+        budget_percent: count(&key("budget_percent"), raw.budget_percent, (0, 100), d.budget_percent, out),
+        budget_min: count(&key("budget_min"), raw.budget_min, (0, 10_000), d.budget_min, out),
     }
 }
 
@@ -278,7 +278,7 @@ pub(super) fn limits(base: &str, raw: Option<&RawPoolLimits>, out: &mut Issues<'
     PoolLimits {
         max_requests: per_server(&key("max_requests"), raw.max_requests, out),
         max_connections: per_server(&key("max_connections"), raw.max_connections, out),
-        queue: count(&key("queue"), raw.queue, 0, 1_000_000, d.queue as u32, out) as usize,
+        queue: count(&key("queue"), raw.queue, (0, 1_000_000), d.queue, out),
         queue_timeout: positive(&key("queue_timeout"), raw.queue_timeout.as_deref(), d.queue_timeout, out),
     }
 }
@@ -325,32 +325,6 @@ pub(super) fn slow_start(base: &str, raw: &RawPool, out: &mut Issues<'_>) -> Opt
         Err(e) => {
             out.push(format!("{base}.slow_start"), e);
             None
-        }
-    }
-}
-
-fn positive(path: &str, value: Option<&str>, default: Duration, out: &mut Issues<'_>) -> Duration {
-    let Some(text) = value else { return default };
-    match duration::parse(text) {
-        Ok(d) if d.is_zero() => {
-            out.push(path, "must be greater than zero");
-            default
-        }
-        Ok(d) => d,
-        Err(e) => {
-            out.push(path, e);
-            default
-        }
-    }
-}
-
-fn count(path: &str, value: Option<i64>, min: i64, max: i64, default: u32, out: &mut Issues<'_>) -> u32 {
-    match value {
-        None => default,
-        Some(v) if (min..=max).contains(&v) => u32::try_from(v).unwrap_or(default),
-        Some(v) => {
-            out.push(path, format!("{v} is out of range {min}..={max}"));
-            default
         }
     }
 }

@@ -73,19 +73,8 @@ fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
 
 fn timeouts(raw: &RawTimeouts, out: &mut Issues<'_>) -> Timeouts {
     let d = Timeouts::default();
-    let mut get = |key: &str, value: &Option<String>, default: Duration| -> Duration {
-        let Some(text) = value else { return default };
-        match duration::parse(text) {
-            Ok(v) if v.is_zero() => {
-                out.push(format!("timeouts.{key}"), "must be greater than zero");
-                default
-            }
-            Ok(v) => v,
-            Err(e) => {
-                out.push(format!("timeouts.{key}"), e);
-                default
-            }
-        }
+    let mut get = |key: &str, value: &Option<String>, default: Duration| {
+        positive(&format!("timeouts.{key}"), value.as_deref(), default, out)
     };
     Timeouts {
         connect: get("connect", &raw.connect, d.connect),
@@ -100,31 +89,62 @@ fn timeouts(raw: &RawTimeouts, out: &mut Issues<'_>) -> Timeouts {
     }
 }
 
+/// A duration greater than zero, or `default` when absent (or wrong, with an issue).
+pub(super) fn positive(path: &str, value: Option<&str>, default: Duration, out: &mut Issues<'_>) -> Duration {
+    let Some(text) = value else { return default };
+    match duration::parse(text) {
+        Ok(d) if d.is_zero() => {
+            out.push(path, "must be greater than zero");
+            default
+        }
+        Ok(d) => d,
+        Err(e) => {
+            out.push(path, e);
+            default
+        }
+    }
+}
+
+/// A whole number within `min..=max`, or `default` when absent (or out of range, with an issue).
+pub(super) fn count<T: TryFrom<i64> + Copy>(
+    path: &str,
+    value: Option<i64>,
+    (min, max): (i64, i64),
+    default: T,
+    out: &mut Issues<'_>,
+) -> T {
+    match value {
+        None => default,
+        Some(v) if (min..=max).contains(&v) => T::try_from(v).unwrap_or(default),
+        Some(v) => {
+            out.push(path, format!("{v} is out of range {min}..={max}"));
+            default
+        }
+    }
+}
+
 fn limits(raw: &RawLimits, out: &mut Issues<'_>) -> Limits {
     let d = Limits::default();
-    let mut get = |key: &str, value: Option<i64>, min: i64, max: i64, default: usize| -> usize {
-        match value {
-            None => default,
-            Some(v) if (min..=max).contains(&v) => usize::try_from(v).unwrap_or(default),
-            Some(v) => {
-                out.push(format!("limits.{key}"), format!("{v} is out of range {min}..={max}"));
-                default
-            }
-        }
+    let mut get = |key: &str, value: Option<i64>, range: (i64, i64), default: usize| {
+        count(&format!("limits.{key}"), value, range, default, out)
     };
-    let streams = get("h2_max_streams", raw.h2_max_streams, 1, 65_535, d.h2_max_streams as usize);
     Limits {
-        max_header_bytes: get("max_header_bytes", raw.max_header_bytes, 8192, 1 << 20, d.max_header_bytes),
-        max_headers: get("max_headers", raw.max_headers, 1, 1000, d.max_headers),
-        max_connections: get("max_connections", raw.max_connections, 1, 1_000_000, d.max_connections),
+        max_header_bytes: get("max_header_bytes", raw.max_header_bytes, (8192, 1 << 20), d.max_header_bytes),
+        max_headers: get("max_headers", raw.max_headers, (1, 1000), d.max_headers),
+        max_connections: get("max_connections", raw.max_connections, (1, 1_000_000), d.max_connections),
         upstream_idle_per_server: get(
             "upstream_idle_per_server",
             raw.upstream_idle_per_server,
-            0,
-            100_000,
+            (0, 100_000),
             d.upstream_idle_per_server,
         ),
-        h2_max_streams: u32::try_from(streams).unwrap_or(d.h2_max_streams),
+        h2_max_streams: count(
+            "limits.h2_max_streams",
+            raw.h2_max_streams,
+            (1, 65_535),
+            d.h2_max_streams,
+            out,
+        ),
     }
 }
 

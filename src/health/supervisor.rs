@@ -53,16 +53,6 @@ impl Checks {
             }
         }
     }
-
-    /// How many servers are being checked.
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    /// Whether no server is being checked.
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
 }
 
 impl Drop for Checks {

@@ -160,11 +160,11 @@ impl tower::Service<http::Uri> for CountingConnector {
         Box::pin(async move {
             let permit = match limit {
                 Some(limit) => {
-                    let permit = tokio::time::timeout(wait, Arc::clone(&limit.sem).acquire_owned())
-                        .await
-                        .map_err(|_| AtConnectionLimit(wait))?
-                        .map_err(|_| AtConnectionLimit(wait))?;
-                    Some((permit, limit))
+                    // A timeout, or a closed semaphore (never closed today): no slot either way.
+                    match tokio::time::timeout(wait, Arc::clone(&limit.sem).acquire_owned()).await {
+                        Ok(Ok(permit)) => Some((permit, limit)),
+                        _ => return Err(AtConnectionLimit(wait).into()),
+                    }
                 }
                 None => None,
             };
