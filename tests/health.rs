@@ -313,3 +313,28 @@ async fn a_full_queue_and_a_queue_timeout_answer_503_fast() {
     assert_eq!(a.seen.peak_active.load(Ordering::SeqCst), 1);
     assert!(start.elapsed() < delay + Duration::from_secs(1), "took {:?}", start.elapsed());
 }
+
+/// The connector's own limit, without the strategies' in-flight gate in front: two concurrent
+/// requests through the upstream client to a server limited to one connection share it in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_holds_at_the_connector() {
+    let a = Backend::start_with_delay("a", Duration::from_millis(200)).await;
+    let config = lb::config::Config::from_toml(&config_with(
+        &[("a", a.addr)],
+        "[pools.web.limits]\nmax_connections = 1\n",
+    ))
+    .unwrap();
+    let runtime = lb::runtime::Runtime::new(config.clone());
+    let upstream = lb::proxy::upstream_client(&config, runtime.conn_limits());
+    let send = || {
+        let req = http::Request::get(format!("http://{}/", a.addr))
+            .body(lb::proxy::body::RequestBody::empty())
+            .unwrap();
+        let upstream = upstream.clone();
+        async move { upstream.request(req).await.map(|r| r.status()) }
+    };
+    let (first, second) = tokio::join!(send(), send());
+    assert_eq!((first.unwrap(), second.unwrap()), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(a.seen.peak_open.load(Ordering::SeqCst), 1, "one connection at a time");
+    assert_eq!(a.connections(), 1, "the second request reused the first one's connection");
+}
