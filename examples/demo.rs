@@ -9,10 +9,8 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use lb::config::Config;
-use lb::runtime::Runtime;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -31,26 +29,14 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let listeners = lb::server::bind(&config).await?;
-    for l in &listeners {
-        println!(
-            "lb listening on http://{} -- try: curl -s localhost:{}/",
-            l.local_addr()?,
-            l.local_addr()?.port()
-        );
-    }
-    let admin_addr = config.admin;
-    // The recorder must exist before the runtime registers its per-server metric handles.
-    let metrics = admin_addr.and_then(|_| lb::metrics::install().ok());
-    let runtime = Arc::new(Runtime::new(config));
-    if let Some(addr) = admin_addr {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        println!("lb admin on http://{addr} -- try: curl -s localhost:{}/status", addr.port());
-        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let admin = lb::admin::Admin { runtime: Arc::clone(&runtime), metrics, ready };
-        tokio::spawn(lb::admin::serve(listener, admin));
-    }
-    lb::server::serve(listeners, runtime, lb::server::shutdown_signal()).await;
+    let hint = |line: &str| match line.rsplit_once(':') {
+        Some((_, port)) if line.starts_with("lb admin") => {
+            println!("{line} -- try: curl -s localhost:{port}/status")
+        }
+        Some((_, port)) => println!("{line} -- try: curl -s localhost:{port}/"),
+        None => println!("{line}"),
+    };
+    lb::launch::run(path.into(), config, &hint).await?;
     Ok(())
 }
 

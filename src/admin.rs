@@ -1,8 +1,12 @@
 //! The admin listener (default `127.0.0.1:9901`, loopback only unless configured): `GET /metrics`
 //! (Prometheus text format), `GET /healthz` (the process is alive), `GET /readyz` (config loaded and
-//! listeners bound; 503 once shutdown began), `GET /status` (JSON: generation, pools, servers with
-//! readiness and in-flight counts). Plain hyper, one small handler: nothing here is on the proxy path.
+//! listeners bound; 503 once shutdown began), `GET /status` (JSON: config generation and hash, last
+//! reload, listeners, pools, servers with readiness and in-flight counts), `POST /reload` (reload the
+//! config file now; JSON answer with the changes or the error), and `POST /diff` (a config in the
+//! body; answers what reloading it would change, applying nothing). Plain hyper, one small handler:
+//! nothing here is on the proxy path.
 
+use crate::reload::{Reloader, Trigger};
 use crate::runtime::{Runtime, Snapshot};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -26,7 +30,12 @@ pub struct Admin {
     pub metrics: Option<PrometheusHandle>,
     /// False once shutdown began: `/readyz` then answers 503 so load balancers in front drain us.
     pub ready: Arc<AtomicBool>,
+    /// Serves `POST /reload` and the reload and listener parts of `/status`; `None` without a file.
+    pub reloader: Option<Arc<Reloader>>,
 }
+
+/// Largest config accepted by `POST /diff`.
+const MAX_DIFF_BODY: usize = 1 << 20;
 
 /// Time an admin client has to send its request head (and idle time between requests).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,7 +69,7 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(&admin, &req)) }
+                async move { Ok::<_, Infallible>(handle(&admin, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -71,9 +80,13 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
     }
 }
 
-fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/reload") => return reload(admin).await,
+        (&Method::POST, "/diff") => return diff(admin, req).await,
+        (&Method::GET, _) => {}
+        (_, "/reload" | "/diff") => return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        _ => return text(StatusCode::METHOD_NOT_ALLOWED, "only GET, or POST /reload and /diff\n"),
     }
     match req.uri().path() {
         "/metrics" => match &admin.metrics {
@@ -93,14 +106,97 @@ fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/readyz" if admin.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
         "/status" => {
-            let mut resp =
-                Response::new(Full::new(Bytes::from(status(&admin.runtime.snapshot()).to_string())));
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-            resp
+            let mut doc = status(&admin.runtime.snapshot());
+            if let Some(reloader) = &admin.reloader {
+                reload_status(reloader, &mut doc);
+            }
+            json(StatusCode::OK, &doc)
         }
         _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz, /readyz or /status\n"),
     }
+}
+
+fn json(status: StatusCode, doc: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{doc}\n"))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// `POST /reload`: 200 with the generation and changes, or 400 (invalid file) / 500 (a listener
+/// could not be bound) with the reason; the running config stays on any error.
+async fn reload(admin: &Admin) -> Response<Full<Bytes>> {
+    let Some(reloader) = &admin.reloader else {
+        return text(StatusCode::NOT_FOUND, "this lb has no config file to reload\n");
+    };
+    match reloader.reload(Trigger::Admin).await {
+        Ok(applied) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "result": "ok",
+                "generation": applied.generation,
+                "hash": applied.digest.to_string(),
+                "changes": applied.changes,
+            }),
+        ),
+        Err(e) => {
+            let status = match e {
+                crate::reload::ReloadError::Config(_) => StatusCode::BAD_REQUEST,
+                crate::reload::ReloadError::Listen(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            json(status, &serde_json::json!({ "result": "error", "error": e.to_string() }))
+        }
+    }
+}
+
+/// `POST /diff` with a config as the body: what reloading it would change against the running one.
+/// Nothing is applied. 400 with every problem if the config is invalid.
+async fn diff(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_DIFF_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "a config of at most 1 MiB, please\n"),
+    };
+    let Ok(src) = std::str::from_utf8(&body) else {
+        return text(StatusCode::BAD_REQUEST, "the config is not UTF-8\n");
+    };
+    // Validation may read files the config names (secret files): blocking I/O, off the workers.
+    let src = src.to_owned();
+    let parsed = tokio::task::spawn_blocking(move || crate::config::Config::from_toml(&src)).await;
+    match parsed {
+        Ok(Ok(config)) => {
+            let snap = admin.runtime.snapshot();
+            let doc = serde_json::json!({
+                "running": { "generation": snap.generation, "hash": snap.config.digest.to_string() },
+                "hash": config.digest.to_string(),
+                "changes": crate::reload::diff(&snap.config, &config),
+            });
+            json(StatusCode::OK, &doc)
+        }
+        Ok(Err(e)) => {
+            json(StatusCode::BAD_REQUEST, &serde_json::json!({ "result": "error", "error": e.to_string() }))
+        }
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "validation failed\n"),
+    }
+}
+
+/// Adds the config file, the last reload and the listeners to a `/status` document.
+fn reload_status(reloader: &Reloader, doc: &mut serde_json::Value) {
+    let last = reloader.last().map(|l| {
+        let at = l.at.duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        serde_json::json!({ "at_unix": at, "trigger": l.trigger.as_str(), "error": l.error })
+    });
+    let listeners: Vec<_> = reloader
+        .server()
+        .listeners()
+        .into_iter()
+        .map(|(configured, local)| serde_json::json!({ "addr": configured, "bound": local }))
+        .collect();
+    if let Some(config) = doc.get_mut("config") {
+        config["file"] = serde_json::json!(reloader.path().display().to_string());
+        config["last_reload"] = serde_json::json!(last);
+    }
+    doc["listeners"] = serde_json::json!(listeners);
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -115,8 +211,7 @@ pub fn status(snap: &Snapshot) -> serde_json::Value {
         .pools
         .iter()
         .map(|p| {
-            let strategy =
-                snap.config.pools.iter().find(|c| *c.name == *p.name).map(|c| format!("{:?}", c.strategy));
+            let strategy = snap.config.pools.iter().find(|c| *c.name == *p.name).map(|c| c.strategy.name());
             let servers: Vec<_> = p
                 .upstreams
                 .iter()
@@ -143,7 +238,11 @@ pub fn status(snap: &Snapshot) -> serde_json::Value {
             })
         })
         .collect();
-    serde_json::json!({ "generation": snap.generation, "pools": pools })
+    serde_json::json!({
+        "generation": snap.generation,
+        "config": { "generation": snap.generation, "hash": snap.config.digest.to_string() },
+        "pools": pools,
+    })
 }
 
 /// `up`, `down` (active checks fail), `ejected` (passive checks) or `down+ejected`.

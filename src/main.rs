@@ -3,11 +3,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lb::config::Config;
-use lb::runtime::Runtime;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "lb", version, about = "HTTP reverse proxy and layer-7 load balancer")]
@@ -22,7 +19,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the configuration and exit: 0 if valid, 1 with every problem listed if not.
-    Check,
+    Check {
+        /// Also print what reloading it would change: against the running lb (asked over its admin
+        /// listener), or against the file given with --against.
+        #[arg(long)]
+        diff: bool,
+        /// Compare with this config file instead of the running lb.
+        #[arg(long, requires = "diff", value_name = "FILE")]
+        against: Option<PathBuf>,
+        /// Admin address of the running lb. Default: the checked config's `admin.addr`.
+        #[arg(long, requires = "diff", value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -36,11 +44,22 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Check) => {
+        Some(Command::Check { diff, against, admin }) => {
             announce(&format!("{}: configuration is valid", cli.config.display()));
+            if !diff {
+                return ExitCode::SUCCESS;
+            }
+            match changes(&cli.config, &config, against.as_deref(), admin) {
+                Ok(lines) if lines.is_empty() => announce("no changes"),
+                Ok(lines) => lines.iter().for_each(|l| announce(l)),
+                Err(e) => {
+                    eprintln!("lb: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
             ExitCode::SUCCESS
         }
-        None => match run(config) {
+        None => match run(cli.config, config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("lb: {e:#}");
@@ -80,37 +99,56 @@ fn announce(line: &str) {
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting runtime")?;
-    rt.block_on(async {
-        // Metrics are recorded only when the admin listener can serve them.
-        let metrics = match config.admin {
-            Some(_) => Some(lb::metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?),
-            None => None,
-        };
-        metrics::counter!(lb::metrics::CONFIG_RELOADS, "result" => "ok").increment(1);
-        let listeners = lb::server::bind(&config).await?;
-        for l in &listeners {
-            // Printed on stdout so scripts and tests can wait for readiness and learn port-0 addresses.
-            announce(&format!("lb listening on http://{}", l.local_addr()?));
-        }
-        let admin_addr = config.admin;
-        let runtime = Arc::new(Runtime::new(config));
-        let ready = Arc::new(AtomicBool::new(true));
-        if let Some(addr) = admin_addr {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (admin.addr)"))?;
-            announce(&format!("lb admin on http://{}", listener.local_addr()?));
-            let admin =
-                lb::admin::Admin { runtime: Arc::clone(&runtime), metrics, ready: Arc::clone(&ready) };
-            tokio::spawn(lb::admin::serve(listener, admin));
-        }
-        let shutdown = async move {
-            lb::server::shutdown_signal().await;
-            ready.store(false, Ordering::Relaxed);
-        };
-        lb::server::serve(listeners, runtime, shutdown).await;
-        Ok(())
-    })
+    rt.block_on(lb::launch::run(path, config, &announce))?;
+    Ok(())
+}
+
+/// What loading `config` would change: against the file `against`, or against the running lb whose
+/// admin listener is `admin` (default: the config's own admin address).
+fn changes(
+    path: &std::path::Path,
+    config: &Config,
+    against: Option<&std::path::Path>,
+    admin: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Vec<String>> {
+    if let Some(old) = against {
+        let old = Config::load(old).map_err(|e| anyhow::anyhow!("{}: {e}", old.display()))?;
+        return Ok(lb::reload::diff(&old, config));
+    }
+    let addr = admin.or(config.admin).context("no admin address: pass --admin ADDR or --against FILE")?;
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting runtime")?;
+    let (status, body) = rt.block_on(post(addr, "/diff", text))?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&body).with_context(|| format!("unexpected answer from {addr}: {status}"))?;
+    if !status.is_success() {
+        anyhow::bail!("the running lb refused the config: {}", doc["error"].as_str().unwrap_or("?"));
+    }
+    let lines =
+        doc["changes"].as_array().map(|a| a.iter().filter_map(|l| l.as_str()).map(String::from).collect());
+    lines.context("no changes in the answer")
+}
+
+/// One HTTP/1.1 POST to the admin listener at `addr`.
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<(http::StatusCode, bytes::Bytes)> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the admin listener {addr}"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::post(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status();
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
 }

@@ -53,6 +53,12 @@ pub const CONNECTIONS: &str = "lb_connections_total";
 pub const CONFIG_RELOADS: &str = "lb_config_reloads_total";
 /// Generation of the running configuration (1 at start, +1 per applied reload).
 pub const CONFIG_GENERATION: &str = "lb_config_generation";
+/// First 48 bits of the running configuration's SHA-256 (the hash `/status` shows in hex).
+pub const CONFIG_HASH: &str = "lb_config_hash";
+/// 1 if the last reload worked, 0 if it was refused.
+pub const CONFIG_LAST_RELOAD_OK: &str = "lb_config_last_reload_successful";
+/// Unix time of the last reload that worked.
+pub const CONFIG_LAST_RELOAD_TIME: &str = "lb_config_last_reload_success_timestamp_seconds";
 /// Access-log lines dropped because the writer fell behind.
 pub const ACCESS_LOG_DROPPED: &str = "lb_access_log_dropped_total";
 
@@ -95,6 +101,9 @@ pub fn describe() {
     describe_gauge!(LISTENER_IN_FLIGHT, "Requests in progress, by listener.");
     describe_counter!(CONFIG_RELOADS, "Configuration loads by outcome.");
     describe_gauge!(CONFIG_GENERATION, "Generation of the running configuration.");
+    describe_gauge!(CONFIG_HASH, "First 48 bits of the running configuration's SHA-256.");
+    describe_gauge!(CONFIG_LAST_RELOAD_OK, "1 if the last reload worked, 0 if it was refused.");
+    describe_gauge!(CONFIG_LAST_RELOAD_TIME, Unit::Seconds, "Unix time of the last reload that worked.");
     describe_counter!(ACCESS_LOG_DROPPED, "Access-log lines dropped because the writer fell behind.");
 }
 
@@ -194,6 +203,7 @@ pub fn queue_rejected(pool: &str, reason: &'static str) {
 /// Sets the gauges that mirror live state, just before a scrape.
 pub fn refresh(snapshot: &crate::runtime::Snapshot) {
     gauge!(CONFIG_GENERATION).set(snapshot.generation as f64);
+    gauge!(CONFIG_HASH).set(snapshot.config.digest.short() as f64);
     counter!(ACCESS_LOG_DROPPED).absolute(crate::proxy::access_writer::dropped());
     for pool in snapshot.pools.iter() {
         gauge!(QUEUED, "pool" => pool.name.to_string())

@@ -316,10 +316,21 @@ pub struct Runtime {
     conn_limits: Arc<ConnLimits>,
 }
 
+/// A server as the last applied config had it.
+#[derive(Debug)]
+struct Known {
+    /// A server whose address changed is a new server to health checks and counters: it starts
+    /// afresh.
+    addr: String,
+    /// Weight 0 to more is a server coming back from a drain: it slow-starts.
+    weight: u32,
+    stats: Arc<UpstreamStats>,
+}
+
 /// Live state that outlives snapshots, by stable identity.
 #[derive(Debug, Default)]
 struct Registry {
-    servers: HashMap<UpstreamKey, Arc<UpstreamStats>>,
+    servers: HashMap<UpstreamKey, Known>,
     pools: HashMap<Arc<str>, Arc<PoolStats>>,
     /// Health-check tasks, once started.
     checks: Option<Checks>,
@@ -331,7 +342,8 @@ impl Runtime {
         let generated_secret = random_secret();
         let mut registry = Registry::default();
         let conn_limits = Arc::new(ConnLimits::default());
-        let snapshot = build(config, 1, &mut registry, &generated_secret);
+        // At start nothing "arrives": every server is new, so none slow-starts.
+        let (snapshot, _) = build(config, 1, &mut registry, &generated_secret);
         conn_limits.update(&snapshot);
         Self {
             current: ArcSwap::from_pointee(snapshot),
@@ -373,9 +385,18 @@ impl Runtime {
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
         let mut registry = self.lock();
         let generation = self.current.load().generation + 1;
-        let snapshot = Arc::new(build(config, generation, &mut registry, &self.generated_secret));
+        let (snapshot, arrived) = build(config, generation, &mut registry, &self.generated_secret);
+        let snapshot = Arc::new(snapshot);
         self.conn_limits.update(&snapshot);
         self.current.store(Arc::clone(&snapshot));
+        // Servers added or raised from weight 0 warm up like servers coming back (ramps need a
+        // tokio runtime; outside one, as in unit tests, they start at full weight).
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let _inside = handle.enter();
+            for (stats, over) in arrived {
+                health::came_back(&stats, Some(over));
+            }
+        }
         let live: std::collections::HashSet<&UpstreamKey> =
             snapshot.pools.iter().flat_map(|p| p.upstreams.iter().map(|u| &u.key)).collect();
         registry.servers.retain(|key, _| live.contains(key));
@@ -400,7 +421,44 @@ fn random_secret() -> Secret {
     Secret(bytes)
 }
 
-fn build(config: Config, generation: u64, registry: &mut Registry, generated_secret: &Secret) -> Snapshot {
+/// Servers that start taking traffic with this snapshot (new, or weight raised from 0), with their
+/// pool's slow start.
+type Arrivals = Vec<(Arc<UpstreamStats>, std::time::Duration)>;
+
+/// The live state of server `s` under `key`: the known one if its address is unchanged, else fresh.
+/// `true` when the server starts taking traffic now (new, or its weight raised from 0).
+fn known(
+    registry: &mut Registry,
+    key: &UpstreamKey,
+    s: &crate::config::ServerConfig,
+    start_up: bool,
+) -> (Arc<UpstreamStats>, bool) {
+    let fresh =
+        || Known { addr: s.addr.clone(), weight: s.weight, stats: Arc::new(UpstreamStats::new(start_up)) };
+    let (entry, arriving) = match registry.servers.entry(key.clone()) {
+        std::collections::hash_map::Entry::Occupied(e) => {
+            let entry = e.into_mut();
+            if entry.addr != s.addr {
+                *entry = fresh();
+                (entry, true)
+            } else {
+                let returning = entry.weight == 0 && s.weight > 0;
+                entry.weight = s.weight;
+                (entry, returning)
+            }
+        }
+        std::collections::hash_map::Entry::Vacant(e) => (e.insert(fresh()), true),
+    };
+    (Arc::clone(&entry.stats), arriving && s.weight > 0)
+}
+
+fn build(
+    config: Config,
+    generation: u64,
+    registry: &mut Registry,
+    generated_secret: &Secret,
+) -> (Snapshot, Arrivals) {
+    let mut arrived = Arrivals::new();
     let secret = config.sticky_secret.as_ref().unwrap_or(generated_secret);
     if config.sticky_secret.is_none() && config.pools.iter().any(|p| p.sticky.is_some()) {
         tracing::warn!(
@@ -422,10 +480,10 @@ fn build(config: Config, generation: u64, registry: &mut Registry, generated_sec
                     // Validation already checked the address; a failure here would be a bug, so skip
                     // the server rather than take the process down.
                     let authority = s.addr.parse().ok()?;
-                    let stats = registry
-                        .servers
-                        .entry(key.clone())
-                        .or_insert_with(|| Arc::new(UpstreamStats::new(start_up)));
+                    let (stats, arriving) = known(registry, &key, s, start_up);
+                    if let (true, Some(over)) = (arriving, pool.slow_start) {
+                        arrived.push((Arc::clone(&stats), over));
+                    }
                     let limit =
                         |server: Option<usize>, pool: Option<usize>| server.or(pool).unwrap_or(usize::MAX);
                     let max_in_flight = limit(s.max_requests, pool.limits.max_requests)
@@ -437,7 +495,7 @@ fn build(config: Config, generation: u64, registry: &mut Registry, generated_sec
                         weight: s.weight,
                         max_in_flight,
                         checked: pool.health.is_some(),
-                        stats: Arc::clone(stats),
+                        stats,
                         metrics: ServerMetrics::new(&pool.name, &s.name),
                     }))
                 })
@@ -469,13 +527,14 @@ fn build(config: Config, generation: u64, registry: &mut Registry, generated_sec
         .collect();
     let sticky_cookies =
         config.pools.iter().filter_map(|p| p.sticky.as_ref().map(|s| s.cookie.clone())).collect();
-    Snapshot {
+    let snapshot = Snapshot {
         generation,
         router: Router::new(&config.routes),
         pools,
         config: Arc::new(config),
         sticky_cookies,
-    }
+    };
+    (snapshot, arrived)
 }
 
 #[cfg(test)]
@@ -500,12 +559,15 @@ mod tests {
         ));
         let before = rt.snapshot();
         let guard = before.pools[0].begin(&before.pools[0].upstreams[0]).unwrap();
-        let after = rt.apply(config(r#"{ name = "a", addr = "127.0.0.1:3", weight = 5 }"#));
+        let after = rt.apply(config(r#"{ name = "a", addr = "127.0.0.1:1", weight = 5 }"#));
         assert_eq!(after.generation, 2);
         assert_eq!(after.pools[0].upstreams[0].stats.in_flight(), 1, "same stats re-attached by name");
         drop(guard);
         assert_eq!(after.pools[0].upstreams[0].stats.in_flight(), 0);
         assert_eq!(rt.lock().servers.len(), 1, "removed server's state is dropped");
+        after.pools[0].upstreams[0].stats.health.set_ejected(true);
+        let moved = rt.apply(config(r#"{ name = "a", addr = "127.0.0.1:3", weight = 5 }"#));
+        assert!(!moved.pools[0].upstreams[0].stats.health.is_ejected(), "a new address starts afresh");
     }
 
     #[test]
@@ -531,14 +593,14 @@ mod tests {
         let rt = Runtime::new(config_with(r#"{ name = "a", addr = "127.0.0.1:1" }"#, checked));
         assert!(!rt.snapshot().pools[0].upstreams[0].is_ready(), "starts down until checks pass");
         rt.snapshot().pools[0].upstreams[0].stats.health.set_ejected(true);
-        let next = rt.apply(config_with(r#"{ name = "a", addr = "127.0.0.1:2" }"#, checked));
+        let next = rt.apply(config_with(r#"{ name = "a", addr = "127.0.0.1:1", weight = 2 }"#, checked));
         let a = &next.pools[0].upstreams[0];
         assert!(a.stats.health.is_down() && a.stats.health.is_ejected(), "same server, same state");
         // A pool whose checks were removed ignores their last verdict.
         let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         tokio.block_on(async {
             rt.start_health_checks();
-            let last = rt.apply(config(r#"{ name = "a", addr = "127.0.0.1:2" }"#));
+            let last = rt.apply(config(r#"{ name = "a", addr = "127.0.0.1:1" }"#));
             let a = &last.pools[0].upstreams[0];
             a.stats.health.set_ejected(false);
             assert!(a.stats.health.is_down() && a.is_ready(), "a DOWN verdict without checks does not count");

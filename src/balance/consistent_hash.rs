@@ -44,17 +44,7 @@ impl ConsistentHash {
         balance_factor: Option<f64>,
         load: Arc<PoolStats>,
     ) -> Self {
-        let total_weight: u64 = ups.iter().map(|u| u64::from(u.weight)).sum();
-        let per_weight = u64::from(vnodes).min((MAX_POINTS / total_weight.max(1)).max(1));
-        let per_weight = u32::try_from(per_weight).unwrap_or(vnodes);
-        let mut ring = Vec::with_capacity(usize::try_from(per_weight as u64 * total_weight).unwrap_or(0));
-        for (i, u) in ups.iter().enumerate() {
-            for point in 0..per_weight.saturating_mul(u.weight) {
-                ring.push((hash_point(&u.key.name, point), i as u32));
-            }
-        }
-        // Ties (vanishingly rare) are ordered by server index, so the ring is still deterministic.
-        ring.sort_unstable();
+        let ring = ring(ups.iter().map(|u| (&*u.key.name, u.weight)), vnodes);
         Self {
             ring: ring.into(),
             balance_factor,
@@ -100,6 +90,57 @@ fn in_flight(ups: Upstreams<'_>, i: usize) -> usize {
 /// one more request.
 fn cap(factor: f64, total: usize, servers: usize) -> usize {
     (factor * (total + 1) as f64 / servers.max(1) as f64).ceil() as usize
+}
+
+/// The ring of `servers` (`(name, weight)`, in pool order): `vnodes` points per unit of weight, fewer
+/// if the ring would exceed [`MAX_POINTS`], each tagged with its server's index.
+fn ring<'a>(servers: impl Iterator<Item = (&'a str, u32)> + Clone, vnodes: u32) -> Vec<(u64, u32)> {
+    let total_weight: u64 = servers.clone().map(|(_, w)| u64::from(w)).sum();
+    let per_weight = u64::from(vnodes).min((MAX_POINTS / total_weight.max(1)).max(1));
+    let per_weight = u32::try_from(per_weight).unwrap_or(vnodes);
+    let mut ring = Vec::with_capacity(usize::try_from(u64::from(per_weight) * total_weight).unwrap_or(0));
+    for (i, (name, weight)) in servers.enumerate() {
+        for point in 0..per_weight.saturating_mul(weight) {
+            ring.push((hash_point(name, point), i as u32));
+        }
+    }
+    // Ties (vanishingly rare) are ordered by server index, so the ring is still deterministic.
+    ring.sort_unstable();
+    ring
+}
+
+/// The share of the key space (0.0 to 1.0) whose server changes between two rings, each given as
+/// `(name, weight)` servers and vnodes: exact, by walking the arcs between every point of both rings
+/// (servers are the same server when their names are). Readiness and bounded load are ignored: this
+/// is where keys go when every server is up.
+pub fn moved_share(old: &[(&str, u32)], old_vnodes: u32, new: &[(&str, u32)], new_vnodes: u32) -> f64 {
+    let (a, b) = (ring(old.iter().copied(), old_vnodes), ring(new.iter().copied(), new_vnodes));
+    match (a.is_empty(), b.is_empty()) {
+        (true, true) => return 0.0,
+        (true, false) | (false, true) => return 1.0,
+        (false, false) => {}
+    }
+    let mut bounds: Vec<u64> = a.iter().chain(&b).map(|&(p, _)| p).collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    // A key hashing into (previous bound, bound] goes to each ring's first point at or after `bound`;
+    // keys after the last bound wrap around to the first bound's owners.
+    fn owner<'n>(ring: &[(u64, u32)], names: &[(&'n str, u32)], at: u64) -> &'n str {
+        let i = ring.partition_point(|&(p, _)| p < at) % ring.len();
+        names[ring[i].1 as usize].0
+    }
+    let mut moved: u128 = 0;
+    let mut previous = *bounds.last().unwrap_or(&0);
+    for &bound in &bounds {
+        let width = u128::from(bound.wrapping_sub(previous));
+        // With a single bound the one arc is the whole ring.
+        let width = if bounds.len() == 1 { 1u128 << 64 } else { width };
+        if owner(&a, old, bound) != owner(&b, new, bound) {
+            moved += width;
+        }
+        previous = bound;
+    }
+    moved as f64 / (1u128 << 64) as f64
 }
 
 impl Strategy for ConsistentHash {
@@ -148,6 +189,28 @@ mod tests {
 
     fn names(ups: &[Arc<Upstream>], placement: &[usize]) -> Vec<String> {
         placement.iter().map(|&i| ups[i].key.name.to_string()).collect()
+    }
+
+    #[test]
+    fn moved_share_is_exact_against_placing_keys() {
+        let before: Vec<String> = (0..4).map(|i| format!("s{i}")).collect();
+        let after: Vec<String> = ["s0", "s1", "s3", "s4", "s5"].map(String::from).to_vec();
+        let (old, new) = (named_pool(&before), named_pool(&after));
+        let old_places = names(&old, &place(&ConsistentHash::new(&old, 160, None, load()), &old, 40_000));
+        let new_places = names(&new, &place(&ConsistentHash::new(&new, 160, None, load()), &new, 40_000));
+        let sampled = old_places.iter().zip(&new_places).filter(|(a, b)| a != b).count() as f64 / 40_000.0;
+        fn pairs(v: &[String]) -> Vec<(&str, u32)> {
+            v.iter().map(|n| (n.as_str(), 1)).collect()
+        }
+        let exact = moved_share(&pairs(&before), 160, &pairs(&after), 160);
+        assert!((sampled - exact).abs() < 0.01, "sampled {sampled}, exact {exact}");
+        // s2 leaves (its quarter moves) and two servers join (taking 2/5 of the rest).
+        assert!((0.45..0.65).contains(&exact), "{exact}");
+        assert_eq!(moved_share(&pairs(&before), 160, &pairs(&before), 160), 0.0);
+        assert_eq!(moved_share(&[], 160, &pairs(&before), 160), 1.0);
+        let reweighted = moved_share(&[("a", 1), ("b", 1)], 160, &[("a", 1), ("b", 3)], 160);
+        // b keeps its points and gains more: only keys from a move, about a quarter of them all.
+        assert!((0.15..0.35).contains(&reweighted), "b goes from 1/2 to 3/4 of the keys: {reweighted}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod rng;
 mod round_robin;
 mod weighted;
 
-pub use consistent_hash::ConsistentHash;
+pub use consistent_hash::{moved_share, ConsistentHash};
 pub use least_conn::LeastConn;
 pub use p2c::P2c;
 pub use random::Random;

@@ -40,6 +40,60 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Access log format. Default off.
     pub access_log: AccessLog,
+    /// How lb notices edits of its config file.
+    pub reload: ReloadConfig,
+    /// SHA-256 of the file's text and of the key material it reads: tells configs apart in
+    /// metrics, `/status` and the reload watcher (an event that changed nothing is ignored).
+    pub digest: Digest,
+}
+
+/// `[reload]`: reloading on file changes. SIGHUP and `POST /reload` always work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadConfig {
+    /// Watch the config file's directory and reload when the file changes. Default true.
+    pub watch: bool,
+    /// Quiet time after the last change event before reloading (editors write in bursts). Default
+    /// 200ms.
+    pub debounce: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self { watch: true, debounce: Duration::from_millis(200) }
+    }
+}
+
+/// A config's SHA-256, shown as its first 12 hex digits.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    fn of(parts: &[&[u8]]) -> Self {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        for part in parts {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        Self(hasher.finalize().into())
+    }
+
+    /// The first 48 bits as a number: exact in a float, so a metric can carry it.
+    pub fn short(&self) -> u64 {
+        self.0[..6].iter().fold(0, |acc, &b| (acc << 8) | u64::from(b))
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:012x}", self.short())
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Digest({self})")
+    }
 }
 
 /// Access log format: `[log] access = "off" | "text" | "json"`.
@@ -236,6 +290,18 @@ impl StrategyKind {
     pub const NAMES: &'static [&'static str] =
         &["round_robin", "weighted", "least_conn", "random", "p2c", "consistent_hash"];
 
+    /// The name `strategy = "..."` spells it with.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::Weighted => "weighted",
+            Self::LeastConn => "least_conn",
+            Self::Random => "random",
+            Self::P2c => "p2c",
+            Self::ConsistentHash => "consistent_hash",
+        }
+    }
+
     fn parse(name: &str) -> Option<Self> {
         match name {
             "round_robin" => Some(Self::RoundRobin),
@@ -411,8 +477,10 @@ impl Config {
             .into_iter()
             .map(|path| Issue { path, line: None, message: "unknown key".to_owned() })
             .collect();
-        let config = validate::validate(raw, &mut issues);
+        let mut config = validate::validate(raw, &mut issues);
         if issues.is_empty() {
+            let secret = config.sticky_secret.as_ref().map_or(&[][..], |s| &s.0[..]);
+            config.digest = Digest::of(&[src.as_bytes(), secret]);
             return Ok(config);
         }
         for issue in &mut issues {

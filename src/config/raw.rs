@@ -25,6 +25,14 @@ pub(crate) struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub reload: RawReload,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawReload {
+    pub watch: Option<bool>,
+    pub debounce: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

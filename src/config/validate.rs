@@ -5,9 +5,9 @@ use super::raw::{
     RawAdmin, RawConfig, RawHttp, RawLimits, RawPool, RawRoute, RawSticky, RawStickySecret, RawTimeouts,
 };
 use super::{
-    duration, AccessLog, Config, HashConfig, HashFallback, HashKey, HostMatch, HttpOptions, Issue, Limits,
-    ListenerConfig, PoolConfig, RouteConfig, SameSite, Secret, ServerConfig, StickyConfig, StrategyKind,
-    Timeouts,
+    duration, AccessLog, Config, Digest, HashConfig, HashFallback, HashKey, HostMatch, HttpOptions, Issue,
+    Limits, ListenerConfig, PoolConfig, ReloadConfig, RouteConfig, SameSite, Secret, ServerConfig,
+    StickyConfig, StrategyKind, Timeouts,
 };
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -43,7 +43,24 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
             AccessLog::Off
         }
     };
-    Config { listeners, timeouts, limits, http, pools, routes, sticky_secret, admin, access_log }
+    let d = ReloadConfig::default();
+    let reload = ReloadConfig {
+        watch: raw.reload.watch.unwrap_or(d.watch),
+        debounce: positive("reload.debounce", raw.reload.debounce.as_deref(), d.debounce, &mut out),
+    };
+    Config {
+        listeners,
+        timeouts,
+        limits,
+        http,
+        pools,
+        routes,
+        sticky_secret,
+        admin,
+        access_log,
+        reload,
+        digest: Digest::default(),
+    }
 }
 
 fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {

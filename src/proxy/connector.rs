@@ -1,12 +1,13 @@
 //! The upstream connector: hyper-util's `HttpConnector` (DNS, connect timeout, `TCP_NODELAY`),
 //! wrapped so every open upstream connection is counted in `lb_upstream_connections{addr}` from
 //! connect until its socket is closed (the label is the configured `host:port`, a bounded set), and
-//! so a server's `max_connections` is never exceeded: each connection holds a permit of its
-//! address's semaphore, and a new connection waits (up to the connect timeout) for a free one.
+//! so a server's `max_connections` is never exceeded: each connection holds a [`Slot`] of its
+//! address's limit, and a new connection waits (up to the connect timeout) for a free one.
 //! The request path usually never waits here: a server whose in-flight count reached its limit is
 //! not ready for the strategies. The wait covers hyper's pool opening a connection while an idle
 //! one is about to come back.
 
+use crate::slots::{Slot, Slots};
 use arc_swap::ArcSwap;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -19,55 +20,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Connection limits by upstream address (`host:port` as configured), swapped with each snapshot.
 #[derive(Debug, Default)]
 pub struct ConnLimits {
-    by_addr: ArcSwap<HashMap<String, Arc<AddrLimit>>>,
-}
-
-/// One address's connection limit: a permit per open connection.
-#[derive(Debug)]
-struct AddrLimit {
-    limit: std::sync::atomic::AtomicUsize,
-    sem: Arc<Semaphore>,
-    /// Permits to destroy as connections close, after a reload lowered the limit below the number
-    /// of connections then open.
-    deficit: std::sync::atomic::AtomicUsize,
-}
-
-impl AddrLimit {
-    fn new(limit: usize) -> Self {
-        Self { limit: limit.into(), sem: Arc::new(Semaphore::new(limit)), deficit: 0.into() }
-    }
-
-    /// Moves to `limit` keeping the count of open connections: raising adds permits, lowering
-    /// destroys free permits now and the rest as connections close.
-    fn resize(&self, limit: usize) {
-        use std::sync::atomic::Ordering::{AcqRel, Acquire};
-        let old = self.limit.swap(limit, AcqRel);
-        if limit > old {
-            let more = limit - old;
-            // A pending deficit is cancelled first; only the rest becomes new permits.
-            let pending = self.deficit.fetch_update(AcqRel, Acquire, |d| Some(d - d.min(more))).unwrap_or(0);
-            self.sem.add_permits(more - pending.min(more));
-        } else if limit < old {
-            let fewer = old - limit;
-            let forgotten = self.sem.forget_permits(fewer);
-            self.deficit.fetch_add(fewer - forgotten, AcqRel);
-        }
-    }
-
-    /// A closing connection's permit: destroyed if the limit was lowered meanwhile, else returned.
-    fn release(&self, permit: OwnedSemaphorePermit) {
-        use std::sync::atomic::Ordering::{AcqRel, Acquire};
-        if self.deficit.fetch_update(AcqRel, Acquire, |d| d.checked_sub(1)).is_ok() {
-            permit.forget();
-        }
-    }
+    by_addr: ArcSwap<HashMap<String, Arc<Slots>>>,
 }
 
 impl ConnLimits {
@@ -93,7 +52,7 @@ impl ConnLimits {
                         existing.resize(limit);
                         Arc::clone(existing)
                     }
-                    None => Arc::new(AddrLimit::new(limit)),
+                    None => Slots::new(limit),
                 };
                 (addr, entry)
             })
@@ -101,7 +60,7 @@ impl ConnLimits {
         self.by_addr.store(Arc::new(next));
     }
 
-    fn get(&self, addr: &str) -> Option<Arc<AddrLimit>> {
+    fn get(&self, addr: &str) -> Option<Arc<Slots>> {
         self.by_addr.load().get(addr).map(Arc::clone)
     }
 }
@@ -126,20 +85,17 @@ impl CountingConnector {
     }
 }
 
-/// An upstream socket that decrements its gauge (and frees its limit permit) when closed.
+/// An upstream socket that decrements its gauge (and frees its limit slot) when closed.
 #[derive(Debug)]
 pub struct Counted {
     io: TokioIo<TcpStream>,
     open: metrics::Gauge,
-    permit: Option<(OwnedSemaphorePermit, Arc<AddrLimit>)>,
+    _slot: Option<Slot>,
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
         self.open.decrement(1.0);
-        if let Some((permit, limit)) = self.permit.take() {
-            limit.release(permit);
-        }
     }
 }
 
@@ -158,20 +114,17 @@ impl tower::Service<http::Uri> for CountingConnector {
         let wait = self.wait;
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            let permit = match limit {
-                Some(limit) => {
-                    // A timeout, or a closed semaphore (never closed today): no slot either way.
-                    match tokio::time::timeout(wait, Arc::clone(&limit.sem).acquire_owned()).await {
-                        Ok(Ok(permit)) => Some((permit, limit)),
-                        _ => return Err(AtConnectionLimit(wait).into()),
-                    }
-                }
+            let slot = match limit {
+                Some(limit) => match tokio::time::timeout(wait, limit.acquire()).await {
+                    Ok(slot) => Some(slot),
+                    Err(_) => return Err(AtConnectionLimit(wait).into()),
+                },
                 None => None,
             };
             let io = inner.call(uri).await?;
             let open = metrics::gauge!(crate::metrics::UPSTREAM_CONNECTIONS, "addr" => addr);
             open.increment(1.0);
-            Ok(Counted { io, open, permit })
+            Ok(Counted { io, open, _slot: slot })
         })
     }
 }
@@ -211,28 +164,5 @@ impl Write for Counted {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_lowered_limit_holds_once_the_extra_connections_close() {
-        let limit = Arc::new(AddrLimit::new(3));
-        let held: Vec<_> = (0..3).map(|_| Arc::clone(&limit.sem).try_acquire_owned().unwrap()).collect();
-        limit.resize(1);
-        for permit in held {
-            limit.release(permit);
-        }
-        assert_eq!(limit.sem.available_permits(), 1, "three closed, limit 1");
-        limit.resize(4);
-        assert_eq!(limit.sem.available_permits(), 4);
-        let one = Arc::clone(&limit.sem).try_acquire_owned().unwrap();
-        limit.resize(2);
-        assert_eq!(limit.sem.available_permits(), 1, "one open, one free");
-        limit.release(one);
-        assert_eq!(limit.sem.available_permits(), 2);
     }
 }

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::Timeouts;
@@ -38,7 +37,7 @@ pub struct Activity {
     /// The connection's slot under `limits.max_connections`. Everything that uses the connection
     /// (its hyper task, its socket, an upgraded tunnel) holds this `Activity`, so the slot is
     /// returned only when the last of them is gone, and the shutdown drain waits for tunnels too.
-    _slot: Option<OwnedSemaphorePermit>,
+    _slot: Option<crate::slots::Slot>,
     /// The listener's open-connections gauge, decremented when the connection is really gone.
     open: Option<metrics::Gauge>,
     /// The listener's in-flight-requests gauge, moved by [`ActiveRequest`].
@@ -63,7 +62,7 @@ impl Activity {
     /// (incremented here, decremented when the last user of the connection is gone); its requests
     /// are counted in `in_flight` while active.
     pub fn holding(
-        slot: Option<OwnedSemaphorePermit>,
+        slot: Option<crate::slots::Slot>,
         open: Option<metrics::Gauge>,
         in_flight: Option<metrics::Gauge>,
     ) -> Self {

@@ -9,9 +9,11 @@ mod idle;
 
 pub use idle::{ActiveRequest, Activity, IdleIo};
 
-use crate::config::Config;
+use crate::config::{Config, Timeouts};
 use crate::proxy::{self, Proxy, Shared};
 use crate::runtime::Runtime;
+use crate::slots::{Slot, Slots};
+use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -19,9 +21,10 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 /// How often an HTTP/2 client connection is pinged, and how long an answer may take.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -30,52 +33,178 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Binds every configured listener. Binding happens before serving so that the caller can report the
-/// bound addresses (port 0 picks a free port) and fail fast on a taken port.
-pub async fn bind(config: &Config) -> io::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(config.listeners.len());
-    for l in &config.listeners {
-        let listener = TcpListener::bind(l.addr)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.addr)))?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
+/// Everything a new connection is served with. Rebuilt when a config is applied and read once per
+/// accepted connection, so new settings reach new connections while open ones keep theirs.
+struct ServeCtx {
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    timeouts: Timeouts,
+    /// The settings `shared.client` was built with: an unchanged client (and its pooled connections)
+    /// is kept across reloads.
+    client_settings: (Duration, Duration, usize),
 }
 
-/// Serves `listeners` with the runtime's current config until `shutdown` completes, then drains.
-pub async fn serve(listeners: Vec<TcpListener>, runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) {
-    let config = Arc::clone(&runtime.snapshot().config);
-    let client = proxy::upstream_client(&config, runtime.conn_limits());
-    runtime.start_health_checks();
-    let shared = Arc::new(Shared { client, runtime: Arc::clone(&runtime) });
-    let builder = Arc::new(http_builder(&config));
-    let max = config.limits.max_connections;
-    let permits = Arc::new(Semaphore::new(max));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    for listener in listeners {
-        let ctx = AcceptCtx {
-            shared: Arc::clone(&shared),
-            builder: Arc::clone(&builder),
-            permits: Arc::clone(&permits),
-            stop: stop_rx.clone(),
-            timeouts: config.timeouts,
+impl ServeCtx {
+    fn new(runtime: &Arc<Runtime>, config: &Config, old: Option<&ServeCtx>) -> Self {
+        let settings =
+            (config.timeouts.connect, config.timeouts.upstream_idle, config.limits.upstream_idle_per_server);
+        let client = match old {
+            Some(old) if old.client_settings == settings => old.shared.client.clone(),
+            _ => proxy::upstream_client(config, runtime.conn_limits()),
         };
-        tokio::spawn(accept_loop(listener, ctx));
+        Self {
+            shared: Arc::new(Shared { client, runtime: Arc::clone(runtime) }),
+            builder: http_builder(config),
+            timeouts: config.timeouts,
+            client_settings: settings,
+        }
     }
+}
+
+/// The client-facing side: listeners by configured address, each with its accept loop, and the
+/// connection limit they share.
+///
+/// A reload first [`prepare`](Server::prepare)s (binds the addresses the new config adds; a taken
+/// port fails the reload before anything changed), then the runtime swaps its snapshot, then
+/// [`commit`](Server::commit) starts the new listeners, stops the removed ones (their connections
+/// finish their current request and close) and serves new connections with the new settings. A
+/// listener whose address did not change keeps its socket and its connections.
+pub struct Server {
+    runtime: Arc<Runtime>,
+    /// Shared with the accept loops, which load it once per connection.
+    ctx: Arc<ArcSwap<ServeCtx>>,
+    slots: Arc<Slots>,
+    listening: Mutex<Listening>,
+}
+
+#[derive(Default)]
+struct Listening {
+    by_addr: Vec<Listener>,
+    /// Set by [`Server::shutdown`]: no listener starts after it.
+    closed: bool,
+}
+
+struct Listener {
+    /// The address as configured (port 0 stays 0 here, so it matches the next config).
+    configured: SocketAddr,
+    local: SocketAddr,
+    /// `true` stops the accept loop and drains the listener's connections.
+    stop: watch::Sender<bool>,
+}
+
+/// Sockets bound for a config but not yet accepting.
+#[derive(Debug, Default)]
+pub struct Bound(Vec<(SocketAddr, TcpListener)>);
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("listeners", &self.listeners()).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Binds every listener of the runtime's config and starts accepting, and starts the health
+    /// checks. Fails fast on a taken port.
+    pub async fn start(runtime: Arc<Runtime>) -> io::Result<Arc<Self>> {
+        let snap = runtime.snapshot();
+        let server = Arc::new(Self {
+            ctx: Arc::new(ArcSwap::from_pointee(ServeCtx::new(&runtime, &snap.config, None))),
+            slots: Slots::new(snap.config.limits.max_connections),
+            listening: Mutex::default(),
+            runtime,
+        });
+        let bound = server.prepare(&snap.config).await?;
+        server.runtime.start_health_checks();
+        server.commit(bound);
+        Ok(server)
+    }
+
+    /// `(configured, bound)` address of every listener, in config order of their start.
+    pub fn listeners(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        self.lock().by_addr.iter().map(|l| (l.configured, l.local)).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Listening> {
+        self.listening.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Binds the addresses `config` has and the running listeners do not. Changes nothing else.
+    pub async fn prepare(&self, config: &Config) -> io::Result<Bound> {
+        let running: Vec<SocketAddr> = self.lock().by_addr.iter().map(|l| l.configured).collect();
+        let mut bound = Bound::default();
+        for l in config.listeners.iter().filter(|l| !running.contains(&l.addr)) {
+            let listener = TcpListener::bind(l.addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.addr)))?;
+            bound.0.push((l.addr, listener));
+        }
+        Ok(bound)
+    }
+
+    /// Serves the runtime's current config: new settings for new connections, the connection limit
+    /// resized, `bound` listeners started and listeners the config no longer has stopped.
+    pub fn commit(&self, bound: Bound) {
+        let snap = self.runtime.snapshot();
+        let config = &snap.config;
+        self.ctx.store(Arc::new(ServeCtx::new(&self.runtime, config, Some(&self.ctx.load()))));
+        self.slots.resize(config.limits.max_connections);
+        let mut listening = self.lock();
+        if listening.closed {
+            return;
+        }
+        listening.by_addr.retain(|l| {
+            let keep = config.listeners.iter().any(|c| c.addr == l.configured);
+            if !keep {
+                tracing::info!(addr = %l.local, "listener removed: no new connections, draining");
+                let _ = l.stop.send(true);
+            }
+            keep
+        });
+        for (configured, listener) in bound.0 {
+            let local = listener.local_addr().unwrap_or(configured);
+            tracing::info!(%local, "listener started");
+            let (stop, stop_rx) = watch::channel(false);
+            listening.by_addr.push(Listener { configured, local, stop });
+            tokio::spawn(accept_loop(listener, self.accept_ctx(stop_rx)));
+        }
+    }
+
+    fn accept_ctx(&self, stop: watch::Receiver<bool>) -> AcceptCtx {
+        AcceptCtx { serve: Arc::clone(&self.ctx), slots: Arc::clone(&self.slots), stop }
+    }
+
+    /// Stops every listener and the health checks, and tells every connection to finish, without
+    /// waiting.
+    pub fn close(&self) {
+        let mut listening = self.lock();
+        listening.closed = true;
+        for l in listening.by_addr.drain(..) {
+            let _ = l.stop.send(true);
+        }
+        self.runtime.stop_health_checks();
+    }
+
+    /// Stops every listener, tells every connection to finish, and waits until all are closed or
+    /// the drain timeout passed. The health checks stop too.
+    pub async fn shutdown(&self) {
+        self.close();
+        let drain = self.runtime.snapshot().config.timeouts.drain;
+        tracing::info!(?drain, "shutting down: no new connections, draining");
+        if tokio::time::timeout(drain, self.slots.closed()).await.is_ok() {
+            tracing::info!("all connections closed");
+        } else {
+            tracing::warn!(open = self.slots.open(), "drain timeout: closing remaining connections");
+        }
+    }
+}
+
+/// Serves the runtime's config until `shutdown` completes, then drains (the whole life of a server
+/// without reloads, as tests and embedders use it).
+pub async fn serve(runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    let server = Server::start(runtime).await?;
     shutdown.await;
-    runtime.stop_health_checks();
-    tracing::info!(drain = ?config.timeouts.drain, "shutting down: no new connections, draining");
-    let _ = stop_tx.send(true);
-    // Every connection holds one permit: when all are back, every connection has closed.
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(config.timeouts.drain, permits.acquire_many(all)).await.is_ok();
-    if drained {
-        tracing::info!("all connections closed");
-    } else {
-        let open = max.saturating_sub(permits.available_permits());
-        tracing::warn!(open, "drain timeout: closing remaining connections");
-    }
+    server.shutdown().await;
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C): the signals that start a graceful shutdown.
@@ -120,11 +249,9 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 }
 
 struct AcceptCtx {
-    shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    permits: Arc<Semaphore>,
+    serve: Arc<ArcSwap<ServeCtx>>,
+    slots: Arc<Slots>,
     stop: watch::Receiver<bool>,
-    timeouts: crate::config::Timeouts,
 }
 
 async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
@@ -135,8 +262,8 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
     let in_flight = metrics::gauge!(crate::metrics::LISTENER_IN_FLIGHT, "listener" => label);
     loop {
         // Take a connection slot first: at the limit, clients wait in the kernel's backlog.
-        let permit = tokio::select! {
-            p = Arc::clone(&ctx.permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        let slot = tokio::select! {
+            s = ctx.slots.acquire() => s,
             _ = ctx.stop.changed() => return,
         };
         let accepted = tokio::select! {
@@ -152,22 +279,15 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = Conn {
-            shared: Arc::clone(&ctx.shared),
-            builder: Arc::clone(&ctx.builder),
-            stop: ctx.stop.clone(),
-            timeouts: ctx.timeouts,
-        };
+        let conn = Conn { serve: ctx.serve.load_full(), stop: ctx.stop.clone() };
         accepted_total.increment(1);
-        tokio::spawn(conn.serve(stream, peer, permit, (open.clone(), in_flight.clone())));
+        tokio::spawn(conn.serve(stream, peer, slot, (open.clone(), in_flight.clone())));
     }
 }
 
 struct Conn {
-    shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    serve: Arc<ServeCtx>,
     stop: watch::Receiver<bool>,
-    timeouts: crate::config::Timeouts,
 }
 
 impl Conn {
@@ -175,13 +295,14 @@ impl Conn {
         mut self,
         stream: TcpStream,
         peer: SocketAddr,
-        slot: tokio::sync::OwnedSemaphorePermit,
+        slot: Slot,
         (open, in_flight): (metrics::Gauge, metrics::Gauge),
     ) {
         let activity = Arc::new(Activity::holding(Some(slot), Some(open), Some(in_flight)));
-        let io = IdleIo::new(stream, Arc::clone(&activity), &self.timeouts);
-        let service = TowerToHyperService::new(Proxy::new(Arc::clone(&self.shared), peer, Some(activity)));
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let serve = &self.serve;
+        let io = IdleIo::new(stream, Arc::clone(&activity), &serve.timeouts);
+        let service = TowerToHyperService::new(Proxy::new(Arc::clone(&serve.shared), peer, Some(activity)));
+        let conn = serve.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,

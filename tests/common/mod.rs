@@ -261,43 +261,31 @@ pub async fn closed_port() -> SocketAddr {
 pub struct Lb {
     pub addr: SocketAddr,
     pub runtime: Arc<Runtime>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    pub server: Arc<lb::server::Server>,
 }
 
 impl Lb {
     pub async fn start(toml: &str) -> Self {
         let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}"));
-        let listeners = lb::server::bind(&config).await.unwrap();
-        let addr = listeners[0].local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let runtime = Arc::new(Runtime::new(config));
-        let task = tokio::spawn(lb::server::serve(listeners, Arc::clone(&runtime), async {
-            let _ = rx.await;
-        }));
-        Self { addr, runtime, stop: Some(tx), task: Some(task) }
+        let server = lb::server::Server::start(Arc::clone(&runtime)).await.unwrap();
+        let addr = server.listeners()[0].1;
+        Self { addr, runtime, server }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Triggers graceful shutdown and waits for `serve` to return.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap();
-        }
+    /// Triggers graceful shutdown and waits until connections are drained.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
     }
 }
 
 impl Drop for Lb {
     fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
+        self.server.close();
     }
 }
 

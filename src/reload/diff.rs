@@ -1,0 +1,249 @@
+//! What a reload would change, one self-contained line per change: listeners, pools, servers,
+//! strategies, routes and settings, and for consistent-hash pools the share of keys that would move
+//! to another server. Used by reload logs, `POST /reload` answers and `lb check --diff`.
+
+use crate::balance::moved_share;
+use crate::config::{Config, PoolConfig, ServerConfig, StrategyKind};
+use std::fmt::Debug;
+
+/// Every change from `old` to `new`; empty when they serve the same way.
+pub fn diff(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for l in &new.listeners {
+        if !old.listeners.iter().any(|o| o.addr == l.addr) {
+            out.push(format!("+ listener {}", l.addr));
+        }
+    }
+    for l in &old.listeners {
+        if !new.listeners.iter().any(|n| n.addr == l.addr) {
+            out.push(format!("- listener {} (stops accepting; its connections finish and close)", l.addr));
+        }
+    }
+    for pool in &new.pools {
+        match old.pools.iter().find(|o| o.name == pool.name) {
+            None => out.push(format!(
+                "+ pool {} ({}, {} servers)",
+                pool.name,
+                strategy(pool.strategy),
+                pool.servers.len()
+            )),
+            Some(o) => pool_changes(o, pool, &mut out),
+        }
+    }
+    for pool in old.pools.iter().filter(|o| !new.pools.iter().any(|n| n.name == o.name)) {
+        out.push(format!("- pool {}", pool.name));
+    }
+    if routes(old) != routes(new) {
+        out.push(format!("~ routes: {}", routes(new).join(", ")));
+    }
+    settings("timeouts", &old.timeouts, &new.timeouts, &mut out);
+    settings("limits", &old.limits, &new.limits, &mut out);
+    settings("http", &old.http, &new.http, &mut out);
+    settings("reload", &old.reload, &new.reload, &mut out);
+    if old.access_log != new.access_log {
+        out.push(format!("~ log.access: {:?} -> {:?}", old.access_log, new.access_log));
+    }
+    if old.sticky_secret != new.sticky_secret {
+        out.push("~ sticky secret: changed (cookies signed with the old one are no longer accepted)".into());
+    }
+    if old.admin != new.admin {
+        out.push(format!(
+            "! admin: {} -> {} takes effect at the next restart",
+            opt(old.admin.as_ref()),
+            opt(new.admin.as_ref())
+        ));
+    }
+    out
+}
+
+fn pool_changes(old: &PoolConfig, new: &PoolConfig, out: &mut Vec<String>) {
+    let name = &new.name;
+    if old.strategy != new.strategy {
+        out.push(format!("~ pool {name}: strategy {} -> {}", strategy(old.strategy), strategy(new.strategy)));
+    }
+    for s in &new.servers {
+        match old.servers.iter().find(|o| o.name == s.name) {
+            None => out.push(format!("~ pool {name}: + server {} ({}, weight {})", s.name, s.addr, s.weight)),
+            Some(o) => server_changes(name, o, s, out),
+        }
+    }
+    for s in old.servers.iter().filter(|o| !new.servers.iter().any(|n| n.name == o.name)) {
+        out.push(format!(
+            "~ pool {name}: - server {} ({}; requests in flight finish, it gets no new ones)",
+            s.name, s.addr
+        ));
+    }
+    if let (StrategyKind::ConsistentHash, StrategyKind::ConsistentHash) = (old.strategy, new.strategy) {
+        fn ring(p: &PoolConfig) -> Vec<(&str, u32)> {
+            p.servers.iter().map(|s| (s.name.as_str(), s.weight)).collect()
+        }
+        let vnodes = |p: &PoolConfig| p.hash.as_ref().map_or(160, |h| h.vnodes);
+        let (a, b) = (ring(old), ring(new));
+        if a != b || vnodes(old) != vnodes(new) {
+            let share = moved_share(&a, vnodes(old), &b, vnodes(new));
+            out.push(format!("~ pool {name}: {:.1}% of hash keys move to another server", share * 100.0));
+        }
+    }
+    let parts: [(&str, bool); 8] = [
+        ("hash", old.hash != new.hash),
+        ("seed", old.seed != new.seed),
+        ("sticky", old.sticky != new.sticky),
+        ("health", old.health != new.health),
+        ("passive", old.passive != new.passive),
+        ("slow_start", old.slow_start != new.slow_start),
+        ("retry", old.retry != new.retry),
+        ("limits", old.limits != new.limits),
+    ];
+    let changed: Vec<&str> = parts.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect();
+    if !changed.is_empty() {
+        out.push(format!("~ pool {name}: settings changed: {}", changed.join(", ")));
+    }
+}
+
+fn server_changes(pool: &str, old: &ServerConfig, new: &ServerConfig, out: &mut Vec<String>) {
+    let mut what = Vec::new();
+    if old.addr != new.addr {
+        what.push(format!("addr {} -> {} (a new server: its state starts afresh)", old.addr, new.addr));
+    }
+    if old.weight != new.weight {
+        what.push(format!("weight {} -> {}", old.weight, new.weight));
+    }
+    if old.max_requests != new.max_requests {
+        what.push(format!(
+            "max_requests {} -> {}",
+            opt(old.max_requests.as_ref()),
+            opt(new.max_requests.as_ref())
+        ));
+    }
+    if old.max_connections != new.max_connections {
+        let (a, b) = (opt(old.max_connections.as_ref()), opt(new.max_connections.as_ref()));
+        what.push(format!("max_connections {a} -> {b}"));
+    }
+    if !what.is_empty() {
+        out.push(format!("~ pool {pool}: server {}: {}", new.name, what.join(", ")));
+    }
+}
+
+fn strategy(kind: StrategyKind) -> &'static str {
+    kind.name()
+}
+
+/// Routes as `host/prefix -> pool`, in the order they are tried.
+fn routes(config: &Config) -> Vec<String> {
+    config
+        .routes
+        .iter()
+        .map(|r| {
+            let host = match &r.host {
+                None => "*".to_owned(),
+                Some(crate::config::HostMatch::Exact(h)) => h.clone(),
+                Some(crate::config::HostMatch::Suffix(s)) => format!("*{s}"),
+            };
+            let pool = config.pools.get(r.pool).map_or("?", |p| p.name.as_str());
+            format!("{host}{} -> {pool}", r.path_prefix.as_deref().unwrap_or(""))
+        })
+        .collect()
+}
+
+/// `~ section: key old -> new` for each field of a flat settings struct that changed, read from its
+/// pretty `Debug` form (one `key: value,` line per field), so a new field needs no code here.
+fn settings<T: Debug + PartialEq>(section: &str, old: &T, new: &T, out: &mut Vec<String>) {
+    if old == new {
+        return;
+    }
+    let fields = |v: &T| -> Vec<(String, String)> {
+        format!("{v:#?}")
+            .lines()
+            .filter_map(|l| l.strip_prefix("    ")?.split_once(": "))
+            .filter(|(k, _)| !k.starts_with(' '))
+            .map(|(k, v)| (k.to_owned(), v.trim_end_matches(',').to_owned()))
+            .collect()
+    };
+    let (a, b) = (fields(old), fields(new));
+    let changed: Vec<String> =
+        a.iter().zip(&b).filter(|(x, y)| x != y).map(|((k, x), (_, y))| format!("{k} {x} -> {y}")).collect();
+    if changed.is_empty() {
+        out.push(format!("~ {section}: changed"));
+    } else {
+        out.push(format!("~ {section}: {}", changed.join(", ")));
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<&T>) -> String {
+    v.map_or_else(|| "none".to_owned(), ToString::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(body: &str) -> Config {
+        Config::from_toml(&format!("[[listeners]]\naddr = \"127.0.0.1:0\"\n{body}")).unwrap()
+    }
+
+    #[test]
+    fn names_each_change_on_its_own_line() {
+        let old = config(
+            r#"[timeouts]
+connect = "5s"
+[pools.web]
+servers = [{ name = "a", addr = "127.0.0.1:1" }, { name = "b", addr = "127.0.0.1:2" }]
+[pools.gone]
+servers = []
+[[routes]]
+pool = "web""#,
+        );
+        let new = config(
+            r#"[[listeners]]
+addr = "127.0.0.1:8081"
+[timeouts]
+connect = "2s"
+[pools.web]
+strategy = "weighted"
+servers = [{ name = "a", addr = "127.0.0.1:1", weight = 3 }, { name = "c", addr = "127.0.0.1:3" }]
+[pools.web.retry]
+attempts = 3
+[pools.api]
+servers = [{ addr = "127.0.0.1:4" }]
+[[routes]]
+path_prefix = "/api"
+pool = "api"
+[[routes]]
+pool = "web""#,
+        );
+        let lines = diff(&old, &new);
+        let expected = [
+            "+ listener 127.0.0.1:8081",
+            "~ pool web: strategy round_robin -> weighted",
+            "~ pool web: server a: weight 1 -> 3",
+            "~ pool web: + server c (127.0.0.1:3, weight 1)",
+            "~ pool web: - server b (127.0.0.1:2; requests in flight finish, it gets no new ones)",
+            "~ pool web: settings changed: retry",
+            "+ pool api (round_robin, 1 servers)",
+            "- pool gone",
+            "~ routes: */api -> api, * -> web",
+            "~ timeouts: connect 5s -> 2s",
+        ];
+        for line in expected {
+            assert!(lines.iter().any(|l| l == line), "missing {line:?} in {lines:#?}");
+        }
+        assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+        assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn consistent_hash_pools_report_the_share_of_keys_that_move() {
+        let pool = |servers: &str| {
+            config(&format!(
+                "[pools.p]\nstrategy = \"consistent_hash\"\nhash_key = \"path\"\nservers = [{servers}]"
+            ))
+        };
+        let servers = |n: u16| (1..=n).map(|i| format!("{{ addr = \"127.0.0.1:{i}\" }}")).collect::<Vec<_>>();
+        let four = pool(&servers(4).join(", "));
+        let three = pool(&servers(3).join(", "));
+        let lines = diff(&four, &three);
+        let share = lines.iter().find(|l| l.contains("hash keys move")).expect("a share line");
+        let percent: f64 = share.split(": ").nth(1).unwrap().split('%').next().unwrap().parse().unwrap();
+        assert!((15.0..35.0).contains(&percent), "one server of four leaves: about a quarter moves: {share}");
+    }
+}
