@@ -27,10 +27,13 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
     let admin_addr = config.admin;
     let runtime = Arc::new(Runtime::new(config));
     let server = Server::start(Arc::clone(&runtime)).await?;
+    let reloader = Reloader::new(path, runtime, Arc::clone(&server));
+    // Every trigger is in place before readiness is announced: an edit made right after it counts.
+    let on_hup = reload::on_sighup(Arc::clone(&reloader));
+    let watch = reload::watch::start(Arc::clone(&reloader));
     for (_, local) in server.listeners() {
         announce(&format!("lb listening on http://{local}"));
     }
-    let reloader = Reloader::new(path, runtime, Arc::clone(&server));
     let ready = Arc::new(AtomicBool::new(true));
     let admin_task = match admin_addr {
         Some(addr) => {
@@ -48,12 +51,12 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
         }
         None => None,
     };
-    let on_hup = tokio::spawn(reload::on_sighup(Arc::clone(&reloader)));
-    let watch = reload::watch::start(Arc::clone(&reloader));
     server::shutdown_signal().await;
     ready.store(false, Ordering::Relaxed);
     // No reload may start listeners while draining.
-    on_hup.abort();
+    if let Some(task) = on_hup {
+        task.abort();
+    }
     drop(watch);
     server.shutdown().await;
     if let Some(task) = admin_task {

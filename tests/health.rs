@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::{client, closed_port, config_with, eventually, get, Backend, Client, Lb};
+use common::{client, closed_port, config_with, get, Backend, Client, Lb, Traffic};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use lb::upstream::Upstream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,65 +17,6 @@ fn server(lb: &Lb, name: &str) -> Arc<Upstream> {
     let snap = lb.runtime.snapshot();
     let pool = snap.pools.iter().find(|p| &*p.name == "web").unwrap();
     Arc::clone(pool.upstreams.iter().find(|u| &*u.key.name == name).unwrap())
-}
-
-/// Steady GET traffic from `loops` clients until stopped; counts answers and collects failures.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
-}
-
-impl Traffic {
-    fn start(url: String, loops: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let tasks = (0..loops)
-            .map(|_| {
-                let (url, stop, ok, client) = (url.clone(), Arc::clone(&stop), Arc::clone(&ok), client());
-                tokio::spawn(async move {
-                    let mut failures = Vec::new();
-                    // Bounded: at most 60s or 200k requests, whichever comes first.
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    for _ in 0..200_000 {
-                        if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
-                            break;
-                        }
-                        match client.get(url.parse().unwrap()).await {
-                            Ok(resp) if resp.status() == StatusCode::OK => {
-                                let _ = resp.into_body().collect().await;
-                                ok.fetch_add(1, Ordering::SeqCst);
-                            }
-                            Ok(resp) => failures.push(format!("status {}", resp.status())),
-                            Err(e) => failures.push(format!("error {e}")),
-                        }
-                    }
-                    failures
-                })
-            })
-            .collect();
-        Self { stop, ok, tasks }
-    }
-
-    /// Waits until `n` more requests were answered OK.
-    async fn pass(&self, n: usize) {
-        let target = self.ok.load(Ordering::SeqCst) + n;
-        let ok = Arc::clone(&self.ok);
-        eventually(Duration::from_secs(20), || {
-            let ok = Arc::clone(&ok);
-            async move { ok.load(Ordering::SeqCst) >= target }
-        })
-        .await;
-    }
-
-    async fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut failures = Vec::new();
-        for t in self.tasks {
-            failures.extend(t.await.unwrap());
-        }
-        (self.ok.load(Ordering::SeqCst), failures)
-    }
 }
 
 /// Polls (bounded) until `cond` holds for the server; returns how long it took.

@@ -179,18 +179,22 @@ impl Reloader {
     }
 }
 
-/// Reloads on every SIGHUP until the process ends.
-pub async fn on_sighup(reloader: Arc<Reloader>) {
+/// Reloads on every SIGHUP, from a task the returned handle controls. The handler is installed
+/// before this returns, so a SIGHUP sent once lb announced readiness never hits the default action
+/// (terminate). `None` (logged) if it cannot be installed.
+pub fn on_sighup(reloader: Arc<Reloader>) -> Option<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for SIGHUP; reload with POST /reload or by editing the file");
-            return;
+            return None;
         }
     };
-    while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP received: reloading");
-        let _ = reloader.reload(Trigger::Signal).await;
-    }
+    Some(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading");
+            let _ = reloader.reload(Trigger::Signal).await;
+        }
+    }))
 }

@@ -348,7 +348,8 @@ pub struct LbProcess {
     pub admin: SocketAddr,
     /// lb's stdout after its startup lines: access-log lines, when enabled.
     pub stdout: std::io::BufReader<std::process::ChildStdout>,
-    _config: tempfile::NamedTempFile,
+    /// Holds `lb.toml`, alone, so the reload watcher sees only its own events.
+    dir: tempfile::TempDir,
 }
 
 impl LbProcess {
@@ -356,11 +357,12 @@ impl LbProcess {
     /// line (its readiness signal), which also tells the port-0 address.
     pub fn start(toml: &str) -> Self {
         use std::io::BufRead;
-        let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        std::fs::write(config.path(), with_test_admin(toml)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("lb.toml");
+        std::fs::write(&config, with_test_admin(toml)).unwrap();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lb"))
-            .args(["--config", config.path().to_str().unwrap()])
-            .env("LB_LOG", "warn")
+            .args(["--config", config.to_str().unwrap()])
+            .env("LB_LOG", std::env::var("TEST_LB_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -381,7 +383,45 @@ impl LbProcess {
             .unwrap_or_else(|| panic!("{line:?}"))
             .parse()
             .unwrap();
-        Self { child, addr, admin, stdout, _config: config }
+        Self { child, addr, admin, stdout, dir }
+    }
+
+    /// The config file lb was started with (and reloads).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("lb.toml")
+    }
+
+    /// Replaces the config file the way editors do: a new file renamed over the old one.
+    pub fn replace_config(&self, toml: &str) {
+        let tmp = self.dir.path().join(".lb.toml.swp");
+        std::fs::write(&tmp, with_test_admin(toml)).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
+    }
+
+    /// `POST {path}` on the admin listener: status and the JSON answer.
+    pub async fn admin_post(&self, path: &str, body: &str) -> (StatusCode, serde_json::Value) {
+        let req = Request::post(format!("http://{}{path}", self.admin))
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let resp = client().request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&body))),
+        )
+    }
+
+    /// The admin `/status` document.
+    pub async fn status(&self) -> serde_json::Value {
+        let (_, body) = get(&client(), &format!("http://{}/status", self.admin)).await;
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// The value of the metric line that starts with `series` (name and labels as rendered).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = get(&client(), &format!("http://{}/metrics", self.admin)).await;
+        text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
     }
 }
 
@@ -421,4 +461,63 @@ pub async fn read_head(s: &mut TcpStream) -> String {
         head.push(byte[0]);
     }
     String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+/// Steady GET traffic from `loops` clients until stopped; counts answers and collects failures.
+pub struct Traffic {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Traffic {
+    pub fn start(url: String, loops: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..loops)
+            .map(|_| {
+                let (url, stop, ok, client) = (url.clone(), Arc::clone(&stop), Arc::clone(&ok), client());
+                tokio::spawn(async move {
+                    let mut failures = Vec::new();
+                    // Bounded: at most 60s or 200k requests, whichever comes first.
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                    for _ in 0..200_000 {
+                        if stop.load(Ordering::SeqCst) || tokio::time::Instant::now() > deadline {
+                            break;
+                        }
+                        match client.get(url.parse().unwrap()).await {
+                            Ok(resp) if resp.status() == StatusCode::OK => {
+                                let _ = resp.into_body().collect().await;
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok(resp) => failures.push(format!("status {}", resp.status())),
+                            Err(e) => failures.push(format!("error {e}")),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Self { stop, ok, tasks }
+    }
+
+    /// Waits until `n` more requests were answered OK.
+    pub async fn pass(&self, n: usize) {
+        let target = self.ok.load(Ordering::SeqCst) + n;
+        let ok = Arc::clone(&self.ok);
+        eventually(Duration::from_secs(20), || {
+            let ok = Arc::clone(&ok);
+            async move { ok.load(Ordering::SeqCst) >= target }
+        })
+        .await;
+    }
+
+    pub async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut failures = Vec::new();
+        for t in self.tasks {
+            failures.extend(t.await.unwrap());
+        }
+        (self.ok.load(Ordering::SeqCst), failures)
+    }
 }
