@@ -570,6 +570,25 @@ mod tests {
         assert!(!moved.pools[0].upstreams[0].stats.health.is_ejected(), "a new address starts afresh");
     }
 
+    #[tokio::test]
+    async fn servers_added_or_raised_from_weight_zero_slow_start_and_others_do_not() {
+        let slow = "slow_start = \"10s\"\n";
+        let rt = Runtime::new(config_with(
+            r#"{ name = "a", addr = "127.0.0.1:1" }, { name = "b", addr = "127.0.0.1:2", weight = 0 }"#,
+            slow,
+        ));
+        let warmup = |snap: &Snapshot, i: usize| snap.pools[0].upstreams[i].stats.health.warmup();
+        assert_eq!(warmup(&rt.snapshot(), 0), health::FULL, "nothing slow-starts at start");
+        let next = rt.apply(config_with(
+            r#"{ name = "a", addr = "127.0.0.1:1", weight = 3 }, { name = "b", addr = "127.0.0.1:2" },
+               { name = "c", addr = "127.0.0.1:3" }"#,
+            slow,
+        ));
+        assert_eq!(warmup(&next, 0), health::FULL, "a reweighted server keeps its share");
+        assert!(warmup(&next, 1) < health::FULL, "b came back from weight 0");
+        assert!(warmup(&next, 2) < health::FULL, "c is new");
+    }
+
     #[test]
     fn the_retry_budget_allows_a_share_of_requests_in_flight_and_a_floor() {
         let rt = Runtime::new(config_with(

@@ -76,16 +76,25 @@ async fn twenty_reloads_under_steady_load_fail_no_request() {
     let traffic = Traffic::start(url.clone(), 8);
     traffic.pass(200).await;
     let started = std::time::Instant::now();
+    let mut posts = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         lb.replace_config(step);
+        let post = std::time::Instant::now();
         let (status, answer) = lb.admin_post("/reload", "").await;
+        posts.push(post.elapsed());
         assert_eq!(status, StatusCode::OK, "reload {i}: {answer}");
         assert_eq!(answer["generation"], i as u64 + 2, "{answer}");
         traffic.pass(50).await;
     }
     let took = started.elapsed();
     let (ok, failures) = traffic.finish().await;
-    eprintln!("20 reloads in {took:?} under 8 clients: {ok} requests, {} failed", failures.len());
+    posts.sort();
+    eprintln!(
+        "20 reloads in {took:?} under 8 clients: {ok} requests, {} failed; POST /reload took {:?} median, {:?} max",
+        failures.len(),
+        posts[posts.len() / 2],
+        posts[posts.len() - 1]
+    );
     assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
     // The last config (servers a, b, c and d at weight 5, weighted) is the one served.
     assert_eq!(answering(&url, 200).await, ["a", "b", "c", "d"]);

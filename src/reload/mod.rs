@@ -113,6 +113,10 @@ impl Reloader {
         self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    fn last_failed(&self) -> bool {
+        self.last().is_some_and(|l| l.error.is_some())
+    }
+
     /// Reads, validates and applies the file; on any error the running config stays. A file-change
     /// trigger whose file (and key material) is byte-for-byte the running one changes nothing; an
     /// explicit trigger (signal, admin) always applies, re-reading every file the config names.
@@ -120,7 +124,9 @@ impl Reloader {
         let _one_at_a_time = self.serial.lock().await;
         let result = self.try_reload(trigger).await;
         let outcome = match &result {
-            Ok(applied) if applied.unchanged => None,
+            // An unchanged file is no news, unless the last reload failed: then the file on disk is
+            // valid again (it is what runs), and the failure gauge must say so.
+            Ok(applied) if applied.unchanged && !self.last_failed() => None,
             Ok(applied) => {
                 tracing::info!(
                     trigger = trigger.as_str(),
