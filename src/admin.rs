@@ -143,6 +143,7 @@ async fn reload(admin: &Admin) -> Response<Full<Bytes>> {
             let status = match e {
                 crate::reload::ReloadError::Config(_) => StatusCode::BAD_REQUEST,
                 crate::reload::ReloadError::Listen(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                crate::reload::ReloadError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             };
             json(status, &serde_json::json!({ "result": "error", "error": e.to_string() }))
         }
@@ -155,21 +156,30 @@ async fn diff(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     use http_body_util::BodyExt;
     let body = match http_body_util::Limited::new(req.into_body(), MAX_DIFF_BODY).collect().await {
         Ok(body) => body.to_bytes(),
-        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "a config of at most 1 MiB, please\n"),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "a config of at most 1 MiB, please\n")
+        }
+        Err(_) => return text(StatusCode::BAD_REQUEST, "the request body could not be read\n"),
     };
     let Ok(src) = std::str::from_utf8(&body) else {
         return text(StatusCode::BAD_REQUEST, "the config is not UTF-8\n");
     };
-    // Validation may read files the config names (secret files): blocking I/O, off the workers.
+    // Validation may read files the config names (secret files) and diffing rebuilds hash rings:
+    // both off the async workers.
     let src = src.to_owned();
-    let parsed = tokio::task::spawn_blocking(move || crate::config::Config::from_toml(&src)).await;
+    let snap = admin.runtime.snapshot();
+    let old = Arc::clone(&snap.config);
+    let parsed = tokio::task::spawn_blocking(move || {
+        crate::config::Config::from_toml(&src).map(|new| (new.digest, crate::reload::diff(&old, &new)))
+    })
+    .await;
     match parsed {
-        Ok(Ok(config)) => {
-            let snap = admin.runtime.snapshot();
+        Ok(Ok((digest, changes))) => {
             let doc = serde_json::json!({
+                "result": "ok",
                 "running": { "generation": snap.generation, "hash": snap.config.digest.to_string() },
-                "hash": config.digest.to_string(),
-                "changes": crate::reload::diff(&snap.config, &config),
+                "hash": digest.to_string(),
+                "changes": changes,
             });
             json(StatusCode::OK, &doc)
         }

@@ -14,6 +14,9 @@ use std::sync::Arc;
 /// drains. `announce` receives the startup lines scripts wait for (`lb listening on http://ADDR`,
 /// one per listener, then `lb admin on http://ADDR`).
 pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)) -> io::Result<()> {
+    // First of all: a SIGHUP from now on is queued for the reloader, never the default action
+    // (which would terminate the process).
+    let hup = reload::hangups();
     // Metrics are recorded only when the admin listener can serve them, and the recorder must exist
     // before the runtime registers its handles.
     let metrics = match config.admin {
@@ -24,42 +27,52 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
     metrics::gauge!(crate::metrics::CONFIG_LAST_RELOAD_OK).set(1.0);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     metrics::gauge!(crate::metrics::CONFIG_LAST_RELOAD_TIME).set(now.as_secs_f64());
-    let admin_addr = config.admin;
+    // Every socket is bound before any serves, so a taken admin port fails the start cleanly.
+    let admin_listener =
+        match config.admin {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {addr} (admin.addr): {e}"))
+            })?),
+            None => None,
+        };
     let runtime = Arc::new(Runtime::new(config));
     let server = Server::start(Arc::clone(&runtime)).await?;
     let reloader = Reloader::new(path, runtime, Arc::clone(&server));
-    // Every trigger is in place before readiness is announced: an edit made right after it counts.
-    let on_hup = reload::on_sighup(Arc::clone(&reloader));
+    let on_hup = hup.map(|hup| reload::on_sighup(Arc::clone(&reloader), hup));
     let watch = reload::watch::start(Arc::clone(&reloader));
+    // The file may have changed between its first read and the watcher starting: look once more
+    // (free when it did not).
+    let _ = reloader.reload(reload::Trigger::File).await;
+    let ready = Arc::new(AtomicBool::new(true));
+    let admin_task = admin_listener.map(|listener| {
+        let admin = crate::admin::Admin {
+            runtime: Arc::clone(reloader.runtime()),
+            metrics,
+            ready: Arc::clone(&ready),
+            reloader: Some(Arc::clone(&reloader)),
+        };
+        (listener.local_addr(), tokio::spawn(crate::admin::serve(listener, admin)))
+    });
+    // Readiness: every trigger is armed, so an edit or a SIGHUP right after this line counts.
     for (_, local) in server.listeners() {
         announce(&format!("lb listening on http://{local}"));
     }
-    let ready = Arc::new(AtomicBool::new(true));
-    let admin_task = match admin_addr {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen on {addr} (admin.addr): {e}"))
-            })?;
-            announce(&format!("lb admin on http://{}", listener.local_addr()?));
-            let admin = crate::admin::Admin {
-                runtime: Arc::clone(reloader.runtime()),
-                metrics,
-                ready: Arc::clone(&ready),
-                reloader: Some(Arc::clone(&reloader)),
-            };
-            Some(tokio::spawn(crate::admin::serve(listener, admin)))
-        }
-        None => None,
-    };
+    if let Some((addr, _)) = &admin_task {
+        announce(&format!(
+            "lb admin on http://{}",
+            addr.as_ref().map_err(|e| io::Error::new(e.kind(), e.to_string()))?
+        ));
+    }
     server::shutdown_signal().await;
     ready.store(false, Ordering::Relaxed);
-    // No reload may start listeners while draining.
+    // No reload may start listeners or swap configs while draining.
+    reloader.close().await;
     if let Some(task) = on_hup {
         task.abort();
     }
     drop(watch);
     server.shutdown().await;
-    if let Some(task) = admin_task {
+    if let Some((_, task)) = admin_task {
         task.abort();
     }
     Ok(())

@@ -106,6 +106,19 @@ impl Slots {
             let fewer = old - limit;
             let forgotten = self.sem.forget_permits(fewer);
             self.deficit.fetch_add(fewer - forgotten, Ordering::AcqRel);
+            // A slot that closed between the two lines above returned its permit instead of paying
+            // the deficit: pay from free permits now, so the new limit holds at once.
+            while self.deficit.load(Ordering::Acquire) > 0 && self.sem.forget_permits(1) == 1 {
+                if self
+                    .deficit
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+                    .is_err()
+                {
+                    // A closing slot paid it meanwhile: give the permit back.
+                    self.sem.add_permits(1);
+                    break;
+                }
+            }
         }
     }
 }

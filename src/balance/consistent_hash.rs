@@ -96,11 +96,18 @@ fn cap(factor: f64, total: usize, servers: usize) -> usize {
 /// if the ring would exceed [`MAX_POINTS`], each tagged with its server's index.
 fn ring<'a>(servers: impl Iterator<Item = (&'a str, u32)> + Clone, vnodes: u32) -> Vec<(u64, u32)> {
     let total_weight: u64 = servers.clone().map(|(_, w)| u64::from(w)).sum();
-    let per_weight = u64::from(vnodes).min((MAX_POINTS / total_weight.max(1)).max(1));
-    let per_weight = u32::try_from(per_weight).unwrap_or(vnodes);
-    let mut ring = Vec::with_capacity(usize::try_from(u64::from(per_weight) * total_weight).unwrap_or(0));
+    let per_weight = u64::from(vnodes).min(MAX_POINTS / total_weight.max(1));
+    // Past MAX_POINTS units of weight, each server gets points in proportion to its weight (at least
+    // one if weighted), so the ring stays near MAX_POINTS whatever the pool.
+    let points = |weight: u32| match (weight, per_weight) {
+        (0, _) => 0,
+        (w, 0) => (u64::from(w) * MAX_POINTS / total_weight).max(1),
+        (w, p) => u64::from(w) * p,
+    };
+    let size: u64 = servers.clone().map(|(_, w)| points(w)).sum();
+    let mut ring = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     for (i, (name, weight)) in servers.enumerate() {
-        for point in 0..per_weight.saturating_mul(weight) {
+        for point in 0..u32::try_from(points(weight)).unwrap_or(u32::MAX) {
             ring.push((hash_point(name, point), i as u32));
         }
     }
@@ -229,6 +236,13 @@ mod tests {
         let ch = ConsistentHash::new(&ups, 1000, None, load());
         assert!(ch.ring.len() as u64 <= MAX_POINTS, "{} points", ch.ring.len());
         assert!(ch.ring.len() as u64 >= MAX_POINTS / 2, "still finely spread: {} points", ch.ring.len());
+        // More units of weight than points: proportional points, at least one per weighted server.
+        let names: Vec<String> = (0..10_000).map(|i| format!("s{i}")).collect();
+        let mut servers: Vec<(&str, u32)> = names.iter().map(|n| (n.as_str(), 1000)).collect();
+        servers[0].1 = 0;
+        let big = ring(servers.iter().copied(), 160);
+        assert!(big.len() as u64 <= MAX_POINTS + 10_000, "{} points", big.len());
+        assert!(big.iter().all(|&(_, i)| i != 0), "weight 0 has no point");
     }
 
     #[test]

@@ -42,8 +42,9 @@ pub struct Config {
     pub access_log: AccessLog,
     /// How lb notices edits of its config file.
     pub reload: ReloadConfig,
-    /// SHA-256 of the file's text and of the key material it reads: tells configs apart in
-    /// metrics, `/status` and the reload watcher (an event that changed nothing is ignored).
+    /// SHA-256 of the file's text (not of files it names, so the hash reveals nothing about keys):
+    /// tells configs apart in metrics, `/status` and the reload watcher (an event that left the file
+    /// as it runs is ignored).
     pub digest: Digest,
 }
 
@@ -479,8 +480,7 @@ impl Config {
             .collect();
         let mut config = validate::validate(raw, &mut issues);
         if issues.is_empty() {
-            let secret = config.sticky_secret.as_ref().map_or(&[][..], |s| &s.0[..]);
-            config.digest = Digest::of(&[src.as_bytes(), secret]);
+            config.digest = Digest::of(&[src.as_bytes()]);
             return Ok(config);
         }
         for issue in &mut issues {

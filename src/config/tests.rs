@@ -280,6 +280,23 @@ sticky = { cookie = "a b", path = "x", max_age = "0s", same_site = "none", colou
 }
 
 #[test]
+fn a_secret_file_must_be_a_small_regular_file() {
+    for (path, why) in [("/dev/zero", "not a regular file"), ("/tmp", "not a regular file")] {
+        let got = issues(&format!(
+            "[[listeners]]\naddr = \"127.0.0.1:8080\"\n[sticky]\nsecret_file = \"{path}\"\n[pools.web]\nservers = []\n"
+        ));
+        assert!(got.iter().any(|m| m.contains(&format!("cannot read {path}: {why}"))), "{got:#?}");
+    }
+    let big = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(big.path(), vec![b'k'; 5000]).unwrap();
+    let got = issues(&format!(
+        "[[listeners]]\naddr = \"127.0.0.1:8080\"\n[sticky]\nsecret_file = \"{}\"\n[pools.web]\nservers = []\n",
+        big.path().display()
+    ));
+    assert!(got.iter().any(|m| m.contains("larger than 4096 bytes")), "{got:#?}");
+}
+
+#[test]
 fn overlapping_listen_addresses_are_refused() {
     let with = |a: &str, b: &str| {
         format!("[[listeners]]\naddr = \"{a}\"\n[[listeners]]\naddr = \"{b}\"\n[admin]\nenabled = false\n[pools.web]\n")

@@ -210,7 +210,13 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
     };
     let mut names = HashSet::new();
     let mut servers = Vec::new();
-    for (i, s) in raw.servers.iter().enumerate() {
+    if raw.servers.len() > MAX_SERVERS {
+        out.push(
+            format!("{base}.servers"),
+            format!("{} servers; at most {MAX_SERVERS} per pool", raw.servers.len()),
+        );
+    }
+    for (i, s) in raw.servers.iter().enumerate().take(MAX_SERVERS) {
         let path = format!("{base}.servers[{i}]");
         let Some(addr) = &s.addr else {
             out.push(format!("{path}.addr"), "is required (\"host:port\")");
@@ -453,6 +459,26 @@ fn parse_hash_key(text: &str) -> Result<HashKey, String> {
 
 /// Shortest accepted sticky secret: 16 bytes (128 bits).
 const MIN_SECRET: usize = 16;
+/// Most servers in one pool: bounds every per-pool structure (hash rings, weight tables).
+const MAX_SERVERS: usize = 10_000;
+/// Largest key file read: a key is a few dozen bytes, and a path to a device or a huge file must not
+/// make validation hang or eat memory.
+const MAX_SECRET_FILE: u64 = 4096;
+
+/// Reads a regular file of at most `max` bytes.
+fn read_small_file(path: &str, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    // Checked before opening: opening a FIFO would block until a writer appears.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(bytes)
+}
 
 fn sticky_secret(raw: &RawStickySecret, out: &mut Issues<'_>) -> Option<Secret> {
     let bytes = match (&raw.secret, &raw.secret_file) {
@@ -462,7 +488,7 @@ fn sticky_secret(raw: &RawStickySecret, out: &mut Issues<'_>) -> Option<Secret> 
             return None;
         }
         (Some(secret), None) => secret.as_bytes().to_vec(),
-        (None, Some(path)) => match std::fs::read(path) {
+        (None, Some(path)) => match read_small_file(path, MAX_SECRET_FILE) {
             Ok(bytes) => bytes.trim_ascii().to_vec(),
             Err(e) => {
                 out.push("sticky.secret_file", format!("cannot read {path}: {e}"));

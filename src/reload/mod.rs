@@ -63,6 +63,9 @@ pub enum ReloadError {
     /// A new listener could not be bound.
     #[error("{0}")]
     Listen(#[from] std::io::Error),
+    /// lb is shutting down: nothing changes any more.
+    #[error("lb is shutting down")]
+    ShuttingDown,
 }
 
 /// The last reload attempt, for `/status`.
@@ -85,12 +88,21 @@ pub struct Reloader {
     /// One reload at a time: a second waits, then reads the file as it is by then.
     serial: tokio::sync::Mutex<()>,
     last: Mutex<Option<LastReload>>,
+    /// Set when shutdown begins: every later reload is refused.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Reloader {
     /// A reloader of `path` (the file the runtime's config came from).
     pub fn new(path: PathBuf, runtime: Arc<Runtime>, server: Arc<Server>) -> Arc<Self> {
-        Arc::new(Self { path, runtime, server, serial: tokio::sync::Mutex::new(()), last: Mutex::new(None) })
+        Arc::new(Self {
+            path,
+            runtime,
+            server,
+            serial: tokio::sync::Mutex::new(()),
+            last: Mutex::new(None),
+            closed: false.into(),
+        })
     }
 
     /// The file reloads read.
@@ -113,6 +125,12 @@ impl Reloader {
         self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    /// Refuses every later reload (shutdown began); waits for one in progress to finish.
+    pub async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(self.serial.lock().await);
+    }
+
     fn last_failed(&self) -> bool {
         self.last().is_some_and(|l| l.error.is_some())
     }
@@ -122,6 +140,9 @@ impl Reloader {
     /// explicit trigger (signal, admin) always applies, re-reading every file the config names.
     pub async fn reload(&self, trigger: Trigger) -> Result<Applied, ReloadError> {
         let _one_at_a_time = self.serial.lock().await;
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ReloadError::ShuttingDown);
+        }
         let result = self.try_reload(trigger).await;
         let outcome = match &result {
             // An unchanged file is no news, unless the last reload failed: then the file on disk is
@@ -167,16 +188,22 @@ impl Reloader {
 
     async fn try_reload(&self, trigger: Trigger) -> Result<Applied, ReloadError> {
         let path = self.path.clone();
-        // File reads (the config, secret files) are blocking I/O: off the async workers.
-        let config = tokio::task::spawn_blocking(move || Config::load(&path))
-            .await
-            .map_err(|e| std::io::Error::other(format!("reading the config: {e}")))??;
         let running = self.runtime.snapshot();
-        if trigger == Trigger::File && config.digest == running.config.digest {
+        let old = Arc::clone(&running.config);
+        // File reads (the config, secret files) are blocking I/O, and diffing rebuilds hash rings:
+        // both off the async workers.
+        let (config, changes) = tokio::task::spawn_blocking(move || {
+            let config = Config::load(&path)?;
+            let unchanged = trigger == Trigger::File && config.digest == old.digest;
+            let changes = if unchanged { None } else { Some(diff(&old, &config)) };
+            Ok::<_, ConfigError>((config, changes))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(format!("reading the config: {e}")))??;
+        let Some(changes) = changes else {
             let (generation, digest) = (running.generation, config.digest);
             return Ok(Applied { generation, digest, changes: Vec::new(), unchanged: true });
-        }
-        let changes = diff(&running.config, &config);
+        };
         let bound = self.server.prepare(&config).await?;
         let digest = config.digest;
         let snapshot = self.runtime.apply(config);
@@ -185,22 +212,27 @@ impl Reloader {
     }
 }
 
-/// Reloads on every SIGHUP, from a task the returned handle controls. The handler is installed
-/// before this returns, so a SIGHUP sent once lb announced readiness never hits the default action
-/// (terminate). `None` (logged) if it cannot be installed.
-pub fn on_sighup(reloader: Arc<Reloader>) -> Option<tokio::task::JoinHandle<()>> {
+/// Installs the SIGHUP handler now, so a SIGHUP never hits the default action (terminate); the
+/// signals received until [`on_sighup`] runs are kept for it. `None` (logged) if it cannot be
+/// installed.
+pub fn hangups() -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
+    signal(SignalKind::hangup())
+        .map_err(|e| {
             tracing::error!(error = %e, "cannot listen for SIGHUP; reload with POST /reload or by editing the file");
-            return None;
-        }
-    };
-    Some(tokio::spawn(async move {
+        })
+        .ok()
+}
+
+/// Reloads on every SIGHUP received through `hup`, from the returned task.
+pub fn on_sighup(
+    reloader: Arc<Reloader>,
+    mut hup: tokio::signal::unix::Signal,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP received: reloading");
             let _ = reloader.reload(Trigger::Signal).await;
         }
-    }))
+    })
 }

@@ -146,12 +146,12 @@ impl Server {
     pub fn commit(&self, bound: Bound) {
         let snap = self.runtime.snapshot();
         let config = &snap.config;
-        self.ctx.store(Arc::new(ServeCtx::new(&self.runtime, config, Some(&self.ctx.load()))));
-        self.slots.resize(config.limits.max_connections);
         let mut listening = self.lock();
         if listening.closed {
             return;
         }
+        self.ctx.store(Arc::new(ServeCtx::new(&self.runtime, config, Some(&self.ctx.load()))));
+        self.slots.resize(config.limits.max_connections);
         listening.by_addr.retain(|l| {
             let keep = config.listeners.iter().any(|c| c.addr == l.configured);
             if !keep {
