@@ -23,4 +23,5 @@ pub mod server;
 pub mod slots;
 pub mod stall;
 pub mod sticky;
+pub mod tls;
 pub mod upstream;

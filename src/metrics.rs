@@ -59,6 +59,10 @@ pub const CONFIG_HASH: &str = "lb_config_hash";
 pub const CONFIG_LAST_RELOAD_OK: &str = "lb_config_last_reload_successful";
 /// Unix time of the last reload that worked.
 pub const CONFIG_LAST_RELOAD_TIME: &str = "lb_config_last_reload_success_timestamp_seconds";
+/// TLS handshakes on client connections, by listener and result (`ok` or why it failed).
+pub const TLS_HANDSHAKES: &str = "lb_tls_handshakes_total";
+/// When each listener certificate expires (Unix time of its notAfter).
+pub const CERT_EXPIRY: &str = "lb_tls_certificate_expiry_timestamp_seconds";
 /// Access-log lines dropped because the writer fell behind.
 pub const ACCESS_LOG_DROPPED: &str = "lb_access_log_dropped_total";
 
@@ -104,6 +108,8 @@ pub fn describe() {
     describe_gauge!(CONFIG_HASH, "First 48 bits of the running configuration's SHA-256.");
     describe_gauge!(CONFIG_LAST_RELOAD_OK, "1 if the last reload worked, 0 if it was refused.");
     describe_gauge!(CONFIG_LAST_RELOAD_TIME, Unit::Seconds, "Unix time of the last reload that worked.");
+    describe_counter!(TLS_HANDSHAKES, "TLS handshakes by listener and result (ok, or why they failed).");
+    describe_gauge!(CERT_EXPIRY, Unit::Seconds, "Unix time when each listener certificate expires.");
     describe_counter!(ACCESS_LOG_DROPPED, "Access-log lines dropped because the writer fell behind.");
 }
 
@@ -204,6 +210,12 @@ pub fn queue_rejected(pool: &str, reason: &'static str) {
 pub fn refresh(snapshot: &crate::runtime::Snapshot) {
     gauge!(CONFIG_GENERATION).set(snapshot.generation as f64);
     gauge!(CONFIG_HASH).set(snapshot.config.digest.short() as f64);
+    for l in &snapshot.config.listeners {
+        for cert in l.tls.iter().flat_map(|t| &t.certificates) {
+            gauge!(CERT_EXPIRY, "listener" => l.addr.to_string(), "cert" => cert.cert_path.clone())
+                .set(cert.not_after as f64);
+        }
+    }
     counter!(ACCESS_LOG_DROPPED).absolute(crate::proxy::access_writer::dropped());
     for pool in snapshot.pools.iter() {
         gauge!(QUEUED, "pool" => pool.name.to_string())

@@ -59,8 +59,9 @@ pub struct Choice<'a> {
     pub index: usize,
     /// The server.
     pub upstream: &'a Arc<Upstream>,
-    /// A sticky cookie to set on the response (the request had no valid cookie for a ready server).
-    pub set_cookie: Option<HeaderValue>,
+    /// Whether the response sets the pool's sticky cookie (the request had no valid cookie for a
+    /// ready server); [`Pool::sticky_cookie`] gives the value.
+    pub set_cookie: bool,
 }
 
 impl Pool {
@@ -69,7 +70,7 @@ impl Pool {
     pub fn choose(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<Choice<'_>> {
         if let Some(index) = self.sticky.as_ref().and_then(|s| s.lookup(&parts.headers)) {
             if let Some(upstream) = self.upstreams.get(index).filter(|u| u.is_ready()) {
-                return Some(Choice { index, upstream, set_cookie: None });
+                return Some(Choice { index, upstream, set_cookie: false });
             }
         }
         let index = self.pick_index(client, parts)?;
@@ -92,8 +93,13 @@ impl Pool {
 
     fn choice(&self, index: usize) -> Option<Choice<'_>> {
         let upstream = self.upstreams.get(index)?;
-        let set_cookie = self.sticky.as_ref().and_then(|s| s.set_cookie(index).cloned());
-        Some(Choice { index, upstream, set_cookie })
+        Some(Choice { index, upstream, set_cookie: self.sticky.is_some() })
+    }
+
+    /// The `Set-Cookie` value that pins a client to server `index`, for a client on TLS or not (the
+    /// cookie is `Secure` behind TLS unless configured otherwise).
+    pub fn sticky_cookie(&self, index: usize, tls: bool) -> Option<HeaderValue> {
+        self.sticky.as_ref().and_then(|s| s.set_cookie(index, tls).cloned())
     }
 
     /// The strategy's choice among ready servers, ignoring cookies (`None`: none is ready).
@@ -505,8 +511,7 @@ fn build(
             let limited = upstreams.iter().any(|u| u.max_in_flight != usize::MAX)
                 || pool.servers.iter().any(|s| s.max_connections.is_some())
                 || pool.limits.max_connections.is_some();
-            let sticky =
-                pool.sticky.as_ref().map(|st| Sticky::new(st, &secret.0, &pool.name, &upstreams, false));
+            let sticky = pool.sticky.as_ref().map(|st| Sticky::new(st, &secret.0, &pool.name, &upstreams));
             Pool {
                 metrics: PoolMetrics::new(&name),
                 name,

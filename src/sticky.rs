@@ -66,19 +66,20 @@ pub fn decode(value: &[u8]) -> Option<Token> {
 pub struct Sticky {
     cookie: String,
     by_token: HashMap<Token, usize>,
-    /// Complete `Set-Cookie` value per server index.
-    set_cookie: Box<[Option<HeaderValue>]>,
+    /// Complete `Set-Cookie` value per server index, for plain and for TLS clients.
+    set_cookie: Box<[[Option<HeaderValue>; 2]]>,
 }
 
 impl Sticky {
     /// Prepares tokens and `Set-Cookie` values for a pool's servers.
-    pub fn new(config: &StickyConfig, secret: &[u8], pool: &str, ups: &[Arc<Upstream>], tls: bool) -> Self {
+    pub fn new(config: &StickyConfig, secret: &[u8], pool: &str, ups: &[Arc<Upstream>]) -> Self {
         let mut by_token = HashMap::with_capacity(ups.len());
         let mut set_cookie = Vec::with_capacity(ups.len());
         for (i, u) in ups.iter().enumerate() {
             let t = token(secret, pool, &u.key.name);
             by_token.insert(t, i);
-            set_cookie.push(HeaderValue::from_str(&cookie_line(config, &encode(&t), tls)).ok());
+            let line = |tls| HeaderValue::from_str(&cookie_line(config, &encode(&t), tls)).ok();
+            set_cookie.push([line(false), line(true)]);
         }
         Self { cookie: config.cookie.clone(), by_token, set_cookie: set_cookie.into() }
     }
@@ -89,9 +90,10 @@ impl Sticky {
             .find_map(|v| decode(v).and_then(|t| self.by_token.get(&t).copied()))
     }
 
-    /// The `Set-Cookie` value that pins a client to server `index`.
-    pub fn set_cookie(&self, index: usize) -> Option<&HeaderValue> {
-        self.set_cookie.get(index).and_then(Option::as_ref)
+    /// The `Set-Cookie` value that pins a client to server `index`; `tls`: the client came over TLS
+    /// (the cookie is then `Secure` unless configured otherwise).
+    pub fn set_cookie(&self, index: usize, tls: bool) -> Option<&HeaderValue> {
+        self.set_cookie.get(index).and_then(|v| v[usize::from(tls)].as_ref())
     }
 }
 
@@ -193,7 +195,7 @@ mod tests {
 
     fn sticky() -> (Sticky, Vec<Arc<Upstream>>) {
         let ups = named_pool(&["app1".into(), "app2".into(), "app3".into()]);
-        (Sticky::new(&config(), SECRET, "web", &ups, false), ups)
+        (Sticky::new(&config(), SECRET, "web", &ups), ups)
     }
 
     fn cookie_header(v: &str) -> HeaderMap {
@@ -250,12 +252,11 @@ mod tests {
     #[test]
     fn set_cookie_carries_the_attributes_and_no_address() {
         let (s, ups) = sticky();
-        let line = s.set_cookie(0).unwrap().to_str().unwrap().to_owned();
+        let line = s.set_cookie(0, false).unwrap().to_str().unwrap().to_owned();
         assert!(line.starts_with("lb_web="), "{line}");
         assert!(line.ends_with("; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax"), "{line}");
         assert!(!line.contains("app1") && !line.contains(&ups[0].addr) && !line.contains("127.0.0.1"));
-        let tls = Sticky::new(&config(), SECRET, "web", &ups, true);
-        assert!(tls.set_cookie(0).unwrap().to_str().unwrap().contains("; Secure"));
+        assert!(s.set_cookie(0, true).unwrap().to_str().unwrap().contains("; Secure"), "behind TLS");
     }
 
     #[test]

@@ -42,7 +42,8 @@ pub struct Config {
     pub access_log: AccessLog,
     /// How lb notices edits of its config file.
     pub reload: ReloadConfig,
-    /// SHA-256 of the file's text (not of files it names, so the hash reveals nothing about keys):
+    /// SHA-256 of the file's text and of the TLS files it names (not of secret files, whose content
+    /// may be guessable):
     /// tells configs apart in metrics, `/status` and the reload watcher (an event that left the file
     /// as it runs is ignored).
     pub digest: Digest,
@@ -69,7 +70,7 @@ impl Default for ReloadConfig {
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {
-    fn of(parts: &[&[u8]]) -> Self {
+    pub(crate) fn of(parts: &[&[u8]]) -> Self {
         use sha2::Digest as _;
         let mut hasher = sha2::Sha256::new();
         for part in parts {
@@ -132,7 +133,7 @@ pub struct StickyConfig {
     pub max_age: Option<u64>,
     /// `HttpOnly`. Default true: scripts cannot read the cookie.
     pub http_only: bool,
-    /// `Secure`. Default: on behind TLS, off on plain HTTP listeners (today all listeners are plain).
+    /// `Secure`. Default: on for clients on a TLS listener, off on plain HTTP listeners.
     pub secure: Option<bool>,
     /// `SameSite`. Default `Lax`.
     pub same_site: SameSite,
@@ -150,10 +151,52 @@ pub enum SameSite {
 }
 
 /// One listening socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// Address to bind, e.g. `0.0.0.0:8080`. Port 0 picks a free port (used by tests).
     pub addr: SocketAddr,
+    /// TLS termination (`[listeners.tls]`); `None`: plain HTTP.
+    pub tls: Option<TlsConfig>,
+    /// `redirect_https = true`: every request is answered 308 to the same URL over https on this
+    /// port (`https_port`, default 443), and nothing is proxied.
+    pub redirect_https: Option<u16>,
+}
+
+/// A listener's TLS: certificates by SNI, optional client certificates, optional HSTS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// Certificate chains with their keys; the first is the default (no or unknown SNI name).
+    pub certificates: Vec<crate::tls::load::LoadedCert>,
+    /// Client certificates verified against this CA (mTLS); `None`: none asked for.
+    pub client_ca: Option<ClientCa>,
+    /// `Strict-Transport-Security` value added to every response; `None` (default): not sent.
+    pub hsts: Option<http::HeaderValue>,
+}
+
+/// The CA that signs acceptable client certificates.
+#[derive(Clone)]
+pub struct ClientCa {
+    /// The CA file, as configured.
+    pub path: String,
+    /// Its certificates.
+    pub roots: std::sync::Arc<rustls::RootCertStore>,
+    /// `client_auth = "required"` (default): a client without a certificate is refused;
+    /// `"optional"`: it is let in, a client with a bad certificate is still refused.
+    pub required: bool,
+    /// SHA-256 of the file.
+    pub digest: [u8; 32],
+}
+
+impl PartialEq for ClientCa {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.path, self.required, self.digest) == (&other.path, other.required, other.digest)
+    }
+}
+
+impl std::fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCa").field("path", &self.path).field("required", &self.required).finish()
+    }
 }
 
 /// Every timeout lb applies. Defaults follow what nginx, HAProxy and Envoy ship.
@@ -453,6 +496,18 @@ impl ConfigError {
 }
 
 impl Config {
+    /// Every certificate, key and CA file the listeners read, with the SHA-256 of its content (a
+    /// chain and its key share one).
+    pub fn tls_files(&self) -> impl Iterator<Item = (&str, [u8; 32])> + '_ {
+        self.listeners.iter().filter_map(|l| l.tls.as_ref()).flat_map(|tls| {
+            let certs = tls
+                .certificates
+                .iter()
+                .flat_map(|c| [(c.cert_path.as_str(), c.digest), (c.key_path.as_str(), c.digest)]);
+            certs.chain(tls.client_ca.iter().map(|ca| (ca.path.as_str(), ca.digest)))
+        })
+    }
+
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -480,7 +535,11 @@ impl Config {
             .collect();
         let mut config = validate::validate(raw, &mut issues);
         if issues.is_empty() {
-            config.digest = Digest::of(&[src.as_bytes()]);
+            // Certificate, key and CA files count: replacing one is a change to reload.
+            let files: Vec<[u8; 32]> = config.tls_files().map(|(_, digest)| digest).collect();
+            let mut parts: Vec<&[u8]> = vec![src.as_bytes()];
+            parts.extend(files.iter().map(|d| &d[..]));
+            config.digest = Digest::of(&parts);
             return Ok(config);
         }
         for issue in &mut issues {

@@ -66,6 +66,9 @@ pub(crate) struct RawSticky {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawListener {
     pub addr: Option<String>,
+    pub tls: Option<RawTls>,
+    pub redirect_https: Option<bool>,
+    pub https_port: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,4 +169,19 @@ pub(crate) struct RawRoute {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub pool: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTls {
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    pub client_ca: Option<String>,
+    pub client_auth: Option<String>,
+    pub hsts: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawCertificate {
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }

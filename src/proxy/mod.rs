@@ -70,6 +70,10 @@ pub struct Proxy {
     client_ip: HeaderValue,
     /// Counts this connection's active requests for its idle timer; `None` outside a server.
     conn: Option<Arc<crate::server::Activity>>,
+    /// The client came over TLS: `X-Forwarded-Proto: https`, `Secure` sticky cookies.
+    tls: bool,
+    /// `Strict-Transport-Security` to add to responses that lack one.
+    hsts: Option<HeaderValue>,
 }
 
 impl Proxy {
@@ -80,7 +84,14 @@ impl Proxy {
         conn: Option<Arc<crate::server::Activity>>,
     ) -> Self {
         let client_ip = headers::client_ip_value(client_addr.ip());
-        Self { shared, client_addr, client_ip, conn }
+        Self { shared, client_addr, client_ip, conn, tls: false, hsts: None }
+    }
+
+    /// For a connection on a TLS listener (`tls`), with its HSTS header if configured.
+    pub fn behind(mut self, tls: bool, hsts: Option<HeaderValue>) -> Self {
+        self.tls = tls;
+        self.hsts = hsts;
+        self
     }
 }
 
@@ -99,6 +110,7 @@ impl tower::Service<Request<Incoming>> for Proxy {
         let shared = Arc::clone(&self.shared);
         let client = self.client_addr;
         let client_ip = self.client_ip.clone();
+        let (tls, hsts) = (self.tls, self.hsts.clone());
         Box::pin(async move {
             let snap = shared.runtime.snapshot();
             let (mut parts, body) = req.into_parts();
@@ -113,8 +125,8 @@ impl tower::Service<Request<Incoming>> for Proxy {
             let mut watch =
                 Unanswered { start, snap: Arc::clone(&snap), trace: Trace::default(), access, armed: true };
             let req = Request::from_parts(parts, body);
-            let result =
-                forward(&shared, &snap, client, &client_ip, req, &mut active, &mut watch.trace).await;
+            let from = Requester { addr: client, ip: &client_ip, tls };
+            let result = forward(&shared, &snap, from, req, &mut active, &mut watch.trace).await;
             watch.armed = false;
             let (trace, mut access) = (std::mem::take(&mut watch.trace), watch.access.take());
             let mut resp = match result {
@@ -124,6 +136,10 @@ impl tower::Service<Request<Incoming>> for Proxy {
                     error::error_response(&e)
                 }
             };
+            if let Some(hsts) = hsts {
+                // The operator's policy, unless the application set its own.
+                resp.headers_mut().entry(header::STRICT_TRANSPORT_SECURITY).or_insert(hsts);
+            }
             let status = resp.status().as_u16();
             let (pool, server) = trace.resolve(&snap);
             count_answer(pool, server, status);
@@ -237,11 +253,17 @@ fn log_failure(e: &ProxyError, client: SocketAddr) {
     }
 }
 
+/// Who sent a request: address, its `X-Forwarded-For` element, and whether over TLS.
+struct Requester<'a> {
+    addr: SocketAddr,
+    ip: &'a HeaderValue,
+    tls: bool,
+}
+
 async fn forward(
     shared: &Shared,
     snap: &Snapshot,
-    client: SocketAddr,
-    client_ip: &HeaderValue,
+    from: Requester<'_>,
     req: Request<Incoming>,
     active: &mut Option<ActiveRequest>,
     trace: &mut Trace,
@@ -250,6 +272,7 @@ async fn forward(
         // lb is a reverse proxy: it does not open tunnels to arbitrary destinations.
         return Err(ProxyError::MethodNotAllowed);
     }
+    let (client, client_ip, tls) = (from.addr, from.ip, from.tls);
     let (mut parts, body) = req.into_parts();
     let host = request_host(&parts)?;
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
@@ -287,7 +310,8 @@ async fn forward(
         // absolute-form target when the client sent one).
         parts.headers.insert(header::HOST, h.clone());
     }
-    headers::set_forwarded(&mut parts.headers, client_ip, "http", host.as_ref());
+    let proto = if tls { "https" } else { "http" };
+    headers::set_forwarded(&mut parts.headers, client_ip, proto, host.as_ref());
     parts.version = Version::HTTP_11;
     let target = std::mem::take(&mut parts.uri);
 
@@ -381,7 +405,7 @@ async fn forward(
         if let Some(token) = token {
             headers::set_upgrade(&mut parts.headers, token);
         }
-        if let Some(cookie) = choice.set_cookie {
+        if let Some(cookie) = choice.set_cookie.then(|| pool.sticky_cookie(choice.index, tls)).flatten() {
             parts.headers.append(header::SET_COOKIE, cookie);
         }
         let guards = (guard, active.take());
@@ -396,7 +420,7 @@ async fn forward(
     }
 
     headers::strip_hop_by_hop(resp.headers_mut());
-    if let Some(cookie) = choice.set_cookie {
+    if let Some(cookie) = choice.set_cookie.then(|| pool.sticky_cookie(choice.index, tls)).flatten() {
         resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
     let mut resp = resp.map(|body| ResponseBody::stream(body, timeout));

@@ -6,6 +6,7 @@
 //! timeout has passed.
 
 mod idle;
+mod redirect;
 
 pub use idle::{ActiveRequest, Activity, IdleIo};
 
@@ -16,7 +17,9 @@ use crate::slots::{Slot, Slots};
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -39,13 +42,43 @@ struct ServeCtx {
     shared: Arc<Shared>,
     builder: auto::Builder<TokioExecutor>,
     timeouts: Timeouts,
+    /// Per listener (by configured address): TLS, redirect, HSTS.
+    listeners: HashMap<SocketAddr, ListenerCtx>,
     /// The settings `shared.client` was built with: an unchanged client (and its pooled connections)
     /// is kept across reloads.
     client_settings: (Duration, Duration, usize),
 }
 
+/// What one listener does with a connection beyond plain HTTP.
+#[derive(Clone, Default)]
+struct ListenerCtx {
+    /// TLS termination; `Some(Err)` if the TLS config could not be built (connections are refused
+    /// rather than served in the clear).
+    tls: Option<Result<tokio_rustls::TlsAcceptor, ()>>,
+    /// Answer every request with a redirect to https on this port.
+    redirect_https: Option<u16>,
+    /// `Strict-Transport-Security` for responses on this (TLS) listener.
+    hsts: Option<http::HeaderValue>,
+}
+
+impl ListenerCtx {
+    fn new(l: &crate::config::ListenerConfig, resumption: &crate::tls::Resumption) -> Self {
+        let tls = l.tls.as_ref().map(|tls| {
+            crate::tls::server_config(tls, resumption).map(tokio_rustls::TlsAcceptor::from).map_err(|e| {
+                tracing::error!(listener = %l.addr, error = %e, "TLS config unusable: refusing connections");
+            })
+        });
+        Self { tls, redirect_https: l.redirect_https, hsts: l.tls.as_ref().and_then(|t| t.hsts.clone()) }
+    }
+}
+
 impl ServeCtx {
-    fn new(runtime: &Arc<Runtime>, config: &Config, old: Option<&ServeCtx>) -> Self {
+    fn new(
+        runtime: &Arc<Runtime>,
+        config: &Config,
+        old: Option<&ServeCtx>,
+        resumption: &crate::tls::Resumption,
+    ) -> Self {
         let settings =
             (config.timeouts.connect, config.timeouts.upstream_idle, config.limits.upstream_idle_per_server);
         let client = match old {
@@ -56,6 +89,7 @@ impl ServeCtx {
             shared: Arc::new(Shared { client, runtime: Arc::clone(runtime) }),
             builder: http_builder(config),
             timeouts: config.timeouts,
+            listeners: config.listeners.iter().map(|l| (l.addr, ListenerCtx::new(l, resumption))).collect(),
             client_settings: settings,
         }
     }
@@ -75,6 +109,8 @@ pub struct Server {
     ctx: Arc<ArcSwap<ServeCtx>>,
     slots: Arc<Slots>,
     listening: Mutex<Listening>,
+    /// TLS session tickets and cache, kept across reloads so clients resume after one too.
+    resumption: crate::tls::Resumption,
 }
 
 #[derive(Default)]
@@ -107,8 +143,10 @@ impl Server {
     /// checks. Fails fast on a taken port.
     pub async fn start(runtime: Arc<Runtime>) -> io::Result<Arc<Self>> {
         let snap = runtime.snapshot();
+        let resumption = crate::tls::Resumption::new();
         let server = Arc::new(Self {
-            ctx: Arc::new(ArcSwap::from_pointee(ServeCtx::new(&runtime, &snap.config, None))),
+            ctx: Arc::new(ArcSwap::from_pointee(ServeCtx::new(&runtime, &snap.config, None, &resumption))),
+            resumption,
             slots: Slots::new(snap.config.limits.max_connections),
             listening: Mutex::default(),
             runtime,
@@ -150,7 +188,8 @@ impl Server {
         if listening.closed {
             return;
         }
-        self.ctx.store(Arc::new(ServeCtx::new(&self.runtime, config, Some(&self.ctx.load()))));
+        let ctx = ServeCtx::new(&self.runtime, config, Some(&self.ctx.load()), &self.resumption);
+        self.ctx.store(Arc::new(ctx));
         self.slots.resize(config.limits.max_connections);
         listening.by_addr.retain(|l| {
             let keep = config.listeners.iter().any(|c| c.addr == l.configured);
@@ -165,12 +204,12 @@ impl Server {
             tracing::info!(%local, "listener started");
             let (stop, stop_rx) = watch::channel(false);
             listening.by_addr.push(Listener { configured, local, stop });
-            tokio::spawn(accept_loop(listener, self.accept_ctx(stop_rx)));
+            tokio::spawn(accept_loop(listener, self.accept_ctx(configured, stop_rx)));
         }
     }
 
-    fn accept_ctx(&self, stop: watch::Receiver<bool>) -> AcceptCtx {
-        AcceptCtx { serve: Arc::clone(&self.ctx), slots: Arc::clone(&self.slots), stop }
+    fn accept_ctx(&self, configured: SocketAddr, stop: watch::Receiver<bool>) -> AcceptCtx {
+        AcceptCtx { serve: Arc::clone(&self.ctx), slots: Arc::clone(&self.slots), stop, configured }
     }
 
     /// Stops every listener and the health checks, and tells every connection to finish, without
@@ -252,6 +291,8 @@ struct AcceptCtx {
     serve: Arc<ArcSwap<ServeCtx>>,
     slots: Arc<Slots>,
     stop: watch::Receiver<bool>,
+    /// The listener's configured address: its key in `ServeCtx::listeners`.
+    configured: SocketAddr,
 }
 
 async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
@@ -259,7 +300,7 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
     let label = local.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
     let accepted_total = metrics::counter!(crate::metrics::CONNECTIONS, "listener" => label.clone());
     let open = metrics::gauge!(crate::metrics::OPEN_CONNECTIONS, "listener" => label.clone());
-    let in_flight = metrics::gauge!(crate::metrics::LISTENER_IN_FLIGHT, "listener" => label);
+    let in_flight = metrics::gauge!(crate::metrics::LISTENER_IN_FLIGHT, "listener" => label.clone());
     loop {
         // Take a connection slot first: at the limit, clients wait in the kernel's backlog.
         let slot = tokio::select! {
@@ -279,7 +320,12 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = Conn { serve: ctx.serve.load_full(), stop: ctx.stop.clone() };
+        let conn = Conn {
+            serve: ctx.serve.load_full(),
+            stop: ctx.stop.clone(),
+            listener: ctx.configured,
+            label: label.clone(),
+        };
         accepted_total.increment(1);
         tokio::spawn(conn.serve(stream, peer, slot, (open.clone(), in_flight.clone())));
     }
@@ -288,32 +334,86 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
 struct Conn {
     serve: Arc<ServeCtx>,
     stop: watch::Receiver<bool>,
+    /// Configured address of the listener that accepted it.
+    listener: SocketAddr,
+    /// Its bound address, as metrics label it.
+    label: String,
 }
 
 impl Conn {
     async fn serve(
-        mut self,
+        self,
         stream: TcpStream,
         peer: SocketAddr,
         slot: Slot,
         (open, in_flight): (metrics::Gauge, metrics::Gauge),
     ) {
         let activity = Arc::new(Activity::holding(Some(slot), Some(open), Some(in_flight)));
-        let serve = &self.serve;
-        let io = IdleIo::new(stream, Arc::clone(&activity), &serve.timeouts);
-        let service = TowerToHyperService::new(Proxy::new(Arc::clone(&serve.shared), peer, Some(activity)));
-        let conn = serve.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = self.stop.changed() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        let listener = self.serve.listeners.get(&self.listener).cloned().unwrap_or_default();
+        match &listener.tls {
+            None => self.http(stream, peer, activity, &listener, false).await,
+            Some(Err(())) => {}
+            Some(Ok(acceptor)) => {
+                // The handshake counts against the header timeout: a client that stalls it is gone.
+                let limit = self.serve.timeouts.client_header;
+                let handshake = tokio::time::timeout(limit, acceptor.accept(stream)).await;
+                let result = match &handshake {
+                    Ok(Ok(_)) => "ok",
+                    Ok(Err(e)) => crate::tls::failure_reason(e),
+                    Err(_) => "timeout",
+                };
+                metrics::counter!(crate::metrics::TLS_HANDSHAKES, "listener" => self.label.clone(), "result" => result)
+                    .increment(1);
+                match handshake {
+                    Ok(Ok(tls)) => self.http(tls, peer, activity, &listener, true).await,
+                    Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    /// Serves HTTP on `io` (plain or TLS) until the connection ends or the listener stops.
+    async fn http<I>(
+        mut self,
+        io: I,
+        peer: SocketAddr,
+        activity: Arc<Activity>,
+        listener: &ListenerCtx,
+        tls: bool,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let serve = Arc::clone(&self.serve);
+        let io = TokioIo::new(IdleIo::new(io, Arc::clone(&activity), &serve.timeouts));
+        let result = match listener.redirect_https {
+            Some(port) => {
+                let service = hyper::service::service_fn(move |req| redirect::to_https(req, port));
+                drive(serve.builder.serve_connection_with_upgrades(io, service), &mut self.stop).await
+            }
+            None => {
+                let proxy = Proxy::new(Arc::clone(&serve.shared), peer, Some(activity))
+                    .behind(tls, listener.hsts.clone());
+                let service = TowerToHyperService::new(proxy);
+                drive(serve.builder.serve_connection_with_upgrades(io, service), &mut self.stop).await
             }
         };
         if let Err(e) = result {
             // Client-side connection errors (resets, timeouts, malformed heads) are routine.
             tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Runs a connection to its end; when the listener stops, tells it to finish (HTTP/1: after the
+/// current response; HTTP/2: GOAWAY) and waits for that.
+async fn drive<C: GracefulConnection>(conn: C, stop: &mut watch::Receiver<bool>) -> Result<(), C::Error> {
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
     }
 }

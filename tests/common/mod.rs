@@ -3,6 +3,8 @@
 //! `eventually` polls with a bound.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pki;
+
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};

@@ -1,0 +1,101 @@
+//! TLS with rustls: listeners that terminate TLS (certificates chosen by SNI, ALPN `h2` and
+//! `http/1.1`, TLS 1.2 and 1.3 only, session resumption, optional client certificates), and the
+//! handshake metrics. docs/tls.md says why the crypto provider is `ring`.
+//!
+//! Certificates are read and checked during config validation ([`load`]), so a missing file, a key
+//! that does not match or an expired certificate fails `lb check` and a reload, never a handshake.
+//! A listener's `rustls::ServerConfig` is rebuilt with each applied config and picked up by each new
+//! connection, so a reload swaps certificates without touching open connections.
+
+pub mod load;
+pub mod sni;
+
+use crate::config::TlsConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier};
+use rustls::ServerConfig;
+use std::sync::{Arc, OnceLock};
+
+/// Sessions remembered for TLS 1.2 resumption by id (TLS 1.3 uses tickets): about 100 KiB each
+/// thousand.
+const SESSION_CACHE: usize = 8192;
+
+/// The crypto provider every TLS config of the process uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
+}
+
+/// Session-resumption state shared by every server config the process builds, so clients resume
+/// across reloads too.
+#[derive(Debug)]
+pub struct Resumption {
+    ticketer: Option<Arc<dyn ProducesTickets>>,
+    cache: Arc<dyn StoresServerSessions>,
+}
+
+impl Resumption {
+    /// A ticket key (rotated by rustls every 6 hours) and an in-memory session cache.
+    pub fn new() -> Self {
+        let ticketer = match rustls::crypto::ring::Ticketer::new() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "no TLS session tickets: resumption by session id only");
+                None
+            }
+        };
+        Self { ticketer, cache: ServerSessionMemoryCache::new(SESSION_CACHE) }
+    }
+}
+
+impl Default for Resumption {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The rustls config of a TLS listener.
+pub fn server_config(tls: &TlsConfig, resumption: &Resumption) -> Result<Arc<ServerConfig>, String> {
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&versions)
+        .map_err(|e| e.to_string())?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::clone(&ca.roots), provider());
+            let verifier = if ca.required { verifier } else { verifier.allow_unauthenticated() };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| format!("{}: {e}", ca.path))?)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(sni::Sni::new(&tls.certificates)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if let Some(ticketer) = &resumption.ticketer {
+        config.ticketer = Arc::clone(ticketer);
+    }
+    config.session_storage = Arc::clone(&resumption.cache);
+    Ok(Arc::new(config))
+}
+
+/// Why a handshake failed, as a bounded label: `no_client_cert`, `bad_client_cert`, `incompatible`
+/// (no common version or cipher suite, e.g. a TLS 1.1 client), `alert` (the client gave up, e.g.
+/// on our certificate), `bad_message`, `timeout`, `eof` (closed mid-handshake), `io`, `other`.
+pub fn failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::Error as E;
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+        Some(E::NoCertificatesPresented) => "no_client_cert",
+        Some(E::InvalidCertificate(_)) => "bad_client_cert",
+        Some(E::PeerIncompatible(_)) => "incompatible",
+        Some(E::AlertReceived(_)) => "alert",
+        Some(
+            E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. },
+        ) => "bad_message",
+        Some(E::PeerMisbehaved(_)) => "bad_message",
+        Some(_) => "other",
+        None => match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "eof",
+            std::io::ErrorKind::TimedOut => "timeout",
+            _ => "io",
+        },
+    }
+}
