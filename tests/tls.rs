@@ -312,3 +312,40 @@ fn lb_check_names_the_file_of_a_bad_key_or_an_expired_certificate() {
         assert!(err.contains(&expect), "{err}");
     }
 }
+
+#[tokio::test]
+async fn replacing_the_certificate_files_is_noticed_and_counted_in_metrics() {
+    let backend = Backend::start("a").await;
+    let pki = Pki::new("files");
+    let first = pki.issue("site", &["a.test"]);
+    let lb = LbProcess::start(
+        &tls_config(backend.addr, &[&first], "")
+            .replace("[pools.web]", "[reload]\ndebounce = \"50ms\"\n\n[pools.web]"),
+    );
+    let config = pki.client_config(&["http/1.1"], None);
+    let tls = connect(lb.addr, "a.test", config.clone()).await.unwrap();
+    assert_eq!(peer_leaf(&tls), first.der.to_vec());
+    drop(tls);
+
+    // A renewal: new files written aside, then renamed over the old ones (as certbot and editors do).
+    let renewed = pki.issue("renewed", &["a.test"]);
+    std::fs::rename(&renewed.key, &first.key).unwrap();
+    std::fs::rename(&renewed.cert, &first.cert).unwrap();
+    let (addr, want) = (lb.addr, renewed.der.to_vec());
+    eventually(std::time::Duration::from_secs(10), || {
+        let (config, want) = (config.clone(), want.clone());
+        async move { connect(addr, "a.test", config).await.is_ok_and(|tls| peer_leaf(&tls) == want) }
+    })
+    .await;
+    assert_eq!(lb.status().await["config"]["last_reload"]["trigger"], "file");
+
+    let ok = lb.metric(&format!("lb_tls_handshakes_total{{listener=\"{}\",result=\"ok\"}}", lb.addr)).await;
+    assert!(ok.is_some_and(|n| n >= 2.0), "{ok:?}");
+    let expiry = format!(
+        "lb_tls_certificate_expiry_timestamp_seconds{{listener=\"127.0.0.1:0\",cert=\"{}\"}}",
+        first.cert.display()
+    );
+    let not_after = lb.metric(&expiry).await.expect("an expiry per certificate");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(not_after > now, "{not_after} is in the future");
+}

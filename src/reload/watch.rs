@@ -1,8 +1,9 @@
-//! Reloads when the config file changes on disk.
+//! Reloads when the config file, or a certificate, key or CA file it names, changes on disk.
 //!
 //! The file's *directory* is watched, not the file: editors replace the file by renaming a new one
 //! over it (a watch on the old inode would go quiet), and Kubernetes swaps a `..data` symlink beside
-//! it. When the path is a symlink, its target's directory is watched too. Events that name the file
+//! it. When a path is a symlink (certbot's `live/` files), its target's directory is watched too.
+//! The watched set follows the running config. Events that name the file
 //! (or `..data*`) and change something start a debounce; reads do not (lb's own reads would
 //! otherwise trigger it forever). Once events stop for `reload.debounce` (or two seconds after the
 //! first, whichever is sooner), the file is read and reloaded only if its digest differs from the
@@ -23,10 +24,9 @@ const MAX_DELAY: Duration = Duration::from_secs(2);
 /// Poll interval of the fallback watcher.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
-/// Keeps the directory watched while alive.
+/// Keeps the files watched while alive.
 #[derive(Debug)]
 pub struct FileWatch {
-    _watcher: Box<dyn Any + Send>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -36,21 +36,40 @@ impl Drop for FileWatch {
     }
 }
 
-/// Starts watching the reloader's file. `None` (logged) if neither the OS watcher nor polling can
-/// start; SIGHUP and `POST /reload` still work then.
-pub fn start(reloader: Arc<Reloader>) -> Option<FileWatch> {
-    let path = reloader.path().to_owned();
-    let mut dirs = vec![directory_of(&path)];
-    let mut names: Vec<OsString> = path.file_name().map(OsString::from).into_iter().collect();
-    if let Ok(target) = std::fs::canonicalize(&path) {
-        let target_dir = directory_of(&target);
-        if std::fs::canonicalize(&dirs[0]).is_ok_and(|d| d != target_dir) {
-            dirs.push(target_dir);
+/// What to watch: directories, and the file names in them that matter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Targets {
+    dirs: Vec<PathBuf>,
+    names: Vec<OsString>,
+}
+
+/// The config file (and its symlink target) and every TLS file the running config reads.
+fn targets(config: &Path, running: &crate::config::Config) -> Targets {
+    let mut t = Targets { dirs: Vec::new(), names: Vec::new() };
+    let files = std::iter::once(config.to_owned()).chain(running.tls_files().map(|(p, _)| PathBuf::from(p)));
+    for file in files {
+        let resolved = std::fs::canonicalize(&file).ok();
+        for path in std::iter::once(file).chain(resolved) {
+            let dir = directory_of(&path);
+            if !t.dirs.contains(&dir) {
+                t.dirs.push(dir);
+            }
+            if let Some(name) = path.file_name().map(OsString::from).filter(|n| !t.names.contains(n)) {
+                t.names.push(name);
+            }
         }
-        names.extend(target.file_name().map(OsString::from));
     }
-    // One pending wake-up is enough: every event means "look at the file again".
-    let (tx, rx) = mpsc::channel::<()>(1);
+    t
+}
+
+/// A live watcher: dropping it stops the OS watch.
+type Armed = Box<dyn Any + Send>;
+
+/// Watches `t`, sending on `tx` for each relevant event. The first directory (the config file's
+/// own) must be watchable; the others are best effort.
+fn arm(t: &Targets, tx: &mpsc::Sender<()>) -> Option<Armed> {
+    let names = t.names.clone();
+    let tx = tx.clone();
     let handler = move |event: notify::Result<notify::Event>| match event {
         Ok(event) if relevant(&event, &names) => {
             let _ = tx.try_send(());
@@ -58,21 +77,30 @@ pub fn start(reloader: Arc<Reloader>) -> Option<FileWatch> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "config file watcher"),
     };
-    let watcher = match os_watcher(&dirs, handler.clone()) {
-        Ok(w) => w,
+    let first = t.dirs.first().map_or_else(|| PathBuf::from("."), Clone::clone);
+    match os_watcher(&t.dirs, handler.clone()) {
+        Ok(w) => Some(w),
         Err(e) => {
-            tracing::warn!(dir = %dirs[0].display(), error = %e, "cannot watch the config directory; polling it");
-            match poll_watcher(&dirs, handler) {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::error!(dir = %dirs[0].display(), error = %e, "cannot watch the config file");
-                    return None;
-                }
-            }
+            tracing::warn!(dir = %first.display(), error = %e, "cannot watch the config directory; polling it");
+            poll_watcher(&t.dirs, handler)
+                .map_err(
+                    |e| tracing::error!(dir = %first.display(), error = %e, "cannot watch the config file"),
+                )
+                .ok()
         }
-    };
-    let task = tokio::spawn(debounce_and_reload(rx, reloader));
-    Some(FileWatch { _watcher: watcher, task })
+    }
+}
+
+/// Starts watching the reloader's file and the TLS files of the running config (re-armed when a
+/// reload changes them). `None` (logged) if nothing can be watched; SIGHUP and `POST /reload`
+/// still work then.
+pub fn start(reloader: Arc<Reloader>) -> Option<FileWatch> {
+    // One pending wake-up is enough: every event means "look at the files again".
+    let (tx, rx) = mpsc::channel::<()>(1);
+    let wanted = targets(reloader.path(), &reloader.runtime().snapshot().config);
+    let armed = arm(&wanted, &tx)?;
+    let task = tokio::spawn(debounce_and_reload(rx, tx, reloader, (wanted, armed)));
+    Some(FileWatch { task })
 }
 
 fn os_watcher(dirs: &[PathBuf], handler: impl notify::EventHandler) -> notify::Result<Box<dyn Any + Send>> {
@@ -125,7 +153,12 @@ fn directory_of(path: &Path) -> PathBuf {
     }
 }
 
-async fn debounce_and_reload(mut events: mpsc::Receiver<()>, reloader: Arc<Reloader>) {
+async fn debounce_and_reload(
+    mut events: mpsc::Receiver<()>,
+    tx: mpsc::Sender<()>,
+    reloader: Arc<Reloader>,
+    mut watching: (Targets, Armed),
+) {
     while events.recv().await.is_some() {
         let settings = reloader.runtime().snapshot().config.reload;
         let deadline = tokio::time::Instant::now() + MAX_DELAY;
@@ -143,9 +176,17 @@ async fn debounce_and_reload(mut events: mpsc::Receiver<()>, reloader: Arc<Reloa
                 () = quiet => break,
             }
         }
-        if settings.watch {
-            // Errors are logged and counted by `reload`; the watcher keeps going.
-            let _ = reloader.reload(Trigger::File).await;
+        if !settings.watch {
+            continue;
+        }
+        // Errors are logged and counted by `reload`; the watcher keeps going.
+        let _ = reloader.reload(Trigger::File).await;
+        // The running config may name other TLS files now (or a renamed file resolves elsewhere).
+        let wanted = targets(reloader.path(), &reloader.runtime().snapshot().config);
+        if wanted != watching.0 {
+            if let Some(armed) = arm(&wanted, &tx) {
+                watching = (wanted, armed);
+            }
         }
     }
 }
