@@ -485,7 +485,14 @@ fn build(
                     let key = UpstreamKey { pool: Arc::clone(&name), name: s.name.as_str().into() };
                     // Validation already checked the address; a failure here would be a bug, so skip
                     // the server rather than take the process down.
-                    let authority = s.addr.parse().ok()?;
+                    let authority: http::uri::Authority = s.addr.parse().ok()?;
+                    let tls = pool.tls.as_ref().and_then(|t| {
+                        let tls = crate::tls::ClientTls::new(t, authority.host());
+                        if tls.is_none() {
+                            tracing::error!(pool = %pool.name, server = %s.name, "no valid TLS server name");
+                        }
+                        tls.map(Arc::new)
+                    });
                     let (stats, arriving) = known(registry, &key, s, start_up);
                     if let (true, Some(over)) = (arriving, pool.slow_start) {
                         arrived.push((Arc::clone(&stats), over));
@@ -502,6 +509,7 @@ fn build(
                         max_in_flight,
                         checked: pool.health.is_some(),
                         stats,
+                        tls,
                         metrics: ServerMetrics::new(&pool.name, &s.name),
                     }))
                 })

@@ -121,6 +121,8 @@ pub struct Upstream {
     pub checked: bool,
     /// Live state shared across snapshots.
     pub stats: Arc<UpstreamStats>,
+    /// TLS to this server (`[pools.NAME.tls]`); `None`: plain HTTP.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
     /// Metric handles (requests by status class, upstream response time).
     pub metrics: crate::metrics::ServerMetrics,
 }

@@ -349,3 +349,64 @@ async fn replacing_the_certificate_files_is_noticed_and_counted_in_metrics() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     assert!(not_after > now, "{not_after} is in the future");
 }
+
+/// Pool `web` with one TLS server and `[pools.web.tls]` settings `tls`, behind a plain listener.
+fn upstream_tls_config(server: SocketAddr, tls: &str, extra: &str) -> String {
+    format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n\n[pools.web]\nservers = [{{ name = \"a\", addr = \"{server}\" }}]\n\
+         [pools.web.tls]\n{tls}\n{extra}\n[pools.web.passive]\nenabled = false\n"
+    )
+}
+
+fn path(p: &std::path::Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+#[tokio::test]
+async fn upstream_https_with_a_private_ca_works_over_h1_and_h2_and_a_wrong_ca_gives_502() {
+    let pki = Pki::new("upstream");
+    let cert = pki.issue("backend", &["backend.test", "127.0.0.1"]);
+    let backend = Backend::start_tls("a", cert.server_config(None)).await;
+    let ca = format!("ca = {}", path(&pki.ca_path));
+
+    // Checked over TLS too: the server starts down and comes up once an HTTPS check passes.
+    let health =
+        "[pools.web.health]\npath = \"/health\"\ninterval = \"50ms\"\ninitial = \"down\"\nrise = 1\n";
+    let lb = Lb::start(&upstream_tls_config(backend.addr, &ca, health)).await;
+    let up = lb.runtime.snapshot();
+    let server = std::sync::Arc::clone(&up.pools[0].upstreams[0]);
+    eventually(std::time::Duration::from_secs(10), || {
+        let server = std::sync::Arc::clone(&server);
+        async move { server.is_ready() }
+    })
+    .await;
+    assert_eq!(get(&client(), &lb.url("/")).await, (StatusCode::OK, "a".to_owned()));
+    assert_eq!(backend.last_head().version, http::Version::HTTP_11);
+
+    let named = format!("{ca}\nserver_name = \"backend.test\"\nhttp2 = true");
+    let lb = Lb::start(&upstream_tls_config(backend.addr, &named, "")).await;
+    assert_eq!(get(&client(), &lb.url("/")).await, (StatusCode::OK, "a".to_owned()));
+    assert_eq!(backend.last_head().version, http::Version::HTTP_2, "h2 chosen by ALPN");
+
+    let other = Pki::new("other");
+    let wrong = format!("ca = {}", path(&other.ca_path));
+    let lb = Lb::start(&upstream_tls_config(backend.addr, &wrong, "")).await;
+    let proxied = || backend.seen.heads.lock().unwrap().iter().filter(|h| h.uri.path() == "/").count();
+    let seen = proxied();
+    assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::BAD_GATEWAY);
+    assert_eq!(proxied(), seen, "nothing reached a server lb could not verify");
+}
+
+#[tokio::test]
+async fn lb_presents_its_client_certificate_to_upstreams_that_require_one() {
+    let pki = Pki::new("upstream-mtls");
+    let cert = pki.issue("backend", &["127.0.0.1"]);
+    let lb_cert = pki.issue("lb-client", &["lb.test"]);
+    let backend = Backend::start_tls("a", cert.server_config(Some(&pki))).await;
+    let ca = format!("ca = {}", path(&pki.ca_path));
+    let with_cert = format!("{ca}\ncert = {}\nkey = {}", path(&lb_cert.cert), path(&lb_cert.key));
+    let lb = Lb::start(&upstream_tls_config(backend.addr, &with_cert, "")).await;
+    assert_eq!(get(&client(), &lb.url("/")).await, (StatusCode::OK, "a".to_owned()));
+    let lb = Lb::start(&upstream_tls_config(backend.addr, &ca, "")).await;
+    assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::BAD_GATEWAY, "no client certificate");
+}

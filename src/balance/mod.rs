@@ -121,6 +121,7 @@ pub(crate) mod testing {
             max_in_flight: usize::MAX,
             checked: false,
             stats: Arc::new(UpstreamStats::default()),
+            tls: None,
             metrics: crate::metrics::ServerMetrics::new("p", name),
         })
     }

@@ -9,6 +9,7 @@ mod duration;
 mod health;
 mod locate;
 mod raw;
+mod tls;
 mod validate;
 
 use std::net::SocketAddr;
@@ -310,6 +311,40 @@ pub struct PoolConfig {
     pub retry: Retry,
     /// Circuit-breaking limits and the queue in front of them.
     pub limits: PoolLimits,
+    /// TLS to the servers (`[pools.NAME.tls]`); `None` (default): plain HTTP.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS from lb to a pool's servers.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// CA file the servers' certificates are verified against; `None`: the system's roots.
+    pub ca: Option<String>,
+    /// Name sent as SNI and verified; `None`: each server's host from its `addr`.
+    pub server_name: Option<String>,
+    /// Offer HTTP/2 by ALPN (needed for gRPC); HTTP/1.1 stays offered.
+    pub http2: bool,
+    /// The ready rustls client config (roots, client certificate, ALPN).
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    /// Files read, with their SHA-256.
+    pub files: Vec<(String, [u8; 32])>,
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.ca, &self.server_name, self.http2, &self.files)
+            == (&other.ca, &other.server_name, other.http2, &other.files)
+    }
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("ca", &self.ca)
+            .field("server_name", &self.server_name)
+            .field("http2", &self.http2)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The balancing strategies `strategy = "..."` accepts.
@@ -499,13 +534,22 @@ impl Config {
     /// Every certificate, key and CA file the listeners read, with the SHA-256 of its content (a
     /// chain and its key share one).
     pub fn tls_files(&self) -> impl Iterator<Item = (&str, [u8; 32])> + '_ {
-        self.listeners.iter().filter_map(|l| l.tls.as_ref()).flat_map(|tls| {
-            let certs = tls
-                .certificates
-                .iter()
-                .flat_map(|c| [(c.cert_path.as_str(), c.digest), (c.key_path.as_str(), c.digest)]);
-            certs.chain(tls.client_ca.iter().map(|ca| (ca.path.as_str(), ca.digest)))
-        })
+        let upstream = self
+            .pools
+            .iter()
+            .filter_map(|p| p.tls.as_ref())
+            .flat_map(|t| t.files.iter().map(|(p, d)| (p.as_str(), *d)));
+        self.listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|tls| {
+                let certs = tls
+                    .certificates
+                    .iter()
+                    .flat_map(|c| [(c.cert_path.as_str(), c.digest), (c.key_path.as_str(), c.digest)]);
+                certs.chain(tls.client_ca.iter().map(|ca| (ca.path.as_str(), ca.digest)))
+            })
+            .chain(upstream)
     }
 
     /// Reads and validates a file.

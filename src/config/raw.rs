@@ -112,8 +112,18 @@ pub(crate) struct RawPool {
     pub passive: Option<RawPassive>,
     pub retry: Option<RawRetry>,
     pub limits: Option<RawPoolLimits>,
+    pub tls: Option<RawUpstreamTls>,
     #[serde(default)]
     pub servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawUpstreamTls {
+    pub ca: Option<String>,
+    pub server_name: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

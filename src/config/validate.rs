@@ -3,12 +3,12 @@
 use super::health;
 use super::raw::{
     RawAdmin, RawConfig, RawHttp, RawLimits, RawListener, RawPool, RawRoute, RawSticky, RawStickySecret,
-    RawTimeouts, RawTls,
+    RawTimeouts,
 };
 use super::{
-    duration, AccessLog, ClientCa, Config, Digest, HashConfig, HashFallback, HashKey, HostMatch, HttpOptions,
-    Issue, Limits, ListenerConfig, PoolConfig, ReloadConfig, RouteConfig, SameSite, Secret, ServerConfig,
-    StickyConfig, StrategyKind, Timeouts, TlsConfig,
+    duration, AccessLog, Config, Digest, HashConfig, HashFallback, HashKey, HostMatch, HttpOptions, Issue,
+    Limits, ListenerConfig, PoolConfig, ReloadConfig, RouteConfig, SameSite, Secret, ServerConfig,
+    StickyConfig, StrategyKind, Timeouts,
 };
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -84,7 +84,7 @@ fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
             }
             Ok(addr) => {
                 let base = format!("listeners[{i}]");
-                let tls = l.tls.as_ref().map(|t| tls(&format!("{base}.tls"), t, out));
+                let tls = l.tls.as_ref().map(|t| super::tls::listener(&format!("{base}.tls"), t, out));
                 let redirect_https = redirect(&base, l, tls.is_some(), out);
                 result.push(ListenerConfig { addr, tls: tls.flatten(), redirect_https });
             }
@@ -112,74 +112,6 @@ fn redirect(base: &str, l: &RawListener, tls: bool, out: &mut Issues<'_>) -> Opt
         }
         _ => None,
     }
-}
-
-/// `[listeners.tls]`: every file read and checked now, so a bad one fails here, naming it.
-fn tls(base: &str, raw: &RawTls, out: &mut Issues<'_>) -> Option<TlsConfig> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    if raw.certificates.is_empty() {
-        out.push(
-            format!("{base}.certificates"),
-            "at least one is required, e.g. [{ cert = \"site.pem\", key = \"site.key\" }]",
-        );
-        return None;
-    }
-    let mut certificates = Vec::new();
-    for (i, c) in raw.certificates.iter().enumerate() {
-        let path = format!("{base}.certificates[{i}]");
-        let (Some(cert), Some(key)) = (&c.cert, &c.key) else {
-            out.push(path, "needs both cert (PEM chain, leaf first) and key (PEM private key)");
-            continue;
-        };
-        match crate::tls::load::cert_and_key(cert, key, now) {
-            Ok(loaded) => certificates.push(loaded),
-            Err(e) => out.push(path, e),
-        }
-    }
-    let required = match raw.client_auth.as_deref() {
-        None | Some("required") => true,
-        Some("optional") => false,
-        Some(other) => {
-            out.push(
-                format!("{base}.client_auth"),
-                format!("{other:?}: expected \"required\" or \"optional\""),
-            );
-            true
-        }
-    };
-    if raw.client_auth.is_some() && raw.client_ca.is_none() {
-        out.push(format!("{base}.client_auth"), "only used with client_ca");
-    }
-    let client_ca = raw.client_ca.as_ref().and_then(|path| match client_ca(path, required) {
-        Ok(ca) => Some(ca),
-        Err(e) => {
-            out.push(format!("{base}.client_ca"), e);
-            None
-        }
-    });
-    let hsts = raw.hsts.as_ref().and_then(|v| match http::HeaderValue::from_str(v) {
-        Ok(value) if v.starts_with("max-age=") => Some(value),
-        _ => {
-            out.push(
-                format!("{base}.hsts"),
-                format!("{v:?}: expected e.g. \"max-age=31536000; includeSubDomains\""),
-            );
-            None
-        }
-    });
-    (certificates.len() == raw.certificates.len()).then_some(TlsConfig { certificates, client_ca, hsts })
-}
-
-fn client_ca(path: &str, required: bool) -> Result<ClientCa, String> {
-    let (certs, bytes) = crate::tls::load::certificates(path)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs {
-        roots.add(cert).map_err(|e| format!("{path}: not a usable CA certificate: {e}"))?;
-    }
-    let digest = super::Digest::of(&[&bytes]).0;
-    Ok(ClientCa { path: path.to_owned(), roots: std::sync::Arc::new(roots), required, digest })
 }
 
 fn timeouts(raw: &RawTimeouts, out: &mut Issues<'_>) -> Timeouts {
@@ -360,6 +292,7 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
         slow_start: health::slow_start(&base, raw, out),
         retry: health::retry(&base, raw.retry.as_ref(), out),
         limits: health::limits(&base, raw.limits.as_ref(), out),
+        tls: raw.tls.as_ref().and_then(|t| super::tls::upstream(&format!("{base}.tls"), t, out)),
     };
     health::check_combination(&base, raw, &pool, out);
     pool

@@ -25,18 +25,20 @@ pub struct Target {
     pub stats: Arc<UpstreamStats>,
     /// The pool's slow start, for a server that comes back.
     pub slow_start: Option<Duration>,
+    /// TLS to the server, when its pool has `[tls]`: HTTP checks then run over TLS.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 /// Checks `target` forever (the task is aborted when its server or its check changes).
 pub async fn run(target: Target) {
-    let Target { key, addr, check, stats, slow_start } = target;
+    let Target { key, addr, check, stats, slow_start, tls } = target;
     let mut verdict = Thresholds::new(check.rise, check.fall, !stats.health.is_down());
     let mut ticker = tokio::time::interval(check.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (pass, fail) = crate::metrics::check_counters(&key.pool, &key.name);
     loop {
         ticker.tick().await;
-        let result = probe(&check.kind, &addr, check.timeout).await;
+        let result = probe(&check.kind, &addr, tls.as_deref(), check.timeout).await;
         match &result {
             Ok(()) => pass.increment(1),
             Err(_) => fail.increment(1),
@@ -61,12 +63,22 @@ pub async fn run(target: Target) {
 }
 
 /// One check: `Ok` if it passes, else why not.
-pub async fn probe(kind: &CheckKind, addr: &str, timeout: Duration) -> Result<(), String> {
+pub async fn probe(
+    kind: &CheckKind,
+    addr: &str,
+    tls: Option<&crate::tls::ClientTls>,
+    timeout: Duration,
+) -> Result<(), String> {
     let attempt = async {
         let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-        match kind {
-            CheckKind::Tcp => Ok(()),
-            CheckKind::Http(http) => http_probe(http, addr, stream).await,
+        let _ = stream.set_nodelay(true);
+        match (kind, tls) {
+            (CheckKind::Tcp, _) => Ok(()),
+            (CheckKind::Http(http), None) => http_probe(http, addr, stream).await,
+            (CheckKind::Http(http), Some(tls)) => {
+                let stream = tls.connect(stream, true).await.map_err(|e| format!("TLS: {e}"))?;
+                http_probe(http, addr, stream).await
+            }
         }
     };
     tokio::time::timeout(timeout, attempt)
@@ -74,8 +86,10 @@ pub async fn probe(kind: &CheckKind, addr: &str, timeout: Duration) -> Result<()
         .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
 }
 
-async fn http_probe(check: &HttpCheck, addr: &str, stream: TcpStream) -> Result<(), String> {
-    let _ = stream.set_nodelay(true);
+async fn http_probe<S>(check: &HttpCheck, addr: &str, stream: S) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -130,11 +144,11 @@ mod tests {
     async fn http_check_passes_on_an_expected_status_only() {
         let (addr, mut heads) = answering(204).await;
         let t = Duration::from_secs(2);
-        assert_eq!(probe(&http(vec![(200, 299)]), &addr, t).await, Ok(()));
+        assert_eq!(probe(&http(vec![(200, 299)]), &addr, None, t).await, Ok(()));
         let head = heads.recv().await.unwrap();
         assert!(head.starts_with("GET /hc HTTP/1.1\r\n"), "{head}");
         assert!(head.to_ascii_lowercase().contains(&format!("host: {addr}")), "{head}");
-        assert_eq!(probe(&http(vec![(200, 200)]), &addr, t).await, Err("status 204".into()));
+        assert_eq!(probe(&http(vec![(200, 200)]), &addr, None, t).await, Err("status 204".into()));
     }
 
     #[tokio::test]
@@ -143,12 +157,12 @@ mod tests {
         let addr = closed.local_addr().unwrap().to_string();
         drop(closed);
         let t = Duration::from_millis(500);
-        assert!(probe(&CheckKind::Tcp, &addr, t).await.unwrap_err().starts_with("connect"));
+        assert!(probe(&CheckKind::Tcp, &addr, None, t).await.unwrap_err().starts_with("connect"));
         // Accepts but never answers: the timeout fails it.
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = silent.local_addr().unwrap().to_string();
-        assert_eq!(probe(&CheckKind::Tcp, &addr, t).await, Ok(()), "TCP only needs the connect");
-        let err = probe(&http(vec![(200, 399)]), &addr, Duration::from_millis(100)).await.unwrap_err();
+        assert_eq!(probe(&CheckKind::Tcp, &addr, None, t).await, Ok(()), "TCP only needs the connect");
+        let err = probe(&http(vec![(200, 399)]), &addr, None, Duration::from_millis(100)).await.unwrap_err();
         assert!(err.contains("no answer"), "{err}");
     }
 }

@@ -35,6 +35,7 @@ impl Checks {
                     check: check.clone(),
                     stats: std::sync::Arc::clone(&u.stats),
                     slow_start: pool.slow_start,
+                    tls: u.tls.clone(),
                 };
                 wanted.insert(u.key.clone(), target);
             }
@@ -68,5 +69,19 @@ fn same(wanted: &Target, running: &Target) -> bool {
     wanted.addr == running.addr
         && wanted.check == running.check
         && wanted.slow_start == running.slow_start
+        && pool_tls_same(&wanted.tls, &running.tls)
         && std::sync::Arc::ptr_eq(&wanted.stats, &running.stats)
+}
+
+/// Whether two checks use the same TLS. Settings are rebuilt with every config, so a TLS pool's
+/// checks restart at each reload (keeping their verdict, as any restarted check does).
+fn pool_tls_same(
+    a: &Option<std::sync::Arc<crate::tls::ClientTls>>,
+    b: &Option<std::sync::Arc<crate::tls::ClientTls>>,
+) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.server_name == b.server_name && std::sync::Arc::ptr_eq(&a.config, &b.config),
+        (None, None) => true,
+        _ => false,
+    }
 }

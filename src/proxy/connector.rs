@@ -8,6 +8,7 @@
 //! one is about to come back.
 
 use crate::slots::{Slot, Slots};
+use crate::tls::ClientTls;
 use arc_swap::ArcSwap;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -23,10 +24,12 @@ use tokio::net::TcpStream;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Connection limits by upstream address (`host:port` as configured), swapped with each snapshot.
+/// Per upstream address (`host:port` as configured), swapped with each snapshot: connection limits,
+/// and how to open TLS for `https` requests.
 #[derive(Debug, Default)]
 pub struct ConnLimits {
     by_addr: ArcSwap<HashMap<String, Arc<Slots>>>,
+    tls: ArcSwap<HashMap<String, Arc<ClientTls>>>,
 }
 
 impl ConnLimits {
@@ -44,6 +47,13 @@ impl ConnLimits {
                 }
             }
         }
+        let tls = snap
+            .pools
+            .iter()
+            .flat_map(|p| p.upstreams.iter())
+            .filter_map(|u| u.tls.as_ref().map(|t| (u.addr.clone(), Arc::clone(t))))
+            .collect();
+        self.tls.store(Arc::new(tls));
         let next = wanted
             .into_iter()
             .map(|(addr, limit)| {
@@ -62,6 +72,10 @@ impl ConnLimits {
 
     fn get(&self, addr: &str) -> Option<Arc<Slots>> {
         self.by_addr.load().get(addr).map(Arc::clone)
+    }
+
+    fn tls(&self, addr: &str) -> Option<Arc<ClientTls>> {
+        self.tls.load().get(addr).map(Arc::clone)
     }
 }
 
@@ -85,10 +99,18 @@ impl CountingConnector {
     }
 }
 
+/// An upstream connection: plain TCP, or TLS over it.
+#[derive(Debug)]
+enum Stream {
+    Plain(TokioIo<TcpStream>),
+    // Boxed: a TLS session is a kilobyte of state, a plain socket a few words.
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
 /// An upstream socket that decrements its gauge (and frees its limit slot) when closed.
 #[derive(Debug)]
 pub struct Counted {
-    io: TokioIo<TcpStream>,
+    io: Stream,
     open: metrics::Gauge,
     _slot: Option<Slot>,
 }
@@ -111,6 +133,7 @@ impl tower::Service<http::Uri> for CountingConnector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let addr = uri.authority().map_or_else(String::new, |a| a.as_str().to_owned());
         let limit = self.limits.get(&addr);
+        let tls = (uri.scheme() == Some(&http::uri::Scheme::HTTPS)).then(|| self.limits.tls(&addr));
         let wait = self.wait;
         let mut inner = self.inner.clone();
         Box::pin(async move {
@@ -121,7 +144,18 @@ impl tower::Service<http::Uri> for CountingConnector {
                 },
                 None => None,
             };
-            let io = inner.call(uri).await?;
+            let tcp = inner.call(uri).await?;
+            let io = match tls {
+                None => Stream::Plain(tcp),
+                Some(None) => return Err(format!("no TLS settings for {addr}").into()),
+                Some(Some(tls)) => {
+                    // The handshake counts against the connect timeout.
+                    let handshake = tokio::time::timeout(wait, tls.connect(tcp.into_inner(), false)).await;
+                    let stream = handshake
+                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                    Stream::Tls(Box::new(TokioIo::new(stream)))
+                }
+            };
             let open = metrics::gauge!(crate::metrics::UPSTREAM_CONNECTIONS, "addr" => addr);
             open.increment(1.0);
             Ok(Counted { io, open, _slot: slot })
@@ -131,31 +165,62 @@ impl tower::Service<http::Uri> for CountingConnector {
 
 impl Connection for Counted {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        match &self.io {
+            Stream::Plain(io) => io.connected(),
+            Stream::Tls(io) => {
+                let (tcp, session) = io.inner().get_ref();
+                let connected = tcp.connected();
+                // ALPN chose HTTP/2: the pooled client speaks h2 on this connection.
+                if session.alpn_protocol() == Some(b"h2") {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
+        }
     }
+}
+
+/// Forwards one I/O call to whichever stream the connection is.
+macro_rules! each {
+    ($self:expr, $io:ident => $call:expr) => {
+        match &mut $self.get_mut().io {
+            Stream::Plain(plain) => {
+                let $io = plain;
+                $call
+            }
+            Stream::Tls(tls) => {
+                let $io = &mut **tls;
+                $call
+            }
+        }
+    };
 }
 
 impl Read for Counted {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        each!(self, io => Pin::new(io).poll_read(cx, buf))
     }
 }
 
 impl Write for Counted {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        each!(self, io => Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        each!(self, io => Pin::new(io).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        each!(self, io => Pin::new(io).poll_shutdown(cx))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Stream::Plain(io) => io.is_write_vectored(),
+            Stream::Tls(io) => io.is_write_vectored(),
+        }
     }
 
     fn poll_write_vectored(
@@ -163,6 +228,6 @@ impl Write for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        each!(self, io => Pin::new(io).poll_write_vectored(cx, bufs))
     }
 }

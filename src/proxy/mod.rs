@@ -43,6 +43,8 @@ pub type UpstreamClient = Client<connector::CountingConnector, RequestBody>;
 /// runtime's connection limits.
 pub fn upstream_client(config: &crate::config::Config, limits: Arc<connector::ConnLimits>) -> UpstreamClient {
     let mut connector = HttpConnector::new();
+    // https URIs reach the connector too: TLS is opened by `CountingConnector` over this TCP.
+    connector.enforce_http(false);
     connector.set_connect_timeout(Some(config.timeouts.connect));
     connector.set_nodelay(true);
     Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -335,7 +337,7 @@ async fn forward(
         let upstream = choice.upstream;
         // Recorded before the attempt, so a failure is counted and logged against this server.
         trace.server = Some(choice.index);
-        parts.uri = upstream_uri(&target, &upstream.authority)?;
+        parts.uri = upstream_uri(&target, upstream)?;
         let bodyless = body.is_end_stream();
         let handback = (spare.is_some() && !bodyless).then(|| body.returnable());
         let sent_at = tokio::time::Instant::now();
@@ -547,11 +549,14 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Pro
 }
 
 /// `http://<upstream>/<original path and query>`.
-fn upstream_uri(original: &Uri, authority: &uri::Authority) -> Result<Uri, ProxyError> {
+fn upstream_uri(original: &Uri, upstream: &crate::upstream::Upstream) -> Result<Uri, ProxyError> {
     let path = original.path_and_query().cloned().unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
+    // The scheme tells the connector to open TLS (and keeps TLS and plain connections to one
+    // address apart in the pool).
+    let scheme = if upstream.tls.is_some() { uri::Scheme::HTTPS } else { uri::Scheme::HTTP };
     Uri::builder()
-        .scheme(uri::Scheme::HTTP)
-        .authority(authority.clone())
+        .scheme(scheme)
+        .authority(upstream.authority.clone())
         .path_and_query(path)
         .build()
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))

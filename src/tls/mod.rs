@@ -77,6 +77,94 @@ pub fn server_config(tls: &TlsConfig, resumption: &Resumption) -> Result<Arc<Ser
     Ok(Arc::new(config))
 }
 
+/// The system's trusted CA certificates (Debian: the `ca-certificates` package), for upstreams
+/// without a configured `ca`. Read once per process.
+pub fn system_roots() -> Result<rustls::RootCertStore, String> {
+    static ROOTS: OnceLock<Result<rustls::RootCertStore, String>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err("no system CA certificates found: install ca-certificates, or set ca".to_owned());
+            }
+            Ok(roots)
+        })
+        .clone()
+}
+
+/// The rustls config for connections to upstream servers: verified against `roots`, presenting
+/// `client` if given, offering `h2` before `http/1.1` when `http2`.
+pub fn client_config(
+    roots: Arc<rustls::RootCertStore>,
+    client: Option<&load::LoadedCert>,
+    http2: bool,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&versions)
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(c) => builder.with_client_cert_resolver(Arc::new(ClientCert(Arc::clone(&c.key)))),
+    };
+    config.alpn_protocols =
+        if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    Ok(Arc::new(config))
+}
+
+/// How lb opens TLS to one upstream server.
+#[derive(Debug)]
+pub struct ClientTls {
+    /// Roots, client certificate and ALPN.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The same, offering only HTTP/1.1: health checks speak HTTP/1.1.
+    pub probe: Arc<rustls::ClientConfig>,
+    /// SNI sent and name verified.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl ClientTls {
+    /// For a server at `host` (its `addr` without the port) of a pool with `tls`.
+    pub fn new(tls: &crate::config::UpstreamTls, host: &str) -> Option<Self> {
+        let name = tls.server_name.as_deref().unwrap_or(host).trim_start_matches('[').trim_end_matches(']');
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).ok()?;
+        let mut probe = (*tls.config).clone();
+        probe.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Some(Self { config: Arc::clone(&tls.config), probe: Arc::new(probe), server_name })
+    }
+
+    /// A TLS session over `tcp`; `probe` picks the HTTP/1.1-only config.
+    pub async fn connect(
+        &self,
+        tcp: tokio::net::TcpStream,
+        probe: bool,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let config = if probe { &self.probe } else { &self.config };
+        tokio_rustls::TlsConnector::from(Arc::clone(config)).connect(self.server_name.clone(), tcp).await
+    }
+}
+
+/// lb's certificate for upstreams that ask for one (mTLS).
+#[derive(Debug)]
+struct ClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _issuers: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// Why a handshake failed, as a bounded label: `no_client_cert`, `bad_client_cert`, `incompatible`
 /// (no common version or cipher suite, e.g. a TLS 1.1 client), `alert` (the client gave up, e.g.
 /// on our certificate), `bad_message`, `timeout`, `eof` (closed mid-handshake), `io`, `other`.

@@ -84,7 +84,22 @@ impl Backend {
         Self::serve(name, listener, Duration::ZERO)
     }
 
+    /// A backend speaking TLS with `config` (HTTP/1.1, or HTTP/2 if its ALPN allows).
+    pub async fn start_tls(name: &str, config: Arc<rustls::ServerConfig>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_with(name, listener, Duration::ZERO, Some(tokio_rustls::TlsAcceptor::from(config)))
+    }
+
     fn serve(name: &str, listener: TcpListener, delay: Duration) -> Self {
+        Self::serve_with(name, listener, delay, None)
+    }
+
+    fn serve_with(
+        name: &str,
+        listener: TcpListener,
+        delay: Duration,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let (n, s) = (name.to_owned(), Arc::clone(&seen));
@@ -99,6 +114,7 @@ impl Backend {
                 rise(&s.open, &s.peak_open);
                 let (n, s) = (n.clone(), Arc::clone(&s));
                 let s2 = Arc::clone(&s);
+                let tls = tls.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (n, s) = (n.clone(), Arc::clone(&s));
@@ -120,10 +136,21 @@ impl Backend {
                             result
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                                    .await;
+                            }
+                        }
+                    }
                     s2.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }

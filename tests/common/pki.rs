@@ -89,6 +89,33 @@ impl Pki {
 
 use rustls::pki_types::pem::PemObject;
 
+impl Issued {
+    /// A server config presenting this certificate, offering h2 and HTTP/1.1, requiring client
+    /// certificates from `clients` if given.
+    pub fn server_config(&self, clients: Option<&Pki>) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match clients {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.ca_der.clone()).unwrap();
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                        .build()
+                        .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
+        let mut config = builder.with_single_cert(vec![self.der.clone()], key).unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
 /// A TLS connection to `addr` presenting `sni`.
 pub async fn connect(
     addr: std::net::SocketAddr,
