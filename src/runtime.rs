@@ -48,6 +48,8 @@ pub struct Pool {
     pub limits: PoolLimits,
     /// Whether any server has a request or connection limit (then a full pool queues requests).
     limited: bool,
+    /// The pool offers HTTP/2 to its servers (`[tls] http2 = true`).
+    http2: bool,
     /// Draws for slow start when a request has no hash key.
     warm_rng: Rng,
 }
@@ -94,6 +96,11 @@ impl Pool {
     fn choice(&self, index: usize) -> Option<Choice<'_>> {
         let upstream = self.upstreams.get(index)?;
         Some(Choice { index, upstream, set_cookie: self.sticky.is_some() })
+    }
+
+    /// Whether requests keep `te: trailers` (the pool speaks HTTP/2 to its servers, as gRPC needs).
+    pub fn wants_trailers(&self) -> bool {
+        self.http2
     }
 
     /// The `Set-Cookie` value that pins a client to server `index`, for a client on TLS or not (the
@@ -534,6 +541,7 @@ fn build(
                 retry: pool.retry,
                 limits: pool.limits,
                 limited,
+                http2: pool.tls.as_ref().is_some_and(|t| t.http2),
                 warm_rng: Rng::from_entropy(),
             }
         })

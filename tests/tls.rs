@@ -86,8 +86,13 @@ async fn sni_picks_the_chain_and_h2_and_http1_clients_are_served() {
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let (status, _, body) = get_over(tls).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
-    let tls = connect(lb.addr, "a.test", pki.client_config(&[], None)).await.unwrap();
+    let no_alpn = pki.client_config(&[], None);
+    let tls = connect(lb.addr, "a.test", no_alpn.clone()).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), None, "a client without ALPN gets HTTP/1.1");
+    // The session ticket arrives after the handshake: reading the answer stores it.
+    assert_eq!(get_over(tls).await.0, StatusCode::OK);
+    let tls = connect(lb.addr, "a.test", no_alpn).await.unwrap();
+    assert_eq!(tls.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed), "session resumed");
     assert_eq!(get_over(tls).await.0, StatusCode::OK);
     assert_eq!(backend.last_head().headers["x-forwarded-proto"], "https");
 }
@@ -385,8 +390,13 @@ async fn upstream_https_with_a_private_ca_works_over_h1_and_h2_and_a_wrong_ca_gi
 
     let named = format!("{ca}\nserver_name = \"backend.test\"\nhttp2 = true");
     let lb = Lb::start(&upstream_tls_config(backend.addr, &named, "")).await;
-    assert_eq!(get(&client(), &lb.url("/")).await, (StatusCode::OK, "a".to_owned()));
-    assert_eq!(backend.last_head().version, http::Version::HTTP_2, "h2 chosen by ALPN");
+    let grpc_like =
+        Request::post(lb.url("/")).header("te", "trailers").body(http_body_util::Full::new(Bytes::new()));
+    let resp = client().request(grpc_like.unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let head = backend.last_head();
+    assert_eq!(head.version, http::Version::HTTP_2, "h2 chosen by ALPN");
+    assert_eq!(head.headers["te"], "trailers", "kept for HTTP/2 upstreams, as gRPC needs");
 
     let other = Pki::new("other");
     let wrong = format!("ca = {}", path(&other.ca_path));

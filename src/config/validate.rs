@@ -33,6 +33,7 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
     let http = http(&raw.http, &mut out);
     let pools: Vec<PoolConfig> = raw.pools.iter().map(|(name, p)| pool(name, p, &mut out)).collect();
     let routes = routes(&raw.routes, &pools, &mut out);
+    tls_per_address(&pools, &mut out);
     let sticky_secret = sticky_secret(&raw.sticky, &mut out);
     let admin = admin(&raw.admin, &listeners, &mut out);
     let access_log = match raw.log.access.as_deref() {
@@ -92,6 +93,31 @@ fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
         }
     }
     result
+}
+
+/// Connections to one address are pooled together, so every pool that reaches it over TLS must do
+/// so with the same settings (CA, name, client certificate, ALPN).
+fn tls_per_address(pools: &[PoolConfig], out: &mut Issues<'_>) {
+    let mut seen: std::collections::HashMap<&str, (&str, &super::UpstreamTls)> =
+        std::collections::HashMap::new();
+    for pool in pools {
+        let Some(tls) = &pool.tls else { continue };
+        for s in &pool.servers {
+            match seen.get(s.addr.as_str()) {
+                Some((other, theirs)) if *theirs != tls => out.push(
+                    format!("pools.{}.tls", pool.name),
+                    format!(
+                        "{} is also reached over TLS by pool {other} with other settings; use the same",
+                        s.addr
+                    ),
+                ),
+                Some(_) => {}
+                None => {
+                    seen.insert(&s.addr, (&pool.name, tls));
+                }
+            }
+        }
+    }
 }
 
 /// `redirect_https` / `https_port`: the https port requests are sent to, if redirecting.

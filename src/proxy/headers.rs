@@ -48,6 +48,13 @@ const HOP_BY_HOP: [&HeaderName; 7] = [
     &header::UPGRADE,
 ];
 
+/// Whether the request's `TE` field lists `trailers`.
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',').any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")))
+    })
+}
+
 /// Removes every hop-by-hop field, including those named by `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass of cheap name comparisons instead of seven hashed removals.

@@ -297,7 +297,13 @@ async fn forward(
     let client_upgrade =
         upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
+    // gRPC needs `te: trailers` end to end; forwarded to pools that speak HTTP/2 (as nginx's
+    // grpc_pass does), stripped as hop-by-hop everywhere else.
+    let te_trailers = pool.wants_trailers() && headers::accepts_trailers(&parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(id) = request_id {
         // Even if the client named it in `Connection`: the upstream always gets the id.
         parts.headers.insert(X_REQUEST_ID.clone(), id);

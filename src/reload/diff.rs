@@ -14,6 +14,13 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             out.push(format!("+ listener {}", l.addr));
         }
     }
+    for l in &new.listeners {
+        if let Some(o) = old.listeners.iter().find(|o| o.addr == l.addr) {
+            if o.tls != l.tls || o.redirect_https != l.redirect_https {
+                out.push(format!("~ listener {}: {}", l.addr, listener_change(o, l)));
+            }
+        }
+    }
     for l in &old.listeners {
         if !new.listeners.iter().any(|n| n.addr == l.addr) {
             out.push(format!("- listener {} (stops accepting; its connections finish and close)", l.addr));
@@ -84,7 +91,8 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig, out: &mut Vec<String>) {
             out.push(format!("~ pool {name}: {:.1}% of hash keys move to another server", share * 100.0));
         }
     }
-    let parts: [(&str, bool); 8] = [
+    let parts: [(&str, bool); 9] = [
+        ("tls", old.tls != new.tls),
         ("hash", old.hash != new.hash),
         ("seed", old.seed != new.seed),
         ("sticky", old.sticky != new.sticky),
@@ -97,6 +105,33 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig, out: &mut Vec<String>) {
     let changed: Vec<&str> = parts.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect();
     if !changed.is_empty() {
         out.push(format!("~ pool {name}: settings changed: {}", changed.join(", ")));
+    }
+}
+
+/// What changed on a listener that stays: TLS on or off, certificates (new connections get them),
+/// client certificates, HSTS, redirect.
+fn listener_change(old: &crate::config::ListenerConfig, new: &crate::config::ListenerConfig) -> String {
+    match (&old.tls, &new.tls) {
+        (None, Some(_)) => "TLS on".to_owned(),
+        (Some(_), None) => "TLS off".to_owned(),
+        (Some(a), Some(b)) => {
+            let mut what = Vec::new();
+            if a.certificates != b.certificates {
+                what.push("certificates changed (new connections get them)");
+            }
+            if a.client_ca != b.client_ca {
+                what.push("client certificate checks changed");
+            }
+            if a.hsts != b.hsts {
+                what.push("HSTS changed");
+            }
+            what.join(", ")
+        }
+        (None, None) => format!(
+            "https redirect {} -> {}",
+            opt(old.redirect_https.as_ref()),
+            opt(new.redirect_https.as_ref())
+        ),
     }
 }
 
