@@ -11,8 +11,14 @@ each with HTTP/1.1 keep-alive. For each run it prints requests/s, p50 and p99 la
 CPU time per request (user + system, all its processes and threads, from /proc). The summary is the
 median over rounds and the ratio of each peer to lb.
 
-Needs wrk (Debian: apt-get install wrk). nginx and HAProxy are optional (apt-get install nginx-light
-haproxy). All traffic stays on 127.0.0.1; every run is bounded by --duration.
+With --tls it then runs an HTTPS scenario on the same proxies (ECDSA P-256 certificate made with
+openssl, TLS 1.3, ALPN h2): h2load over HTTP/2 (64 connections, 10 streams each) for throughput and
+CPU per request, and `openssl s_time -new` for full handshakes per second and the proxy's CPU per
+handshake (one client process; the proxy's CPU is what compares).
+
+Needs wrk (Debian: apt-get install wrk); --tls also needs h2load (nghttp2-client) and openssl. nginx
+and HAProxy are optional (apt-get install nginx-light haproxy). All traffic stays on 127.0.0.1;
+every run is bounded by --duration.
 """
 import argparse
 import os
@@ -28,7 +34,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UPSTREAMS = ["127.0.0.1:19101", "127.0.0.1:19102", "127.0.0.1:19103"]
-PORTS = {"lb": 18080, "nginx": 18081, "haproxy": 18082, "lb-nometrics": 18083, "lb-access": 18084}
+PORTS = {"lb": 18080, "nginx": 18081, "haproxy": 18082, "lb-nometrics": 18083, "lb-access": 18084,
+         "lb-tls": 18443, "nginx-tls": 18444, "haproxy-tls": 18445}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -186,11 +193,125 @@ def run_one(name, make, tmp, args):
     return result
 
 
+def make_cert(tmp):
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1: cert, key, and both in one file (HAProxy)."""
+    cert, key, both = (os.path.join(tmp, n) for n in ("bench.pem", "bench.key", "bench-both.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"], check=True, capture_output=True)
+    with open(both, "w") as out:
+        out.write(open(cert).read() + open(key).read())
+    return cert, key, both
+
+
+def lb_tls_config(tmp):
+    cert, key, _ = make_cert(tmp) if not os.path.exists(os.path.join(tmp, "bench.pem")) else (
+        os.path.join(tmp, "bench.pem"), os.path.join(tmp, "bench.key"), None)
+    servers = ", ".join(f'{{ addr = "{a}" }}' for a in UPSTREAMS)
+    path = os.path.join(tmp, "lb-tls.toml")
+    with open(path, "w") as f:
+        f.write(f'[[listeners]]\naddr = "127.0.0.1:{PORTS["lb-tls"]}"\n[listeners.tls]\n'
+                f'certificates = [{{ cert = "{cert}", key = "{key}" }}]\n\n'
+                f'[pools.app]\nstrategy = "round_robin"\nservers = [{servers}]\n\n[admin]\naddr = "127.0.0.1:0"\n')
+    return [os.path.join(ROOT, "target/release/lb"), "--config", path], {"LB_LOG": "warn", "TOKIO_WORKER_THREADS": "2"}
+
+
+def nginx_tls_config(tmp):
+    cmd, env = nginx_config(tmp)
+    path = os.path.join(tmp, "nginx.conf")
+    conf = open(path).read().replace(
+        f"listen 127.0.0.1:{PORTS['nginx']};",
+        f"listen 127.0.0.1:{PORTS['nginx-tls']} ssl http2;\n"
+        f"    ssl_certificate {tmp}/bench.pem; ssl_certificate_key {tmp}/bench.key;\n"
+        f"    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;")
+    with open(path, "w") as f:
+        f.write(conf)
+    return cmd, env
+
+
+def haproxy_tls_config(tmp):
+    cmd, env = haproxy_config(tmp)
+    path = os.path.join(tmp, "haproxy.cfg")
+    conf = open(path).read().replace(
+        f"bind 127.0.0.1:{PORTS['haproxy']}",
+        f"bind 127.0.0.1:{PORTS['haproxy-tls']} ssl crt {tmp}/bench-both.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2"
+    ).replace("X-Forwarded-Proto http", "X-Forwarded-Proto https")
+    with open(path, "w") as f:
+        f.write(conf)
+    return cmd, env
+
+
+def run_tls_one(name, make, tmp, args):
+    """h2load over HTTP/2 for throughput, then openssl s_time for full handshakes."""
+    cmd, env = make(tmp)
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    port = PORTS[name]
+    try:
+        wait_port(port)
+        url = f"https://127.0.0.1:{port}/"
+        subprocess.run(["h2load", "-n", "2000", "-c", "8", "-m", "10", url], capture_output=True)
+        pids = process_tree(proc.pid)
+        before = cpu_seconds(pids)
+        out = subprocess.run(["h2load", "-t", "2", "-c", str(args.connections), "-m", "10",
+                              "-D", str(args.duration), url],
+                             capture_output=True, text=True, timeout=args.duration + 30).stdout
+        cpu = cpu_seconds(pids) - before
+        rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
+        m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out)
+        done, failed = int(m.group(2)), int(m.group(3))
+        before = cpu_seconds(pids)
+        st = subprocess.run(["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
+                             "-time", str(args.duration)],
+                            capture_output=True, text=True, timeout=args.duration + 30).stdout
+        hs_cpu = cpu_seconds(pids) - before
+        hm = re.search(r"(\d+) connections in (\d+) real seconds", st)
+        handshakes = int(hm.group(1)) if hm else 0
+        hs_rate = handshakes / max(int(hm.group(2)) if hm else 1, 1)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    return {"rps": rps, "failed": failed, "cpu_us_per_req": cpu / max(done, 1) * 1e6,
+            "handshakes_per_s": hs_rate, "cpu_us_per_handshake": hs_cpu / max(handshakes, 1) * 1e6}
+
+
+def tls_phase(args, tmp):
+    for tool in ("h2load", "openssl"):
+        if not shutil.which(tool):
+            print(f"# --tls needs {tool} (apt-get install nghttp2-client openssl): skipped")
+            return
+    make_cert(tmp)
+    proxies = [("lb-tls", lb_tls_config)]
+    for name, make in [("nginx-tls", nginx_tls_config), ("haproxy-tls", haproxy_tls_config)]:
+        if shutil.which(name.split("-")[0]):
+            proxies.append((name, make))
+    results = {name: [] for name, _ in proxies}
+    for r in range(args.rounds):
+        for name, make in proxies:
+            res = run_tls_one(name, make, tmp, args)
+            results[name].append(res)
+            print(f"round {r + 1} {name:12} {res['rps']:>10.0f} req/s  cpu {res['cpu_us_per_req']:.1f} us/req  "
+                  f"failed {res['failed']}  {res['handshakes_per_s']:.0f} handshakes/s  "
+                  f"cpu {res['cpu_us_per_handshake']:.0f} us/handshake", flush=True)
+    print(f"\nHTTPS: median of {args.rounds} rounds; h2load {args.connections} connections x 10 streams, "
+          f"{args.duration}s; s_time -new {args.duration}s; TLS 1.3, ECDSA P-256")
+    print(f"{'proxy':12} {'req/s':>10} {'cpu us/req':>11} {'vs lb':>7} {'hs/s':>7} {'cpu us/hs':>10} {'vs lb':>7}")
+    base = {k: statistics.median(r[k] for r in results["lb-tls"]) for k in ("cpu_us_per_req", "cpu_us_per_handshake")}
+    for name, _ in proxies:
+        med = {k: statistics.median(r[k] for r in results[name])
+               for k in ("rps", "cpu_us_per_req", "handshakes_per_s", "cpu_us_per_handshake")}
+        print(f"{name:12} {med['rps']:>10.0f} {med['cpu_us_per_req']:>11.1f} "
+              f"{med['cpu_us_per_req'] / base['cpu_us_per_req']:>6.2f}x {med['handshakes_per_s']:>7.0f} "
+              f"{med['cpu_us_per_handshake']:>10.0f} {med['cpu_us_per_handshake'] / base['cpu_us_per_handshake']:>6.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tls", action="store_true", help="also run the HTTPS scenario (h2load, s_time)")
+    ap.add_argument("--tls-only", action="store_true", help="run only the HTTPS scenario")
     ap.add_argument("--observability", action="store_true",
                     help="also run lb without metrics and lb with a JSON access log, to price each")
     args = ap.parse_args()
@@ -212,6 +333,10 @@ def main():
     results = {name: [] for name, _ in proxies}
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            if args.tls or args.tls_only:
+                tls_phase(args, tmp)
+            if args.tls_only:
+                return
             for r in range(args.rounds):
                 for name, make in proxies:
                     res = run_one(name, make, tmp, args)

@@ -135,7 +135,7 @@ fn insecure(pki: &Pki) -> std::sync::Arc<rustls::ClientConfig> {
     }
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca_der.clone()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider.clone())
             .build()
@@ -181,7 +181,7 @@ async fn tls_1_1_is_refused_and_tls_1_2_works() {
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca_der.clone()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls12 = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()

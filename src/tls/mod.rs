@@ -23,7 +23,7 @@ const SESSION_CACHE: usize = 8192;
 /// The crypto provider every TLS config of the process uses.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
+    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())))
 }
 
 /// Session-resumption state shared by every server config the process builds, so clients resume
@@ -37,7 +37,7 @@ pub struct Resumption {
 impl Resumption {
     /// A ticket key (rotated by rustls every 6 hours) and an in-memory session cache.
     pub fn new() -> Self {
-        let ticketer = match rustls::crypto::ring::Ticketer::new() {
+        let ticketer = match rustls::crypto::aws_lc_rs::Ticketer::new() {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::warn!(error = %e, "no TLS session tickets: resumption by session id only");

@@ -69,7 +69,7 @@ impl Pki {
     pub fn client_config(&self, alpn: &[&str], client: Option<&Issued>) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -93,7 +93,7 @@ impl Issued {
     /// A server config presenting this certificate, offering h2 and HTTP/1.1, requiring client
     /// certificates from `clients` if given.
     pub fn server_config(&self, clients: Option<&Pki>) -> Arc<rustls::ServerConfig> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap();
