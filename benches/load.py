@@ -223,7 +223,10 @@ def nginx_tls_config(tmp):
         f"listen 127.0.0.1:{PORTS['nginx']};",
         f"listen 127.0.0.1:{PORTS['nginx-tls']} ssl http2;\n"
         f"    ssl_certificate {tmp}/bench.pem; ssl_certificate_key {tmp}/bench.key;\n"
-        f"    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;")
+        f"    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;\n"
+        # nginx closes a connection after 1,000 requests by default (HTTP/2 included); h2load does
+        # not reconnect, and neither lb nor HAProxy has such a limit.
+        f"    keepalive_requests 1000000;")
     with open(path, "w") as f:
         f.write(conf)
     return cmd, env
