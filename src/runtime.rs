@@ -98,8 +98,11 @@ impl Pool {
         Some(Choice { index, upstream, set_cookie: self.sticky.is_some() })
     }
 
-    /// Whether requests keep `te: trailers` (the pool speaks HTTP/2 to its servers, as gRPC needs).
-    pub fn wants_trailers(&self) -> bool {
+    /// Whether the pool offers HTTP/2 to its servers (`[tls] http2 = true`): requests then keep
+    /// `te: trailers` (gRPC needs it) and carry no `Host` field, so that HTTP/2's `:authority` (the
+    /// server's address) is the only one (RFC 9113 8.3.1); the client's host is in
+    /// `X-Forwarded-Host`.
+    pub fn http2(&self) -> bool {
         self.http2
     }
 
@@ -493,13 +496,12 @@ fn build(
                     // Validation already checked the address; a failure here would be a bug, so skip
                     // the server rather than take the process down.
                     let authority: http::uri::Authority = s.addr.parse().ok()?;
-                    let tls = pool.tls.as_ref().and_then(|t| {
-                        let tls = crate::tls::ClientTls::new(t, authority.host());
-                        if tls.is_none() {
-                            tracing::error!(pool = %pool.name, server = %s.name, "no valid TLS server name");
-                        }
-                        tls.map(Arc::new)
-                    });
+                    let tls = match &pool.tls {
+                        None => None,
+                        // Validation checked the name; should it fail anyway, the server is left
+                        // out rather than spoken to in the clear.
+                        Some(t) => Some(Arc::new(crate::tls::ClientTls::new(t, authority.host())?)),
+                    };
                     let (stats, arriving) = known(registry, &key, s, start_up);
                     if let (true, Some(over)) = (arriving, pool.slow_start) {
                         arrived.push((Arc::clone(&stats), over));

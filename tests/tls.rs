@@ -425,3 +425,32 @@ async fn lb_presents_its_client_certificate_to_upstreams_that_require_one() {
     let lb = Lb::start(&upstream_tls_config(backend.addr, &ca, "")).await;
     assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::BAD_GATEWAY, "no client certificate");
 }
+
+#[tokio::test]
+async fn a_session_from_a_listener_without_client_certificates_does_not_open_one_that_requires_them() {
+    let backend = Backend::start("a").await;
+    let pki = Pki::new("resume");
+    let site = pki.issue("site", &["a.test"]);
+    let open = tls_config(backend.addr, &[&site], "");
+    let ca = format!("client_ca = {:?}", pki.ca_path.display().to_string());
+    let strict = format!(
+        "[[listeners]]\naddr = \"127.0.0.2:0\"\n[listeners.tls]\ncertificates = [{{ cert = {:?}, key = {:?} }}]\n{ca}\n\n",
+        site.cert.display().to_string(),
+        site.key.display().to_string()
+    );
+    let lb = Lb::start(&open.replacen("[pools.web]", &format!("{strict}[pools.web]"), 1)).await;
+    let mtls_addr = lb.server.listeners()[1].1;
+    let no_cert = pki.client_config(&["http/1.1"], None);
+    let tls = connect(lb.addr, "a.test", no_cert.clone()).await.unwrap();
+    assert_eq!(get_over(tls).await.0, StatusCode::OK, "the open listener serves, and hands out a ticket");
+    let refused = match connect(mtls_addr, "a.test", no_cert).await {
+        Err(_) => true,
+        Ok(mut tls) => {
+            assert_ne!(tls.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+            let _ = tls.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            !matches!(tls.read(&mut buf).await, Ok(n) if n > 0)
+        }
+    };
+    assert!(refused, "the ticket from the open listener does not stand in for a client certificate");
+}

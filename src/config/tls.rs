@@ -143,3 +143,14 @@ pub(super) fn upstream(base: &str, raw: &RawUpstreamTls, out: &mut Issues<'_>) -
     };
     Some(UpstreamTls { ca: raw.ca.clone(), server_name, http2, config, files })
 }
+
+/// The host of `addr` must be a name or address TLS can verify (rustls is stricter than URI
+/// syntax: no all-digit last label, no zone ids): a server lb could not verify is refused rather
+/// than spoken to in the clear.
+pub(super) fn verifiable_host(addr: &str) -> Result<(), String> {
+    let authority: http::uri::Authority = addr.parse().map_err(|_| format!("{addr:?} is not host:port"))?;
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host)
+        .map(|_| ())
+        .map_err(|_| format!("{host:?} cannot be verified as a TLS server name"))
+}

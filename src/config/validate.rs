@@ -321,6 +321,14 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
         tls: raw.tls.as_ref().and_then(|t| super::tls::upstream(&format!("{base}.tls"), t, out)),
     };
     health::check_combination(&base, raw, &pool, out);
+    if let Some(tls) = pool.tls.as_ref().filter(|t| t.server_name.is_none()) {
+        for (i, s) in pool.servers.iter().enumerate() {
+            if let Err(e) = super::tls::verifiable_host(&s.addr) {
+                out.push(format!("{base}.servers[{i}].addr"), format!("{e}; set {base}.tls.server_name"));
+            }
+        }
+        let _ = tls;
+    }
     pool
 }
 

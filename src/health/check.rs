@@ -73,7 +73,12 @@ pub async fn probe(
         let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
         match (kind, tls) {
-            (CheckKind::Tcp, _) => Ok(()),
+            (CheckKind::Tcp, None) => Ok(()),
+            // A TLS pool's TCP check includes the handshake (with the pool's own ALPN, so h2-only
+            // servers pass): a wrong CA or name shows as down, not as healthy.
+            (CheckKind::Tcp, Some(tls)) => {
+                tls.connect(stream, false).await.map(drop).map_err(|e| format!("TLS: {e}"))
+            }
             (CheckKind::Http(http), None) => http_probe(http, addr, stream).await,
             (CheckKind::Http(http), Some(tls)) => {
                 let stream = tls.connect(stream, true).await.map_err(|e| format!("TLS: {e}"))?;

@@ -299,7 +299,7 @@ async fn forward(
     let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
     // gRPC needs `te: trailers` end to end; forwarded to pools that speak HTTP/2 (as nginx's
     // grpc_pass does), stripped as hop-by-hop everywhere else.
-    let te_trailers = pool.wants_trailers() && headers::accepts_trailers(&parts.headers);
+    let te_trailers = pool.http2() && headers::accepts_trailers(&parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
     if te_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -313,7 +313,11 @@ async fn forward(
             headers::set_upgrade(&mut parts.headers, value);
         }
     }
-    if let Some(h) = &host {
+    if pool.http2() {
+        // HTTP/2 upstream: `:authority` (the server's address) must be the only host; the client's
+        // travels in X-Forwarded-Host.
+        parts.headers.remove(header::HOST);
+    } else if let Some(h) = &host {
         // The upstream speaks HTTP/1.1: the host travels as Host (taken from :authority or an
         // absolute-form target when the client sent one).
         parts.headers.insert(header::HOST, h.clone());

@@ -46,11 +46,20 @@ struct ServeCtx {
     listeners: HashMap<SocketAddr, ListenerCtx>,
     /// The settings `shared.client` was built with: an unchanged client (and its pooled connections)
     /// is kept across reloads.
-    client_settings: (Duration, Duration, usize),
+    client_settings: ClientSettings,
+}
+
+/// What the upstream client is built from: a new client (new pooled connections) only when one of
+/// these changed, so that no connection made under old TLS settings is reused.
+#[derive(PartialEq)]
+struct ClientSettings {
+    timeouts: (Duration, Duration),
+    idle_per_server: usize,
+    tls: Vec<Option<crate::config::UpstreamTls>>,
 }
 
 /// What one listener does with a connection beyond plain HTTP.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct ListenerCtx {
     /// TLS termination; `Some(Err)` if the TLS config could not be built (connections are refused
     /// rather than served in the clear).
@@ -79,8 +88,11 @@ impl ServeCtx {
         old: Option<&ServeCtx>,
         resumption: &crate::tls::Resumption,
     ) -> Self {
-        let settings =
-            (config.timeouts.connect, config.timeouts.upstream_idle, config.limits.upstream_idle_per_server);
+        let settings = ClientSettings {
+            timeouts: (config.timeouts.connect, config.timeouts.upstream_idle),
+            idle_per_server: config.limits.upstream_idle_per_server,
+            tls: config.pools.iter().map(|p| p.tls.clone()).collect(),
+        };
         let client = match old {
             Some(old) if old.client_settings == settings => old.shared.client.clone(),
             _ => proxy::upstream_client(config, runtime.conn_limits()),
@@ -349,7 +361,9 @@ impl Conn {
         (open, in_flight): (metrics::Gauge, metrics::Gauge),
     ) {
         let activity = Arc::new(Activity::holding(Some(slot), Some(open), Some(in_flight)));
-        let listener = self.serve.listeners.get(&self.listener).cloned().unwrap_or_default();
+        // A listener removed by the config this connection loaded: never serve it with defaults
+        // (a TLS port would answer in the clear).
+        let Some(listener) = self.serve.listeners.get(&self.listener).cloned() else { return };
         match &listener.tls {
             None => self.http(stream, peer, activity, &listener, false).await,
             Some(Err(())) => {}

@@ -15,7 +15,13 @@ pub(super) async fn to_https<B>(req: Request<B>, port: u16) -> Result<Response<F
         .host()
         .map(str::to_owned)
         .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(strip_port));
-    let location = host.filter(|h| !h.is_empty()).and_then(|host| {
+    // Only a plain host name or address: no userinfo, path or `*` may shape the Location.
+    let host = host.filter(|h| {
+        !h.is_empty()
+            && h.parse::<http::uri::Authority>().is_ok()
+            && !h.contains(['@', '/', '*', '?', '#', '\\'])
+    });
+    let location = host.and_then(|host| {
         let port = if port == 443 { String::new() } else { format!(":{port}") };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         HeaderValue::from_str(&format!("https://{host}{port}{path}")).ok()
@@ -60,5 +66,8 @@ mod tests {
         assert_eq!(loc.as_deref(), Some("https://example.com/a/b?x=1"));
         assert_eq!(location("/", Some("[::1]:80"), 8443).await.1.as_deref(), Some("https://[::1]:8443/"));
         assert_eq!(location("/", None, 443).await.0, StatusCode::BAD_REQUEST);
+        for bad in ["a@evil.test", "evil.test/x", "*"] {
+            assert_eq!(location("/", Some(bad), 443).await.0, StatusCode::BAD_REQUEST, "{bad}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! TLS with rustls: listeners that terminate TLS (certificates chosen by SNI, ALPN `h2` and
 //! `http/1.1`, TLS 1.2 and 1.3 only, session resumption, optional client certificates), and the
-//! handshake metrics. docs/tls.md says why the crypto provider is `ring`.
+//! handshake metrics. docs/tls.md says why the crypto provider is aws-lc-rs (measured handshake cost).
 //!
 //! Certificates are read and checked during config validation ([`load`]), so a missing file, a key
 //! that does not match or an expired certificate fails `lb check` and a reload, never a handshake.
@@ -70,28 +70,36 @@ pub fn server_config(tls: &TlsConfig, resumption: &Resumption) -> Result<Arc<Ser
     };
     let mut config = builder.with_cert_resolver(Arc::new(sni::Sni::new(&tls.certificates)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    if let Some(ticketer) = &resumption.ticketer {
-        config.ticketer = Arc::clone(ticketer);
+    if tls.client_ca.is_some() {
+        // A resumed session carries the client certificate (or its absence) of the session it came
+        // from, possibly another listener's or an older CA's: every mTLS connection verifies a
+        // certificate afresh.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    } else {
+        if let Some(ticketer) = &resumption.ticketer {
+            config.ticketer = Arc::clone(ticketer);
+        }
+        config.session_storage = Arc::clone(&resumption.cache);
     }
-    config.session_storage = Arc::clone(&resumption.cache);
     Ok(Arc::new(config))
 }
 
 /// The system's trusted CA certificates (Debian: the `ca-certificates` package), for upstreams
 /// without a configured `ca`. Read once per process.
 pub fn system_roots() -> Result<rustls::RootCertStore, String> {
-    static ROOTS: OnceLock<Result<rustls::RootCertStore, String>> = OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            let mut roots = rustls::RootCertStore::empty();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err("no system CA certificates found: install ca-certificates, or set ca".to_owned());
-            }
-            Ok(roots)
-        })
-        .clone()
+    // Only a success is kept: after installing ca-certificates, the next reload finds them.
+    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
+    if let Some(roots) = ROOTS.get() {
+        return Ok(roots.clone());
+    }
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err("no system CA certificates found: install ca-certificates, or set ca".to_owned());
+    }
+    Ok(ROOTS.get_or_init(|| roots).clone())
 }
 
 /// The rustls config for connections to upstream servers: verified against `roots`, presenting
