@@ -21,6 +21,7 @@ and HAProxy are optional (apt-get install nginx-light haproxy). All traffic stay
 every run is bounded by --duration.
 """
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -171,12 +172,22 @@ def parse_wrk(text):
             "socket_errors": socket_errors.group(1) if socket_errors else ""}
 
 
-def run_one(name, make, tmp, args):
+@contextlib.contextmanager
+def running(name, make, tmp):
+    """The proxy `name` started from `make`, ready on its port; stopped (SIGTERM) on exit."""
     cmd, env = make(tmp)
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_port(PORTS[name])
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def run_one(name, make, tmp, args):
+    with running(name, make, tmp) as proc:
         url = f"http://127.0.0.1:{PORTS[name]}/"
         # Warm up connection pools, then measure.
         subprocess.run(["wrk", "-t2", f"-c{args.connections}", "-d1s", url], capture_output=True)
@@ -185,9 +196,6 @@ def run_one(name, make, tmp, args):
         out = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s", "--latency", url],
                              capture_output=True, text=True, timeout=args.duration + 30).stdout
         cpu = cpu_seconds(pids) - before
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
     result = parse_wrk(out)
     result["cpu_us_per_req"] = cpu / max(result["requests"], 1) * 1e6
     return result
@@ -246,12 +254,8 @@ def haproxy_tls_config(tmp):
 
 def run_tls_one(name, make, tmp, args):
     """h2load over HTTP/2 for throughput, then openssl s_time for full handshakes."""
-    cmd, env = make(tmp)
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     port = PORTS[name]
-    try:
-        wait_port(port)
+    with running(name, make, tmp) as proc:
         url = f"https://127.0.0.1:{port}/"
         subprocess.run(["h2load", "-n", "2000", "-c", "8", "-m", "10", url], capture_output=True)
         pids = process_tree(proc.pid)
@@ -271,9 +275,6 @@ def run_tls_one(name, make, tmp, args):
         hm = re.search(r"(\d+) connections in (\d+) real seconds", st)
         handshakes = int(hm.group(1)) if hm else 0
         hs_rate = handshakes / max(int(hm.group(2)) if hm else 1, 1)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
     return {"rps": rps, "failed": failed, "cpu_us_per_req": cpu / max(done, 1) * 1e6,
             "handshakes_per_s": hs_rate, "cpu_us_per_handshake": hs_cpu / max(handshakes, 1) * 1e6}
 
