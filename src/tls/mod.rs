@@ -16,8 +16,7 @@ use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSess
 use rustls::ServerConfig;
 use std::sync::{Arc, OnceLock};
 
-/// Sessions remembered for TLS 1.2 resumption by id (TLS 1.3 uses tickets): about 100 KiB each
-/// thousand.
+/// Sessions remembered for TLS 1.2 resumption by id (TLS 1.3 uses tickets).
 const SESSION_CACHE: usize = 8192;
 
 /// The crypto provider every TLS config of the process uses.
