@@ -213,8 +213,7 @@ def make_cert(tmp):
 
 
 def lb_tls_config(tmp):
-    cert, key, _ = make_cert(tmp) if not os.path.exists(os.path.join(tmp, "bench.pem")) else (
-        os.path.join(tmp, "bench.pem"), os.path.join(tmp, "bench.key"), None)
+    cert, key = os.path.join(tmp, "bench.pem"), os.path.join(tmp, "bench.key")  # from make_cert
     servers = ", ".join(f'{{ addr = "{a}" }}' for a in UPSTREAMS)
     path = os.path.join(tmp, "lb-tls.toml")
     with open(path, "w") as f:
@@ -279,6 +278,18 @@ def run_tls_one(name, make, tmp, args):
             "handshakes_per_s": hs_rate, "cpu_us_per_handshake": hs_cpu / max(handshakes, 1) * 1e6}
 
 
+def run_rounds(proxies, run, tmp, args, line):
+    """Every proxy in turn, `args.rounds` times (interleaved, so drift hits all alike); prints one
+    line per run and returns each proxy's results."""
+    results = {name: [] for name, _ in proxies}
+    for r in range(args.rounds):
+        for name, make in proxies:
+            res = run(name, make, tmp, args)
+            results[name].append(res)
+            print(f"round {r + 1} {name:12} {line(res)}", flush=True)
+    return results
+
+
 def tls_phase(args, tmp):
     for tool in ("h2load", "openssl"):
         if not shutil.which(tool):
@@ -289,14 +300,9 @@ def tls_phase(args, tmp):
     for name, make in [("nginx-tls", nginx_tls_config), ("haproxy-tls", haproxy_tls_config)]:
         if shutil.which(name.split("-")[0]):
             proxies.append((name, make))
-    results = {name: [] for name, _ in proxies}
-    for r in range(args.rounds):
-        for name, make in proxies:
-            res = run_tls_one(name, make, tmp, args)
-            results[name].append(res)
-            print(f"round {r + 1} {name:12} {res['rps']:>10.0f} req/s  cpu {res['cpu_us_per_req']:.1f} us/req  "
-                  f"failed {res['failed']}  {res['handshakes_per_s']:.0f} handshakes/s  "
-                  f"cpu {res['cpu_us_per_handshake']:.0f} us/handshake", flush=True)
+    results = run_rounds(proxies, run_tls_one, tmp, args, lambda res: (
+        f"{res['rps']:>10.0f} req/s  cpu {res['cpu_us_per_req']:.1f} us/req  failed {res['failed']}  "
+        f"{res['handshakes_per_s']:.0f} handshakes/s  cpu {res['cpu_us_per_handshake']:.0f} us/handshake"))
     print(f"\nHTTPS: median of {args.rounds} rounds; h2load {args.connections} connections x 10 streams, "
           f"{args.duration}s; s_time -new {args.duration}s; TLS 1.3, ECDSA P-256")
     print(f"{'proxy':12} {'req/s':>10} {'cpu us/req':>11} {'vs lb':>7} {'hs/s':>7} {'cpu us/hs':>10} {'vs lb':>7}")
@@ -334,20 +340,15 @@ def main():
     upstream = subprocess.Popen([os.path.join(ROOT, "target/release/examples/upstream"), *UPSTREAMS],
                                 stdout=subprocess.PIPE)
     upstream.stdout.readline()
-    results = {name: [] for name, _ in proxies}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if args.tls or args.tls_only:
                 tls_phase(args, tmp)
             if args.tls_only:
                 return
-            for r in range(args.rounds):
-                for name, make in proxies:
-                    res = run_one(name, make, tmp, args)
-                    results[name].append(res)
-                    print(f"round {r + 1} {name:8} {res['rps']:>10.0f} req/s  p50 {res['p50_ms']:.2f} ms  "
-                          f"p99 {res['p99_ms']:.2f} ms  cpu {res['cpu_us_per_req']:.1f} us/req  "
-                          f"non-2xx {res['non2xx']} {res['socket_errors']}", flush=True)
+            results = run_rounds(proxies, run_one, tmp, args, lambda res: (
+                f"{res['rps']:>10.0f} req/s  p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms  "
+                f"cpu {res['cpu_us_per_req']:.1f} us/req  non-2xx {res['non2xx']} {res['socket_errors']}"))
     finally:
         upstream.terminate()
     print(f"\nmedian of {args.rounds} rounds, {args.connections} connections, {args.duration}s each, "

@@ -69,13 +69,18 @@ pub(super) fn listener(base: &str, raw: &RawTls, out: &mut Issues<'_>) -> Option
 }
 
 fn client_ca(path: &str, required: bool) -> Result<ClientCa, String> {
+    let (roots, digest) = ca_roots(path)?;
+    Ok(ClientCa { path: path.to_owned(), roots: Arc::new(roots), required, digest })
+}
+
+/// A CA bundle (client CAs, upstream CAs): every certificate in it must be a usable root.
+fn ca_roots(path: &str) -> Result<(rustls::RootCertStore, [u8; 32]), String> {
     let (certs, bytes) = crate::tls::load::certificates(path)?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs {
         roots.add(cert).map_err(|e| format!("{path}: not a usable CA certificate: {e}"))?;
     }
-    let digest = Digest::of(&[&bytes]).0;
-    Ok(ClientCa { path: path.to_owned(), roots: Arc::new(roots), required, digest })
+    Ok((roots, Digest::of(&[&bytes]).0))
 }
 
 /// `[pools.NAME.tls]`: servers spoken to over TLS, verified against `ca` (default: the system's
@@ -83,15 +88,9 @@ fn client_ca(path: &str, required: bool) -> Result<ClientCa, String> {
 pub(super) fn upstream(base: &str, raw: &RawUpstreamTls, out: &mut Issues<'_>) -> Option<UpstreamTls> {
     let mut files = Vec::new();
     let roots = match &raw.ca {
-        Some(path) => match crate::tls::load::certificates(path) {
-            Ok((certs, bytes)) => {
-                files.push((path.clone(), Digest::of(&[&bytes]).0));
-                let mut roots = rustls::RootCertStore::empty();
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    out.push(format!("{base}.ca"), format!("{path}: no usable CA certificate"));
-                    return None;
-                }
+        Some(path) => match ca_roots(path) {
+            Ok((roots, digest)) => {
+                files.push((path.clone(), digest));
                 roots
             }
             Err(e) => {
