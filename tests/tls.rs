@@ -406,6 +406,7 @@ async fn upstream_https_with_a_private_ca_works_over_h1_and_h2_and_a_wrong_ca_gi
         backend.seen.heads.lock().unwrap().iter().rev().find(|h| h.uri.path() == "/").cloned().unwrap();
     assert_eq!(head.version, http::Version::HTTP_2, "h2 chosen by ALPN");
     assert_eq!(head.headers["te"], "trailers", "kept for HTTP/2 upstreams, as gRPC needs");
+    assert!(head.headers.get("host").is_none(), ":authority is the only host on HTTP/2");
 
     let other = Pki::new("other");
     let wrong = format!("ca = {}", path(&other.ca_path));
@@ -455,4 +456,41 @@ async fn a_session_from_a_listener_without_client_certificates_does_not_open_one
         refused(attempt).await,
         "the ticket from the open listener does not stand in for a client certificate"
     );
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_upstream_tls_never_reuses_a_connection_made_under_the_old_settings() {
+    let pki = Pki::new("rotate");
+    let cert = pki.issue("backend", &["127.0.0.1"]);
+    let backend = Backend::start_tls("a", cert.server_config(None)).await;
+    let lb = Lb::start(&upstream_tls_config(backend.addr, &format!("ca = {}", path(&pki.ca_path)), "")).await;
+    assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::OK, "a verified connection is pooled");
+
+    let other = Pki::new("other-ca");
+    let wrong = format!("ca = {}", path(&other.ca_path));
+    let mut next = lb::config::Config::from_toml(&upstream_tls_config(backend.addr, &wrong, "")).unwrap();
+    next.listeners[0].addr = lb.runtime.snapshot().config.listeners[0].addr;
+    let bound = lb.server.prepare(&next).await.unwrap();
+    lb.runtime.apply(next);
+    lb.server.commit(bound);
+    // A new client connection takes the new settings: the pooled upstream connection, verified
+    // under the old CA, must not serve it.
+    assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn a_tcp_check_of_a_tls_pool_includes_the_handshake() {
+    let pki = Pki::new("tcp-check");
+    let cert = pki.issue("backend", &["127.0.0.1"]);
+    let backend = Backend::start_tls("a", cert.server_config(None)).await;
+    let stranger = Pki::new("stranger");
+    let wrong = format!("ca = {}", path(&stranger.ca_path));
+    let check = "[pools.web.health]\ntype = \"tcp\"\ninterval = \"50ms\"\nfall = 1\n";
+    let lb = Lb::start(&upstream_tls_config(backend.addr, &wrong, check)).await;
+    let server = std::sync::Arc::clone(&lb.runtime.snapshot().pools[0].upstreams[0]);
+    eventually(std::time::Duration::from_secs(10), || {
+        let server = std::sync::Arc::clone(&server);
+        async move { !server.is_ready() }
+    })
+    .await;
 }

@@ -382,3 +382,47 @@ fn health_option_mistakes_are_reported_with_their_keys() {
     assert_eq!(expect.len(), 2, "{expect:?}");
     assert!(expect[0].contains("pools.web.health.expect: \"2xx\""), "{expect:?}");
 }
+
+/// A self-signed CA certificate in a PEM file.
+fn ca_file(dir: &std::path::Path, name: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let path = dir.join(format!("{name}.pem"));
+    std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn upstream_tls_must_be_verifiable_and_the_same_for_one_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (ca_file(dir.path(), "a"), ca_file(dir.path(), "b"));
+    let src = format!(
+        r#"
+[[listeners]]
+addr = "127.0.0.1:8080"
+[pools.one]
+servers = [{{ addr = "10.0.0.5:8443" }}, {{ addr = "10.0.0.256:8443" }}]
+[pools.one.tls]
+ca = "{a}"
+[pools.two]
+servers = [{{ addr = "10.0.0.5:8443" }}]
+[pools.two.tls]
+ca = "{b}"
+[[routes]]
+pool = "one"
+"#
+    );
+    let got = issues(&src);
+    assert!(
+        got.iter().any(|m| m.contains("pools.one.servers[1].addr: \"10.0.0.256\" cannot be verified")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter().any(|m| m.contains("pools.two.tls: 10.0.0.5:8443 is also reached over TLS by pool one")),
+        "{got:#?}"
+    );
+    // The same CA for both: one address, one TLS setting, accepted.
+    let same = src.replace(&b, &a).replace(r#", { addr = "10.0.0.256:8443" }"#, "");
+    Config::from_toml(&same).unwrap();
+}
