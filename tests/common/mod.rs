@@ -28,7 +28,11 @@ type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 #[derive(Default)]
 pub struct Seen {
     pub connections: AtomicUsize,
+    /// Proxied requests: everything but lb's own health probes, which are counted in `probes`, so a
+    /// probe arriving at any moment never changes what a test sees of the traffic it sent.
     pub requests: AtomicUsize,
+    /// lb's active health probes (recognised by their `User-Agent: lb-health-check`).
+    pub probes: AtomicUsize,
     /// Requests that reached the handler and are not yet answered.
     pub in_progress: AtomicUsize,
     /// Request heads, in arrival order.
@@ -171,6 +175,11 @@ impl Backend {
     }
 }
 
+/// Whether `req` is one of lb's active health probes rather than proxied traffic.
+fn is_probe<B>(req: &Request<B>) -> bool {
+    req.headers().get(http::header::USER_AGENT).is_some_and(|v| v == "lb-health-check")
+}
+
 fn query_num(req: &Request<Incoming>, key: &str) -> u64 {
     req.uri()
         .query()
@@ -184,9 +193,14 @@ async fn handle(
     seen: Arc<Seen>,
     mut req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, Infallible> {
-    seen.requests.fetch_add(1, Ordering::SeqCst);
-    seen.heads.lock().unwrap().push(clone_parts(&req));
-    seen.in_progress.fetch_add(1, Ordering::SeqCst);
+    let probe = is_probe(&req);
+    if probe {
+        seen.probes.fetch_add(1, Ordering::SeqCst);
+    } else {
+        seen.requests.fetch_add(1, Ordering::SeqCst);
+        seen.heads.lock().unwrap().push(clone_parts(&req));
+        seen.in_progress.fetch_add(1, Ordering::SeqCst);
+    }
     let full = |s: String| Full::new(Bytes::from(s)).map_err(|e: Infallible| match e {}).boxed();
     let resp = match req.uri().path() {
         "/slow" => {
@@ -253,7 +267,9 @@ async fn handle(
             resp
         }
     };
-    seen.in_progress.fetch_sub(1, Ordering::SeqCst);
+    if !probe {
+        seen.in_progress.fetch_sub(1, Ordering::SeqCst);
+    }
     Ok(resp)
 }
 
