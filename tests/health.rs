@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, closed_port, config_with, get, Backend, Client, Lb, Traffic};
+use common::{client, closed_port, config_with, eventually, get, Backend, Client, Lb, Traffic};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use lb::upstream::Upstream;
@@ -278,4 +278,27 @@ async fn the_connection_limit_holds_at_the_connector() {
     assert_eq!((first.unwrap(), second.unwrap()), (StatusCode::OK, StatusCode::OK));
     assert_eq!(a.seen.peak_open.load(Ordering::SeqCst), 1, "one connection at a time");
     assert_eq!(a.connections(), 1, "the second request reused the first one's connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_two_servers_under_load_costs_no_get() {
+    for round in 0..3 {
+        let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+        let lb = Lb::start(&config_with(&[("a", a.addr), ("b", b.addr)], "")).await;
+        // Requests that take a few milliseconds, so several are in flight on b when it dies.
+        let traffic = Traffic::start(lb.url("/slow?ms=3"), 16);
+        traffic.pass(300).await;
+        eventually(Duration::from_secs(5), || {
+            let seen = Arc::clone(&b.seen);
+            async move { seen.in_progress.load(Ordering::SeqCst) > 0 }
+        })
+        .await;
+        let in_flight = b.seen.in_progress.load(Ordering::SeqCst);
+        drop(b);
+        traffic.pass(600).await;
+        let (ok, failures) = traffic.finish().await;
+        eprintln!("round {round}: b killed with {in_flight} requests in flight; {ok} ok, {failures:?}");
+        assert!(failures.is_empty(), "client-visible failures: {failures:?}");
+        drop(a);
+    }
 }

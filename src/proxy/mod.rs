@@ -392,13 +392,15 @@ async fn forward(
         let Some((next, next_guard)) = pool.claim_other(client, head, &tried) else { return Err(failure) };
         // This request's previous retry, if any, is over: its slot goes back before taking another.
         _retrying = None;
-        let Some(slot) = pool.retry_slot() else {
-            tracing::warn!(%client, error = %failure, pool = %pool.name, "not retried: retry budget spent");
-            return Err(failure);
-        };
+        if attempt.budgeted() {
+            let Some(slot) = pool.retry_slot() else {
+                tracing::warn!(%client, error = %failure, pool = %pool.name, "not retried: retry budget spent");
+                return Err(failure);
+            };
+            _retrying = Some(slot);
+        }
         tracing::warn!(%client, error = %failure, to = %who(next.upstream), "retrying on another server");
         pool.metrics.retries.increment(1);
-        _retrying = Some(slot);
         (parts, body, choice, guard) = (copy_head(head), next_body, next, next_guard);
     };
     let upstream = choice.upstream;
@@ -495,6 +497,16 @@ impl Attempt {
     /// the server may have acted on it, so only idempotent requests are retried.
     fn may_retry(self, idempotent: bool) -> bool {
         matches!(self, Self::Connect | Self::AtLimit) || idempotent
+    }
+
+    /// Whether retrying after this failure draws on the pool's retry budget. Only a timeout does: the
+    /// server may still be working on the request, so a retry adds work, and when every server is
+    /// slow that is how retries multiply load. A failed connect or a connection at its limit sent
+    /// nothing, and a broken connection ends the server's work on the request, so resending it
+    /// elsewhere moves the request rather than multiplying it (HAProxy's `redispatch` has no budget
+    /// either); budgeting those would turn one dead server into a burst of 502s.
+    fn budgeted(self) -> bool {
+        self == Self::Timeout
     }
 }
 
