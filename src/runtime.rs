@@ -9,6 +9,7 @@ use crate::balance::{self, hash_key, PickCtx, Strategy, Upstreams};
 use crate::config::{Config, HashConfig, HashFallback, HealthCheck, Passive, PoolLimits, Retry, Secret};
 use crate::health::{self, passive, Checks};
 use crate::metrics::{PoolMetrics, ServerMetrics};
+use crate::proxy::body::BufferBudget;
 use crate::proxy::connector::ConnLimits;
 use crate::router::Router;
 use crate::sticky::Sticky;
@@ -330,6 +331,8 @@ pub struct Runtime {
     registry: Mutex<Registry>,
     /// Connection limits per upstream address, read by the upstream connector.
     conn_limits: Arc<ConnLimits>,
+    /// Memory held by request buffers, process-wide (it outlives reloads, as the buffers do).
+    request_buffers: Arc<BufferBudget>,
 }
 
 /// A server as the last applied config had it.
@@ -366,7 +369,13 @@ impl Runtime {
             generated_secret,
             registry: Mutex::new(registry),
             conn_limits,
+            request_buffers: Arc::default(),
         }
+    }
+
+    /// The process-wide account of request-buffer memory (`limits.request_buffer_total`).
+    pub fn request_buffers(&self) -> &Arc<BufferBudget> {
+        &self.request_buffers
     }
 
     /// The connection limits the upstream connector enforces.

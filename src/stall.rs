@@ -1,6 +1,8 @@
-//! A timer for "no progress for too long": armed when an operation first returns `Pending`,
-//! disarmed by progress. It costs nothing on the fast path (operations that are ready at once) and
-//! allocates its timer only the first time a stall is seen.
+//! Detectors of a peer that is too slow. [`Stall`] is a timer for "no progress for too long": armed
+//! when an operation first returns `Pending`, disarmed by progress. It costs nothing on the fast path
+//! (operations that are ready at once) and allocates its timer only the first time a stall is seen.
+//! [`MinRate`] catches the peer that does progress, but too slowly (a byte every few seconds), which
+//! no per-read timeout can.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,10 +42,81 @@ impl Stall {
     }
 }
 
+/// A minimum data rate, measured only over the time spent waiting for the peer (time the consumer
+/// spends elsewhere is not the peer's fault): each time `window` of waiting has passed, the bytes that
+/// arrived in it must come to at least `rate` per second of it. Kestrel's `MinRequestBodyDataRate` is
+/// the model; a whole window with no byte at all is left to a [`Stall`] of at most `window`.
+#[derive(Debug)]
+pub struct MinRate {
+    rate: u64,
+    window: Duration,
+    waited: Duration,
+    bytes: u64,
+    since: Option<Instant>,
+}
+
+impl MinRate {
+    /// At least `rate` bytes per second over every `window` of waiting.
+    pub fn new(rate: u64, window: Duration) -> Self {
+        Self { rate, window, waited: Duration::ZERO, bytes: 0, since: None }
+    }
+
+    /// The peer has nothing for us now: its clock runs until the next arrival.
+    pub fn waiting(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// `n` bytes arrived. `false` when a window just closed with fewer bytes than the rate asks.
+    pub fn arrived(&mut self, n: u64) -> bool {
+        if let Some(since) = self.since.take() {
+            self.waited += since.elapsed();
+        }
+        self.bytes = self.bytes.saturating_add(n);
+        if self.waited < self.window {
+            return true;
+        }
+        let needed = self.rate as f64 * self.waited.as_secs_f64();
+        let fast_enough = self.bytes as f64 >= needed;
+        (self.waited, self.bytes) = (Duration::ZERO, 0);
+        fast_enough
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::task::Waker;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickle_fails_the_rate_once_a_window_of_waiting_has_passed() {
+        let mut rate = MinRate::new(256, Duration::from_secs(10));
+        // One byte every 3 s: fine until 10 s of waiting have passed, then 4 bytes in 12 s fail.
+        for _ in 0..3 {
+            rate.waiting();
+            tokio::time::advance(Duration::from_secs(3)).await;
+            assert!(rate.arrived(1));
+        }
+        rate.waiting();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(!rate.arrived(1), "4 bytes in 12 s is below 256 B/s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_then_a_burst_passes_and_time_not_spent_waiting_does_not_count() {
+        let mut rate = MinRate::new(256, Duration::from_secs(10));
+        rate.waiting();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(rate.arrived(64 * 1024), "a burst after a pause keeps the average up");
+        // The consumer is busy for a minute (no `waiting`): not the peer's time.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(rate.arrived(1));
+        rate.waiting();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(rate.arrived(100), "the window closes at 11 s of waiting with 64 KiB in it");
+        rate.waiting();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!rate.arrived(100), "the next window: 100 bytes in 10 s is too slow");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn expires_only_after_limit_without_progress() {

@@ -226,6 +226,9 @@ pub struct Timeouts {
     pub upstream_idle: Duration,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish. Default 30s.
     pub drain: Duration,
+    /// The window over which `limits.min_body_rate` is measured: a request body that arrives slower
+    /// than that rate over this much of the client's time is answered 408. Default 10s.
+    pub body_rate_window: Duration,
 }
 
 impl Default for Timeouts {
@@ -240,6 +243,7 @@ impl Default for Timeouts {
             tunnel_idle: Duration::from_secs(3600),
             upstream_idle: Duration::from_secs(60),
             drain: Duration::from_secs(30),
+            body_rate_window: Duration::from_secs(10),
         }
     }
 }
@@ -259,6 +263,18 @@ pub struct Limits {
     pub upstream_idle_per_server: usize,
     /// Most concurrent streams per HTTP/2 client connection. Default 128 (nginx).
     pub h2_max_streams: u32,
+    /// Largest request body in bytes (the payload, after chunked framing is removed); larger gets
+    /// 413. `0`: no limit. Default 100 MiB; routes may set their own. See docs/http.md.
+    pub max_body_size: u64,
+    /// Request bodies up to this many bytes are read whole before a server is chosen (nginx's
+    /// `proxy_request_buffering`, bounded). `0`: never buffer. Default 64 KiB.
+    pub request_buffer: usize,
+    /// Most bytes held in request buffers at once, across all requests; beyond it bodies stream
+    /// unbuffered. Default 32 MiB.
+    pub request_buffer_total: usize,
+    /// Slowest request body accepted, in bytes per second over `timeouts.body_rate_window`; slower
+    /// is answered 408. `0`: no minimum. Default 256 (Kestrel's `MinRequestBodyDataRate` is 240).
+    pub min_body_rate: u64,
 }
 
 impl Default for Limits {
@@ -269,6 +285,10 @@ impl Default for Limits {
             max_connections: 10_000,
             upstream_idle_per_server: 64,
             h2_max_streams: 128,
+            max_body_size: 100 << 20,
+            request_buffer: 64 << 10,
+            request_buffer_total: 32 << 20,
+            min_body_rate: 256,
         }
     }
 }
@@ -278,12 +298,27 @@ impl Default for Limits {
 pub struct HttpOptions {
     /// `Upgrade` tokens that are tunnelled (lowercase). Default `["websocket"]`. `h2c` is never allowed.
     pub upgrades: Vec<String>,
+    /// What happens to request header fields whose name contains `_`. Default: dropped.
+    pub underscore_headers: UnderscoreHeaders,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        Self { upgrades: vec!["websocket".to_owned()] }
+        Self { upgrades: vec!["websocket".to_owned()], underscore_headers: UnderscoreHeaders::Drop }
     }
+}
+
+/// `http.underscore_headers`: request fields named with `_` (`X_Forwarded_For`) become the same
+/// CGI-style variable as their `-` twin in many application stacks, so they can spoof a header lb
+/// sets. nginx drops them by default (`underscores_in_headers off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnderscoreHeaders {
+    /// `"drop"`: removed before forwarding (default).
+    Drop,
+    /// `"reject"`: the request is answered 400.
+    Reject,
+    /// `"pass"`: forwarded as they came.
+    Pass,
 }
 
 /// A named group of upstream servers and the strategy that chooses among them.

@@ -82,6 +82,7 @@ pub(crate) struct RawTimeouts {
     pub tunnel_idle: Option<String>,
     pub upstream_idle: Option<String>,
     pub drain: Option<String>,
+    pub body_rate_window: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,11 +92,24 @@ pub(crate) struct RawLimits {
     pub max_connections: Option<i64>,
     pub upstream_idle_per_server: Option<i64>,
     pub h2_max_streams: Option<i64>,
+    pub max_body_size: Option<RawSize>,
+    pub request_buffer: Option<RawSize>,
+    pub request_buffer_total: Option<RawSize>,
+    pub min_body_rate: Option<RawSize>,
+}
+
+/// A byte count: a whole number, or a string with a unit (`"64KiB"`, `"100MiB"`, `"1m"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSize {
+    Bytes(i64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawHttp {
     pub upgrades: Option<Vec<String>>,
+    pub underscore_headers: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,13 +2,13 @@
 
 use super::health;
 use super::raw::{
-    RawAdmin, RawConfig, RawHttp, RawLimits, RawListener, RawPool, RawRoute, RawSticky, RawStickySecret,
-    RawTimeouts,
+    RawAdmin, RawConfig, RawHttp, RawLimits, RawListener, RawPool, RawRoute, RawSize, RawSticky,
+    RawStickySecret, RawTimeouts,
 };
 use super::{
     duration, AccessLog, Config, Digest, HashConfig, HashFallback, HashKey, HostMatch, HttpOptions, Issue,
     Limits, ListenerConfig, PoolConfig, ReloadConfig, RouteConfig, SameSite, Secret, ServerConfig,
-    StickyConfig, StrategyKind, Timeouts,
+    StickyConfig, StrategyKind, Timeouts, UnderscoreHeaders,
 };
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -155,6 +155,7 @@ fn timeouts(raw: &RawTimeouts, out: &mut Issues<'_>) -> Timeouts {
         tunnel_idle: get("tunnel_idle", &raw.tunnel_idle, d.tunnel_idle),
         upstream_idle: get("upstream_idle", &raw.upstream_idle, d.upstream_idle),
         drain: get("drain", &raw.drain, d.drain),
+        body_rate_window: get("body_rate_window", &raw.body_rate_window, d.body_rate_window),
     }
 }
 
@@ -214,12 +215,97 @@ fn limits(raw: &RawLimits, out: &mut Issues<'_>) -> Limits {
             d.h2_max_streams,
             out,
         ),
+        max_body_size: size(
+            "limits.max_body_size",
+            raw.max_body_size.as_ref(),
+            u64::MAX,
+            d.max_body_size,
+            out,
+        ),
+        request_buffer: size(
+            "limits.request_buffer",
+            raw.request_buffer.as_ref(),
+            MAX_REQUEST_BUFFER,
+            d.request_buffer as u64,
+            out,
+        ) as usize,
+        request_buffer_total: size(
+            "limits.request_buffer_total",
+            raw.request_buffer_total.as_ref(),
+            MAX_REQUEST_BUFFER_TOTAL,
+            d.request_buffer_total as u64,
+            out,
+        ) as usize,
+        min_body_rate: size(
+            "limits.min_body_rate",
+            raw.min_body_rate.as_ref(),
+            1 << 30,
+            d.min_body_rate,
+            out,
+        ),
     }
 }
 
+/// Largest `limits.request_buffer` (64 MiB): a buffer is memory held per upload, not a file store.
+const MAX_REQUEST_BUFFER: u64 = 64 << 20;
+/// Largest `limits.request_buffer_total` (16 GiB).
+const MAX_REQUEST_BUFFER_TOTAL: u64 = 16 << 30;
+
+/// A byte count (a whole number, or a string with a unit) up to `max`, or `default` when absent (or
+/// wrong, with an issue).
+pub(super) fn size(path: &str, value: Option<&RawSize>, max: u64, default: u64, out: &mut Issues<'_>) -> u64 {
+    match value.map(parse_size) {
+        None => default,
+        Some(Ok(n)) if n <= max => n,
+        Some(Ok(n)) => {
+            out.push(path, format!("{n} is out of range 0..={max}"));
+            default
+        }
+        Some(Err(e)) => {
+            out.push(path, e);
+            default
+        }
+    }
+}
+
+/// `1048576`, `"1048576"`, `"64KiB"`, `"64k"`, `"100MiB"`, `"1m"`, `"2GiB"`: units are powers of 1024
+/// (as nginx reads `k`, `m`, `g`); `KB`, `MB`, `GB` are accepted as the same.
+fn parse_size(raw: &RawSize) -> Result<u64, String> {
+    let text = match raw {
+        RawSize::Bytes(n) => return u64::try_from(*n).map_err(|_| format!("{n} must not be negative")),
+        RawSize::Text(t) => t.trim(),
+    };
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{text:?} is not a size; expected e.g. 65536, \"64KiB\" or \"100MiB\"")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{text:?} is not a size; expected e.g. 65536, \"64KiB\" or \"100MiB\""))
+}
+
 fn http(raw: &RawHttp, out: &mut Issues<'_>) -> HttpOptions {
+    let underscore_headers = match raw.underscore_headers.as_deref() {
+        None | Some("drop") => UnderscoreHeaders::Drop,
+        Some("reject") => UnderscoreHeaders::Reject,
+        Some("pass") => UnderscoreHeaders::Pass,
+        Some(other) => {
+            out.push(
+                "http.underscore_headers",
+                format!("unknown value {other:?}; expected one of \"drop\", \"reject\", \"pass\""),
+            );
+            UnderscoreHeaders::Drop
+        }
+    };
     let Some(tokens) = &raw.upgrades else {
-        return HttpOptions::default();
+        return HttpOptions { underscore_headers, ..HttpOptions::default() };
     };
     let mut upgrades = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
@@ -233,7 +319,7 @@ fn http(raw: &RawHttp, out: &mut Issues<'_>) -> HttpOptions {
             upgrades.push(lower);
         }
     }
-    HttpOptions { upgrades }
+    HttpOptions { upgrades, underscore_headers }
 }
 
 /// RFC 9110 `tchar`, minus '/' so that protocol versions ("websocket/13") are not accepted by accident.

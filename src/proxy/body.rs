@@ -4,15 +4,16 @@
 use super::access::AccessRecord;
 use crate::metrics::PoolMetrics;
 use crate::server::ActiveRequest;
-use crate::stall::Stall;
+use crate::stall::{MinRate, Stall};
 use crate::upstream::InFlight;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use metrics::{Counter, Histogram};
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -192,53 +193,92 @@ impl Body for ResponseBody {
 pub struct Upload {
     /// The client's framing broke (an invalid chunk size, a connection cut mid-body).
     pub broken: AtomicBool,
-    /// The client sent nothing for longer than `timeouts.client_body`.
+    /// The client sent nothing for longer than `timeouts.client_body`, or sent slower than
+    /// `limits.min_body_rate`.
     pub stalled: AtomicBool,
+    /// The body grew past `limits.max_body_size`.
+    pub too_large: AtomicBool,
     /// Notified once the whole body has been handed to the upstream connection.
     pub sent: tokio::sync::Notify,
     /// When that happened.
     pub done_at: std::sync::OnceLock<Instant>,
 }
 
+/// The rules a client's request body is read under.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRules {
+    /// Longest pause between two reads (`timeouts.client_body`).
+    pub stall: Duration,
+    /// Largest body in bytes; `u64::MAX` for none.
+    pub max_size: u64,
+    /// Slowest rate in bytes per second (`0`: none), over `window` of waiting.
+    pub min_rate: u64,
+    /// See `min_rate`.
+    pub window: Duration,
+}
+
 /// The client's request body on its way upstream. A failure of the client's side fails the upstream
 /// request too; [`Upload`] tells the proxy that the client, not the upstream, was at fault, and when
 /// the upload ended (the upstream's response timer starts then, not while a slow client uploads).
+///
+/// Request buffering ([`RequestBody::fill`]) reads the start of the body, or all of a small one,
+/// before any server is chosen; what was read is sent first, and a body read whole can be sent again.
 #[derive(Debug)]
 pub struct RequestBody {
-    /// `None`: an empty body (a bodyless request sent again to another server).
+    /// Data read ahead by `fill`, sent before anything else.
+    ahead: VecDeque<Bytes>,
+    /// Trailers read by `fill` (the client's body ended during it), sent last.
+    trailers: Option<http::HeaderMap>,
+    /// `None`: nothing more comes from the client (an empty body, or one read whole by `fill`).
     inner: Option<Incoming>,
     upload: Option<Arc<Upload>>,
     stall: Option<Stall>,
+    rate: Option<MinRate>,
+    /// Bytes left before the body is too large.
+    room: u64,
     received: Option<Counter>,
+    /// Memory reserved for `ahead` under `limits.request_buffer_total`, released with the last copy.
+    hold: Option<Arc<BufferHold>>,
     /// Where the body goes if it is dropped before its first read (see [`RequestBody::returnable`]).
     handback: Option<oneshot::Sender<RequestBody>>,
 }
 
 impl RequestBody {
     /// Wraps a client body; returns it and, if it carries data at all, its shared [`Upload`] state.
-    /// A pause longer than `stall_limit` between two reads fails the upload.
-    pub fn watch(inner: Incoming, stall_limit: Duration, received: &Counter) -> (Self, Option<Arc<Upload>>) {
+    pub fn watch(inner: Incoming, rules: BodyRules, received: &Counter) -> (Self, Option<Arc<Upload>>) {
         // Bodiless requests (most GETs) cannot fail or stall: skip the allocations.
         if inner.is_end_stream() {
-            return (
-                Self { inner: Some(inner), upload: None, stall: None, received: None, handback: None },
-                None,
-            );
+            let mut body = Self::empty();
+            body.inner = Some(inner);
+            return (body, None);
         }
         let upload = Arc::new(Upload::default());
-        let body = Self {
-            inner: Some(inner),
-            upload: Some(Arc::clone(&upload)),
-            stall: Some(Stall::new(stall_limit)),
-            received: Some(received.clone()),
-            handback: None,
-        };
+        // With a minimum rate, a whole window without a byte is too slow as well.
+        let stall = if rules.min_rate > 0 { rules.stall.min(rules.window) } else { rules.stall };
+        let mut body = Self::empty();
+        body.inner = Some(inner);
+        body.upload = Some(Arc::clone(&upload));
+        body.stall = Some(Stall::new(stall));
+        body.rate = (rules.min_rate > 0).then(|| MinRate::new(rules.min_rate, rules.window));
+        body.room = rules.max_size;
+        body.received = Some(received.clone());
         (body, Some(upload))
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        Self { inner: None, upload: None, stall: None, received: None, handback: None }
+        Self {
+            ahead: VecDeque::new(),
+            trailers: None,
+            inner: None,
+            upload: None,
+            stall: None,
+            rate: None,
+            room: u64::MAX,
+            received: None,
+            hold: None,
+            handback: None,
+        }
     }
 
     /// Arms a hand-back: if hyper drops this body without ever reading it (the connection failed
@@ -249,16 +289,120 @@ impl RequestBody {
         self.handback = Some(tx);
         rx
     }
+
+    /// Reads the client's body ahead, up to `limit` bytes (and the frame that crosses it), holding
+    /// `hold` for that memory. `Ok(true)`: the whole body was read and [`RequestBody::replay`] can copy
+    /// it; `Ok(false)`: it is larger, and the rest streams after what was read. An error (malformed
+    /// framing, too large, too slow, cut off: see [`Upload`]) happens before any server saw a byte.
+    pub async fn fill(&mut self, limit: usize, hold: BufferHold) -> Result<bool, BoxError> {
+        self.hold = Some(Arc::new(hold));
+        let mut read = 0usize;
+        while read <= limit {
+            match std::future::poll_fn(|cx| self.poll_client(cx)).await {
+                None => {
+                    self.inner = None;
+                    return Ok(true);
+                }
+                Some(Err(e)) => return Err(e),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        read += data.len();
+                        self.ahead.push_back(data);
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.trailers = Some(trailers);
+                        }
+                    }
+                },
+            }
+        }
+        Ok(false)
+    }
+
+    /// A copy of a body [`RequestBody::fill`] read whole, to send again; `None` for any other body.
+    pub fn replay(&self) -> Option<RequestBody> {
+        if self.inner.is_some() || self.hold.is_none() {
+            return None;
+        }
+        let mut copy = Self::empty();
+        copy.ahead = self.ahead.clone();
+        copy.trailers = self.trailers.clone();
+        copy.hold = self.hold.clone();
+        Some(copy)
+    }
+
+    /// The next frame from the client, under the body's rules.
+    fn poll_client(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        let frame = match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame.map(|r| r.map_err(BoxError::from)),
+            Poll::Pending => {
+                if let Some(rate) = self.rate.as_mut() {
+                    rate.waiting();
+                }
+                let stalled = self.stall.as_mut().is_some_and(|s| s.expired(cx));
+                if stalled {
+                    // hyper only needs *an* error to abort the upstream request; the flag says why.
+                    return Poll::Ready(Some(
+                        Err(self.refuse(|u| &u.stalled, "client request body stalled")),
+                    ));
+                }
+                return Poll::Pending;
+            }
+        };
+        if let Some(stall) = self.stall.as_mut() {
+            stall.progress();
+        }
+        if let Some(Ok(data)) = frame.as_ref().map(|r| r.as_ref().map(Frame::data_ref)) {
+            let n = data.map_or(0, Bytes::len) as u64;
+            if n > self.room {
+                return Poll::Ready(Some(Err(self.refuse(|u| &u.too_large, "request body too large"))));
+            }
+            self.room -= n;
+            if self.rate.as_mut().is_some_and(|rate| !rate.arrived(n)) {
+                return Poll::Ready(Some(Err(self.refuse(|u| &u.stalled, "client request body too slow"))));
+            }
+            if let Some(received) = &self.received {
+                received.increment(n);
+            }
+        }
+        if let Some(upload) = &self.upload {
+            match &frame {
+                Some(Err(_)) => upload.broken.store(true, Ordering::Relaxed),
+                None => {
+                    let _ = upload.done_at.set(Instant::now());
+                    upload.sent.notify_one();
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    /// Stops reading the client: sets the flag that says why, and gives hyper the error to abort with.
+    fn refuse(&mut self, flag: impl Fn(&Upload) -> &AtomicBool, why: &'static str) -> BoxError {
+        if let Some(upload) = &self.upload {
+            flag(upload).store(true, Ordering::Relaxed);
+        }
+        self.inner = None;
+        BoxError::from(why)
+    }
 }
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
         if let Some(tx) = self.handback.take() {
             let body = Self {
+                ahead: std::mem::take(&mut self.ahead),
+                trailers: self.trailers.take(),
                 inner: self.inner.take(),
                 upload: self.upload.take(),
                 stall: self.stall.take(),
+                rate: self.rate.take(),
+                room: self.room,
                 received: self.received.take(),
+                hold: self.hold.take(),
                 handback: None,
             };
             let _ = tx.send(body);
@@ -277,46 +421,65 @@ impl Body for RequestBody {
         let this = self.get_mut();
         // Read once: the body can no longer be sent anywhere else.
         this.handback = None;
-        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
-        let frame = match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(frame) => frame.map(|r| r.map_err(BoxError::from)),
-            Poll::Pending => {
-                let stalled = this.stall.as_mut().is_some_and(|s| s.expired(cx));
-                if let (true, Some(upload)) = (stalled, &this.upload) {
-                    upload.stalled.store(true, Ordering::Relaxed);
-                    // hyper only needs *an* error to abort the upstream request; the flag says why.
-                    this.inner = None;
-                    return Poll::Ready(Some(Err(BoxError::from("client request body stalled"))));
-                }
-                return Poll::Pending;
-            }
-        };
-        if let Some(stall) = this.stall.as_mut() {
-            stall.progress();
+        if let Some(data) = this.ahead.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        if let (Some(Ok(f)), Some(received)) = (&frame, &this.received) {
-            if let Some(data) = f.data_ref() {
-                received.increment(data.len() as u64);
-            }
+        match ready!(this.poll_client(cx)) {
+            None => Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            frame => Poll::Ready(frame),
         }
-        if let Some(upload) = &this.upload {
-            match &frame {
-                Some(Err(_)) => upload.broken.store(true, Ordering::Relaxed),
-                None => {
-                    let _ = upload.done_at.set(Instant::now());
-                    upload.sent.notify_one();
-                }
-                Some(Ok(_)) => {}
-            }
-        }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.ahead.is_empty()
+            && self.trailers.is_none()
+            && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        let ahead: u64 = self.ahead.iter().map(|b| b.len() as u64).sum();
+        let rest = self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(ahead));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(ahead));
+        }
+        hint
+    }
+}
+
+/// Memory held by request buffers, process-wide, against `limits.request_buffer_total`.
+#[derive(Debug, Default)]
+pub struct BufferBudget {
+    held: AtomicUsize,
+}
+
+impl BufferBudget {
+    /// Reserves `bytes` if that keeps the total within `cap`; `None` means the body streams unbuffered.
+    pub fn reserve(self: &Arc<Self>, bytes: usize, cap: usize) -> Option<BufferHold> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&total| total <= cap)
+            })
+            .ok()
+            .map(|_| BufferHold { budget: Arc::clone(self), bytes })
+    }
+
+    /// Bytes reserved now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// A reservation under [`BufferBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct BufferHold {
+    budget: Arc<BufferBudget>,
+    bytes: usize,
+}
+
+impl Drop for BufferHold {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }

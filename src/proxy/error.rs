@@ -27,6 +27,9 @@ pub enum ProxyError {
     /// The client stopped sending its request body for longer than `timeouts.client_body`.
     #[error("client request body stalled")]
     ClientTimeout,
+    /// The request body is larger than `limits.max_body_size` (declared, or found while reading).
+    #[error("request body larger than the limit")]
+    BodyTooLarge,
     /// `CONNECT`: lb does not open tunnels to arbitrary destinations.
     #[error("CONNECT is not supported")]
     MethodNotAllowed,
@@ -92,6 +95,7 @@ impl ProxyError {
             Self::BadRequest(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoReadyServer { .. }
             | Self::QueueFull { .. }
@@ -105,9 +109,11 @@ impl ProxyError {
     /// Who caused it.
     pub fn source(&self) -> Source {
         match self {
-            Self::BadRequest(_) | Self::ClientBody(_) | Self::ClientTimeout | Self::MethodNotAllowed => {
-                Source::Client
-            }
+            Self::BadRequest(_)
+            | Self::ClientBody(_)
+            | Self::ClientTimeout
+            | Self::BodyTooLarge
+            | Self::MethodNotAllowed => Source::Client,
             Self::NoRoute | Self::NoReadyServer { .. } => Source::Config,
             Self::Connect { .. }
             | Self::Timeout { .. }

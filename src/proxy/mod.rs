@@ -20,7 +20,7 @@ use crate::runtime::{NoServer, Snapshot};
 use crate::server::ActiveRequest;
 use crate::sticky;
 use access::AccessRecord;
-use body::{Finish, RequestBody, ResponseBody, Upload};
+use body::{BodyRules, Finish, RequestBody, ResponseBody, Upload};
 use error::ProxyError;
 use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -281,6 +281,7 @@ async fn forward(
     let pool_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
     let pool = snap.pools.get(pool_index).ok_or(ProxyError::NoRoute)?;
     trace.pool = Some(pool_index);
+    let (mut body, upload, whole) = intake(shared, snap, pool, body).await?;
     // A reserved slot on the chosen server (its in-flight guard), or a wait in the pool's queue.
     let (mut choice, mut guard) = match pool.claim(client, &parts) {
         Some(claimed) => claimed,
@@ -327,8 +328,6 @@ async fn forward(
     parts.version = Version::HTTP_11;
     let target = std::mem::take(&mut parts.uri);
 
-    let (mut body, upload) =
-        RequestBody::watch(body, snap.config.timeouts.client_body, &pool.metrics.received);
     // A failed attempt may be retried on another server (see `may_retry`); the head is kept for that
     // only when the pool allows retries and has another server.
     let spare =
@@ -349,7 +348,7 @@ async fn forward(
         trace.server = Some(choice.index);
         parts.uri = upstream_uri(&target, upstream)?;
         let bodyless = body.is_end_stream();
-        let handback = (spare.is_some() && !bodyless).then(|| body.returnable());
+        let handback = (spare.is_some() && !bodyless && whole.is_none()).then(|| body.returnable());
         let sent_at = tokio::time::Instant::now();
         let sending = shared.client.request(Request::from_parts(parts, body));
         let (failure, attempt) = match respond_within(timeout, upload.as_deref(), sending).await {
@@ -368,6 +367,9 @@ async fn forward(
             Some(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled.load(Ordering::Relaxed)) => {
                 return Err(ProxyError::ClientTimeout);
             }
+            Some(Err(_)) if upload.as_ref().is_some_and(|u| u.too_large.load(Ordering::Relaxed)) => {
+                return Err(ProxyError::BodyTooLarge);
+            }
             Some(Err(e)) if upload.as_ref().is_some_and(|u| u.broken.load(Ordering::Relaxed)) => {
                 return Err(ProxyError::ClientBody(error_chain(&e)));
             }
@@ -378,9 +380,12 @@ async fn forward(
             pool.observe(upstream, outcome);
         }
         drop(guard);
-        // The body, if it can still be sent: empty, or never read by the failed attempt.
+        // The body, if it can still be sent: empty, read whole ahead of time, or never read by the
+        // failed attempt.
         let unsent = if bodyless {
             Some(RequestBody::empty())
+        } else if let Some(whole) = &whole {
+            whole.replay()
         } else {
             handback.and_then(|mut rx| rx.try_recv().ok())
         };
@@ -440,6 +445,59 @@ async fn forward(
     let mut resp = resp.map(|body| ResponseBody::stream(body, timeout));
     resp.body_mut().hold_upstream(guard);
     Ok(resp)
+}
+
+/// Takes the client's body under the request's rules: a declared length over `max_body_size` is
+/// refused at once, and a body of at most `request_buffer` bytes is read whole before a server is
+/// chosen, so its framing is checked before any server sees a byte, a slow client holds no server, and
+/// the body can be sent again. Returns the body, its upload state (`None` once nothing more comes from
+/// the client), and a copy to resend when it was read whole.
+async fn intake(
+    shared: &Shared,
+    snap: &Snapshot,
+    pool: &crate::runtime::Pool,
+    body: Incoming,
+) -> Result<(RequestBody, Option<Arc<Upload>>, Option<RequestBody>), ProxyError> {
+    let (limits, timeouts) = (&snap.config.limits, &snap.config.timeouts);
+    let max_size = match limits.max_body_size {
+        0 => u64::MAX,
+        n => n,
+    };
+    if body.size_hint().lower() > max_size {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    let rules = BodyRules {
+        stall: timeouts.client_body,
+        max_size,
+        min_rate: limits.min_body_rate,
+        window: timeouts.body_rate_window,
+    };
+    let (mut body, upload) = RequestBody::watch(body, rules, &pool.metrics.received);
+    let Some(state) = upload else { return Ok((body, None, None)) };
+    let buffer = limits.request_buffer;
+    // Known to be larger than the buffer (Content-Length): it streams.
+    let expected = body.size_hint().upper().unwrap_or(buffer as u64);
+    if buffer == 0 || expected > buffer as u64 {
+        return Ok((body, Some(state), None));
+    }
+    let Some(hold) = shared.runtime.request_buffers().reserve(expected as usize, limits.request_buffer_total)
+    else {
+        // Every buffer the process may hold is taken: this body streams, as it would unbuffered.
+        return Ok((body, Some(state), None));
+    };
+    match body.fill(buffer, hold).await {
+        Ok(true) => {
+            let whole = body.replay();
+            Ok((body, None, whole))
+        }
+        Ok(false) => Ok((body, Some(state), None)),
+        Err(e) if state.too_large.load(Ordering::Relaxed) => {
+            tracing::debug!(error = %e, "request body over limits.max_body_size");
+            Err(ProxyError::BodyTooLarge)
+        }
+        Err(_) if state.stalled.load(Ordering::Relaxed) => Err(ProxyError::ClientTimeout),
+        Err(e) => Err(ProxyError::ClientBody(error_chain(&*e))),
+    }
 }
 
 /// Awaits the upstream's response head, allowing `timeout` from the end of the client's upload (from
