@@ -243,6 +243,68 @@ async fn ambiguous_framing_is_refused_and_the_connection_closed() {
     assert_eq!(a.requests(), 0);
 }
 
+/// RFC 9112 / RFC 9110 forms hyper parses but lb refuses: each is answered with the RFC's status,
+/// the connection closed, and nothing reaches the server.
+#[tokio::test]
+async fn strict_request_syntax_refuses_what_servers_could_read_differently() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    let cases: [(&str, &[u8], &str); 11] = [
+        ("chunked twice", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", "400"),
+        ("two TE fields", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+        ("unknown coding", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "501"),
+        ("asterisk-form GET", b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
+        ("authority-form GET", b"GET example.com:80 HTTP/1.1\r\nHost: example.com\r\n\r\n", "400"),
+        ("two Host fields", b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "400"),
+        ("Host with userinfo", b"GET / HTTP/1.1\r\nHost: user@x\r\n\r\n", "400"),
+        ("Host with a path", b"GET / HTTP/1.1\r\nHost: x/y\r\n\r\n", "400"),
+        ("Host with a bad port", b"GET / HTTP/1.1\r\nHost: x:8o\r\n\r\n", "400"),
+        ("empty Host", b"GET / HTTP/1.1\r\nHost: \r\n\r\n", "400"),
+        ("absolute-form with userinfo", b"GET http://user@x/ HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
+    ];
+    for (what, case, status) in cases {
+        let mut req = case.to_vec();
+        req.extend_from_slice(b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n");
+        let answer = raw(lb.addr, &req).await;
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{what}: {answer:?}");
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{what}: one answer, then close: {answer:?}");
+        assert_eq!(a.requests(), 0, "{what} reached the server");
+    }
+    // Their valid neighbours pass: OPTIONS *, a host with a port, an IPv6 literal.
+    for ok in [
+        &b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x.example:8080\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: [::1]:80\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw(lb.addr, ok).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{:?}: {answer:?}", String::from_utf8_lossy(ok));
+    }
+    assert_eq!(a.last_head().uri, "/");
+    let options = a.seen.heads.lock().unwrap().iter().find(|h| h.method == http::Method::OPTIONS).cloned();
+    assert_eq!(options.expect("OPTIONS * was forwarded").uri, "*");
+}
+
+#[tokio::test]
+async fn header_names_with_underscores_are_dropped_rejected_or_passed() {
+    let a = Backend::start("a").await;
+    let req =
+        b"GET / HTTP/1.1\r\nHost: x\r\nX_Forwarded_For: 6.6.6.6\r\nX-Ok: 1\r\nConnection: close\r\n\r\n";
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    assert!(raw(lb.addr, req).await.starts_with("HTTP/1.1 200"));
+    let head = a.last_head();
+    assert!(head.headers.get("x_forwarded_for").is_none(), "dropped by default: {head:?}");
+    assert_eq!(head.headers["x-ok"], "1");
+
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "[http]\nunderscore_headers = \"reject\"\n")).await;
+    let before = a.requests();
+    assert!(raw(lb.addr, req).await.starts_with("HTTP/1.1 400"));
+    assert_eq!(a.requests(), before);
+
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "[http]\nunderscore_headers = \"pass\"\n")).await;
+    assert!(raw(lb.addr, req).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(a.last_head().headers["x_forwarded_for"], "6.6.6.6");
+}
+
 #[tokio::test]
 async fn invalid_chunk_size_gets_400_and_close() {
     let a = Backend::start("a").await;

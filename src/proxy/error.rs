@@ -27,6 +27,9 @@ pub enum ProxyError {
     /// The client stopped sending its request body for longer than `timeouts.client_body`.
     #[error("client request body stalled")]
     ClientTimeout,
+    /// The request's Transfer-Encoding names a coding other than `chunked`.
+    #[error("unsupported transfer coding")]
+    UnknownTransferCoding,
     /// The request body is larger than `limits.max_body_size` (declared, or found while reading).
     #[error("request body larger than the limit")]
     BodyTooLarge,
@@ -96,6 +99,7 @@ impl ProxyError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnknownTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoReadyServer { .. }
             | Self::QueueFull { .. }
@@ -113,6 +117,7 @@ impl ProxyError {
             | Self::ClientBody(_)
             | Self::ClientTimeout
             | Self::BodyTooLarge
+            | Self::UnknownTransferCoding
             | Self::MethodNotAllowed => Source::Client,
             Self::NoRoute | Self::NoReadyServer { .. } => Source::Config,
             Self::Connect { .. }

@@ -10,6 +10,7 @@ pub mod body;
 pub mod connector;
 pub mod error;
 pub mod headers;
+mod syntax;
 pub mod tunnel;
 
 use crate::config::AccessLog;
@@ -276,7 +277,9 @@ async fn forward(
     }
     let (client, client_ip, tls) = (from.addr, from.ip, from.tls);
     let (mut parts, body) = req.into_parts();
+    syntax::check_head(&parts)?;
     let host = request_host(&parts)?;
+    syntax::underscore_headers(&mut parts.headers, snap.config.http.underscore_headers)?;
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let pool_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
     let pool = snap.pools.get(pool_index).ok_or(ProxyError::NoRoute)?;
@@ -601,7 +604,7 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
 
 /// The host the request is for. The request target's authority wins when present (HTTP/2's
 /// `:authority`, HTTP/1.1's absolute form, RFC 9112 section 3.2.2), otherwise the single `Host` field.
-/// Refused (400): several `Host` fields, an HTTP/2 `Host` that disagrees with `:authority`, and an
+/// Refused (400): a host that is not `uri-host [":" port]` (userinfo included), several `Host` fields, an HTTP/2 `Host` that disagrees with `:authority`, and an
 /// HTTP/1.1 request with no host at all (RFC 9112 section 3.2).
 fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, ProxyError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
@@ -609,7 +612,13 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Pro
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
+    if host.is_some_and(|h| !syntax::valid_host(h.as_bytes())) {
+        return Err(ProxyError::BadRequest("invalid Host"));
+    }
     if let Some(authority) = parts.uri.authority() {
+        if !syntax::valid_host(authority.as_str().as_bytes()) {
+            return Err(ProxyError::BadRequest("invalid authority"));
+        }
         if parts.version == Version::HTTP_2
             && host.is_some_and(|h| h.as_bytes() != authority.as_str().as_bytes())
         {
