@@ -23,7 +23,7 @@ pub const UPSTREAM_IN_FLIGHT: &str = "lb_upstream_in_flight";
 pub const UPSTREAM_READY: &str = "lb_upstream_ready";
 /// Open upstream connections, by configured server address.
 pub const UPSTREAM_CONNECTIONS: &str = "lb_upstream_connections";
-/// Failed attempts to reach a server, by kind: `connect`, `timeout`, `reset`.
+/// Failed attempts to reach a server, by kind: `connect`, `timeout`, `reset`, `limit`, `invalid`.
 pub const UPSTREAM_ERRORS: &str = "lb_upstream_errors_total";
 /// Retries of failed attempts on another server, by pool.
 pub const RETRIES: &str = "lb_retries_total";

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -626,4 +627,75 @@ async fn a_client_cannot_hide_the_request_id_from_the_upstream() {
     .await;
     assert!(answer.to_ascii_lowercase().contains("x-request-id: abc-123"), "{answer}");
     assert_eq!(a.last_head().headers["x-request-id"], "abc-123");
+}
+
+/// A raw upstream that answers every request head with `response`, keeping the connection open, and
+/// records how many requests each connection carried.
+async fn canned_upstream(response: &'static [u8]) -> (std::net::SocketAddr, Arc<Mutex<Vec<usize>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let per_conn = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&per_conn);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let index = {
+                let mut v = seen.lock().unwrap();
+                v.push(0);
+                v.len() - 1
+            };
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        seen.lock().unwrap()[index] += 1;
+                        if s.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, per_conn)
+}
+
+/// Invalid or ambiguous upstream responses: 502 when no response head was sent, the connection to
+/// that server never used again, and a body that breaks mid-way never looks complete to the client.
+#[tokio::test]
+async fn invalid_upstream_responses_become_502_and_their_connection_is_discarded() {
+    let cases: [(&str, &[u8]); 4] = [
+        ("TE and CL", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        ("CL and TE", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        ("status line", b"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n"),
+        ("two lengths", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+    ];
+    for (what, response) in cases {
+        let (addr, per_conn) = canned_upstream(response).await;
+        let lb = Lb::start(&config_with(&[("bad", addr)], "")).await;
+        let client = client();
+        for _ in 0..3 {
+            let (status, _) = get(&client, &lb.url("/")).await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{what}");
+        }
+        let per_conn = per_conn.lock().unwrap().clone();
+        assert!(per_conn.iter().all(|&n| n <= 1), "{what}: a connection was reused: {per_conn:?}");
+    }
+
+    // A chunked body that turns invalid after the head went out: the client's message is cut, never
+    // completed, and the connection closed.
+    let (addr, _) = canned_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n",
+    )
+    .await;
+    let lb = Lb::start(&config_with(&[("bad", addr)], "")).await;
+    let answer = raw(lb.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(!answer.ends_with("0\r\n\r\n"), "the cut body looks complete: {answer:?}");
 }

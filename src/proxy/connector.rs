@@ -6,6 +6,10 @@
 //! The request path usually never waits here: a server whose in-flight count reached its limit is
 //! not ready for the strategies. The wait covers hyper's pool opening a connection while an idle
 //! one is about to come back.
+//!
+//! Every connection also carries a [`Discard`] handle, which hyper-util copies into the extensions of
+//! each response it reads on that connection: the proxy uses it to close a connection whose response
+//! it refused (ambiguous framing), so that the pool never hands that connection out again.
 
 use crate::slots::{Slot, Slots};
 use crate::tls::ClientTls;
@@ -113,6 +117,37 @@ pub struct Counted {
     io: Stream,
     open: metrics::Gauge,
     _slot: Option<Slot>,
+    discard: Discard,
+}
+
+/// Closes one upstream connection from outside hyper: once [`Discard::close`] is called, the
+/// connection's next read or write fails, and its waiting read is woken to find out, so hyper drops it
+/// (and the pool with it) even while it sits idle.
+#[derive(Debug, Clone, Default)]
+pub struct Discard(Arc<DiscardState>);
+
+#[derive(Debug, Default)]
+struct DiscardState {
+    closed: std::sync::atomic::AtomicBool,
+    reader: futures_util::task::AtomicWaker,
+}
+
+impl Discard {
+    /// Closes the connection this handle came with.
+    pub fn close(&self) {
+        self.0.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.0.reader.wake();
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.0.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "upstream connection discarded by lb",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Counted {
@@ -158,14 +193,14 @@ impl tower::Service<http::Uri> for CountingConnector {
             };
             let open = metrics::gauge!(crate::metrics::UPSTREAM_CONNECTIONS, "addr" => addr);
             open.increment(1.0);
-            Ok(Counted { io, open, _slot: slot })
+            Ok(Counted { io, open, _slot: slot, discard: Discard::default() })
         })
     }
 }
 
 impl Connection for Counted {
     fn connected(&self) -> Connected {
-        match &self.io {
+        let connected = match &self.io {
             Stream::Plain(io) => io.connected(),
             Stream::Tls(io) => {
                 let (tcp, session) = io.inner().get_ref();
@@ -177,7 +212,8 @@ impl Connection for Counted {
                     connected
                 }
             }
-        }
+        };
+        connected.extra(self.discard.clone())
     }
 }
 
@@ -199,12 +235,15 @@ macro_rules! each {
 
 impl Read for Counted {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+        self.discard.0.reader.register(cx.waker());
+        self.discard.check()?;
         each!(self, io => Pin::new(io).poll_read(cx, buf))
     }
 }
 
 impl Write for Counted {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.discard.check()?;
         each!(self, io => Pin::new(io).poll_write(cx, buf))
     }
 
@@ -228,6 +267,7 @@ impl Write for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.discard.check()?;
         each!(self, io => Pin::new(io).poll_write_vectored(cx, bufs))
     }
 }

@@ -355,6 +355,17 @@ async fn forward(
         let sent_at = tokio::time::Instant::now();
         let sending = shared.client.request(Request::from_parts(parts, body));
         let (failure, attempt) = match respond_within(timeout, upload.as_deref(), sending).await {
+            Some(Ok(resp)) if ambiguous_framing(resp.headers()) => {
+                // hyper let Transfer-Encoding win, but the server meant something lb cannot know:
+                // nothing of it is relayed, and the connection is closed (what follows on it cannot
+                // be trusted either).
+                if let Some(discard) = resp.extensions().get::<connector::Discard>() {
+                    discard.close();
+                }
+                drop(resp);
+                let reason = "response with both Transfer-Encoding and Content-Length".to_owned();
+                (ProxyError::Upstream { upstream: who(upstream), reason }, Attempt::Invalid)
+            }
             Some(Ok(resp)) => {
                 let outcome =
                     if resp.status().is_server_error() { Outcome::Status5xx } else { Outcome::Success };
@@ -533,6 +544,8 @@ enum Attempt {
     Timeout,
     /// The connection broke before a response head.
     Reset,
+    /// The server answered with a response lb refuses to relay (ambiguous framing).
+    Invalid,
 }
 
 impl Attempt {
@@ -542,6 +555,7 @@ impl Attempt {
             Self::AtLimit => "limit",
             Self::Timeout => "timeout",
             Self::Reset => "reset",
+            Self::Invalid => "invalid",
         }
     }
 
@@ -550,14 +564,19 @@ impl Attempt {
             Self::Connect => Some(Outcome::Connect),
             Self::AtLimit => None,
             Self::Timeout => Some(Outcome::Timeout),
-            Self::Reset => Some(Outcome::Reset),
+            Self::Reset | Self::Invalid => Some(Outcome::Reset),
         }
     }
 
     /// Connect failures sent nothing, so any request may go elsewhere; after a timeout or a reset
     /// the server may have acted on it, so only idempotent requests are retried.
     fn may_retry(self, idempotent: bool) -> bool {
-        matches!(self, Self::Connect | Self::AtLimit) || idempotent
+        match self {
+            Self::Connect | Self::AtLimit => true,
+            Self::Timeout | Self::Reset => idempotent,
+            // The server answered: it acted on the request, and another would likely answer alike.
+            Self::Invalid => false,
+        }
     }
 
     /// Whether retrying after this failure draws on the pool's retry budget. Only a timeout does: the
@@ -569,6 +588,12 @@ impl Attempt {
     fn budgeted(self) -> bool {
         self == Self::Timeout
     }
+}
+
+/// A response head whose body length two readers could take differently (RFC 9112 section 6.3: a
+/// sender must not send both, and a proxy must not relay such a message as it is).
+fn ambiguous_framing(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
 }
 
 /// RFC 9110 section 9.2.2's idempotent methods (CONNECT never reaches here).
