@@ -64,11 +64,16 @@ async fn a_chunked_body_growing_past_the_limit_is_cut_with_413() {
 async fn malformed_chunked_framing_in_a_buffered_body_reaches_no_server() {
     let a = Backend::start("a").await;
     let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
-    let cases: [(&str, &[u8]); 4] = [
+    let cases: [(&str, &[u8]); 9] = [
         ("bad chunk size", b"5\r\nhello\r\nzz\r\nabc\r\n0\r\n\r\n"),
         ("no CRLF after chunk data", b"5\r\nhelloXX3\r\nabc\r\n0\r\n\r\n"),
         ("bare LF after the size", b"5\nhello\r\n0\r\n\r\n"),
         ("LF in a chunk extension", b"5;a\nb\r\nhello\r\n0\r\n\r\n"),
+        ("extension name not a token", b"5;\"a\"\r\nhello\r\n0\r\n\r\n"),
+        ("two words as a name", b"5;a b\r\nhello\r\n0\r\n\r\n"),
+        ("control byte in a value", b"5;a=\x01\r\nhello\r\n0\r\n\r\n"),
+        ("unterminated quoted value", b"5;a=\"x\r\nhello\r\n0\r\n\r\n"),
+        ("empty extension", b"5;\r\nhello\r\n0\r\n\r\n"),
     ];
     for (what, body) in cases {
         let mut req = b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
@@ -79,6 +84,18 @@ async fn malformed_chunked_framing_in_a_buffered_body_reaches_no_server() {
         assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{what}: one answer, then close: {answer:?}");
         assert_eq!((a.connections(), a.requests()), (0, 0), "{what}: a server was contacted");
     }
+}
+
+#[tokio::test]
+async fn well_formed_chunk_extensions_pass_and_are_not_forwarded() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
+    let body = b"5;a=b;c=\"d e\\\"f\"\r\nhello\r\n6 ; name = token ; x\r\n world\r\n0\r\n\r\n";
+    let mut req = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    req.extend_from_slice(body);
+    let answer = raw(lb.addr, &req).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains("hello world"), "{answer:?}");
 }
 
 #[tokio::test]
