@@ -91,7 +91,8 @@ async fn well_formed_chunk_extensions_pass_and_are_not_forwarded() {
     let a = Backend::start("a").await;
     let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
     let body = b"5;a=b;c=\"d e\\\"f\"\r\nhello\r\n6 ; name = token ; x\r\n world\r\n0\r\n\r\n";
-    let mut req = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    let mut req =
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
     req.extend_from_slice(body);
     let answer = raw(lb.addr, &req).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
@@ -189,4 +190,21 @@ async fn a_trickled_body_is_answered_408_by_the_minimum_rate() {
             assert_eq!(a.connections(), 0, "the buffered trickle never reached a server");
         }
     }
+}
+
+#[tokio::test]
+async fn the_size_limit_holds_for_http2_clients_too() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], "[limits]\nmax_body_size = 1000\n")).await;
+    let client = common::h2_client();
+    let post = |n: usize| {
+        http::Request::post(lb.url("/sink"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; n])))
+            .unwrap()
+    };
+    let resp = client.request(post(1001)).await.unwrap();
+    assert_eq!(resp.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(a.connections(), 0);
+    let resp = client.request(post(1000)).await.unwrap();
+    assert_eq!(resp.status(), http::StatusCode::OK);
 }
