@@ -8,8 +8,9 @@ use crate::health::Health;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Stable identity of a server: its pool and its name. Never includes weight or address, so a
-/// re-weighted or re-addressed server keeps its state.
+/// Stable identity of a server: its pool and its name. Never includes the weight, so a re-weighted
+/// server keeps its state; a server whose address changes is another server to health checks and
+/// counters, and starts afresh (the runtime's registry compares addresses).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UpstreamKey {
     /// Pool name.

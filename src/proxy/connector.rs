@@ -43,10 +43,12 @@ impl ConnLimits {
     pub fn update(&self, snap: &crate::runtime::Snapshot) {
         let old = self.by_addr.load();
         let mut wanted: HashMap<String, usize> = HashMap::new();
-        for (pool, config) in snap.pools.iter().zip(&snap.config.pools) {
-            for (u, server) in pool.upstreams.iter().zip(&config.servers) {
+        // From the config's own list, each server with its own address: never by position in the
+        // snapshot, which may leave out a server it could not build.
+        for config in &snap.config.pools {
+            for server in &config.servers {
                 if let Some(limit) = server.max_connections.or(config.limits.max_connections) {
-                    let entry = wanted.entry(u.addr.clone()).or_insert(limit);
+                    let entry = wanted.entry(server.addr.clone()).or_insert(limit);
                     *entry = (*entry).min(limit);
                 }
             }

@@ -2,7 +2,7 @@
 //!
 //! [`Proxy`] is a `tower::Service` built once per client connection. Each request loads the runtime
 //! snapshot once and uses it to the end. Failures become responses in exactly one place
-//! ([`error::error_response`]) and are logged there with their cause.
+//! ([`error::error_response`]), called from `Proxy::call`, which logs each with its cause first.
 
 pub mod access;
 pub mod access_writer;
