@@ -92,6 +92,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         "/metrics" => match &admin.metrics {
             Some(handle) => {
                 crate::metrics::refresh(&admin.runtime.snapshot());
+                crate::metrics::request_buffers(admin.runtime.request_buffers().held());
                 handle.run_upkeep();
                 let mut resp = Response::new(Full::new(Bytes::from(handle.render())));
                 resp.headers_mut().insert(

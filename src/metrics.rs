@@ -41,6 +41,8 @@ pub const QUEUED: &str = "lb_pool_queued";
 pub const QUEUE_REJECTED: &str = "lb_queue_rejected_total";
 /// Request body bytes received from clients, by pool.
 pub const RECEIVED_BYTES: &str = "lb_received_bytes_total";
+/// Memory reserved by request buffers now, process-wide (bounded by `limits.request_buffer_total`).
+pub const REQUEST_BUFFER_BYTES: &str = "lb_request_buffer_bytes";
 /// Response body bytes sent to clients, by pool.
 pub const SENT_BYTES: &str = "lb_sent_bytes_total";
 /// Open client connections, by listener.
@@ -99,6 +101,7 @@ pub fn describe() {
     describe_gauge!(QUEUED, "Requests waiting for a server below its limits.");
     describe_counter!(QUEUE_REJECTED, "Queued requests answered 503, by reason.");
     describe_counter!(RECEIVED_BYTES, Unit::Bytes, "Request body bytes received from clients.");
+    describe_gauge!(REQUEST_BUFFER_BYTES, Unit::Bytes, "Memory reserved by request buffers now.");
     describe_counter!(SENT_BYTES, Unit::Bytes, "Response body bytes sent to clients.");
     describe_gauge!(OPEN_CONNECTIONS, "Open client connections.");
     describe_counter!(CONNECTIONS, "Client connections accepted.");
@@ -204,6 +207,11 @@ pub fn check_counters(pool: &str, server: &str) -> (Counter, Counter) {
 /// Counts a queued request refused with 503.
 pub fn queue_rejected(pool: &str, reason: &'static str) {
     counter!(QUEUE_REJECTED, "pool" => pool.to_owned(), "reason" => reason).increment(1);
+}
+
+/// Sets the request-buffer gauge, just before a scrape.
+pub fn request_buffers(held: usize) {
+    gauge!(REQUEST_BUFFER_BYTES).set(held as f64);
 }
 
 /// Sets the gauges that mirror live state, just before a scrape.

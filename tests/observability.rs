@@ -82,6 +82,7 @@ async fn metrics_count_known_traffic_exactly_and_pass_promtool() {
     assert_eq!(get(r#"lb_upstream_ready{pool="web",server="a"}"#), 1.0);
     assert_eq!(get(r#"lb_upstream_ready{pool="web",server="drained"}"#), 0.0);
     assert_eq!(get("lb_config_generation"), 1.0);
+    assert_eq!(get("lb_request_buffer_bytes"), 0.0, "no upload in progress holds a buffer");
     let pooled = get(&format!(r#"lb_upstream_connections{{addr="{}"}}"#, a.addr));
     assert!(
         (1.0..=2.0).contains(&pooled),
