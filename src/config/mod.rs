@@ -554,6 +554,35 @@ impl Config {
             .chain(upstream)
     }
 
+    /// Whether the file at `path` and every certificate, key and CA file this config read still
+    /// hold the bytes they held when it was loaded, so that loading again would give the same
+    /// [`Config::digest`]; checked without parsing. Blocking reads; an unreadable file counts as
+    /// changed.
+    pub fn unchanged_on_disk(&self, path: &Path) -> bool {
+        let Ok(text) = std::fs::read(path) else { return false };
+        let files: Vec<(&str, [u8; 32])> = self.tls_files().collect();
+        // Each entry's digest is of its file alone (CA bundles), or of a certificate chain and its
+        // key together (listed one after the other with the same digest). Either way, a match
+        // means the same bytes.
+        let mut i = 0;
+        while let Some(&(file, digest)) = files.get(i) {
+            let Ok(bytes) = std::fs::read(file) else { return false };
+            if Digest::of(&[&bytes]).0 == digest {
+                i += 1;
+                continue;
+            }
+            let Some(&(key, _)) = files.get(i + 1).filter(|(_, d)| *d == digest) else { return false };
+            let Ok(key_bytes) = std::fs::read(key) else { return false };
+            if Digest::of(&[&bytes, &key_bytes]).0 != digest {
+                return false;
+            }
+            i += 2;
+        }
+        let mut parts: Vec<&[u8]> = vec![&text];
+        parts.extend(files.iter().map(|(_, d)| &d[..]));
+        Digest::of(&parts) == self.digest
+    }
+
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
