@@ -21,14 +21,20 @@
 //! A lookup therefore costs one pass over the host, at most one pass over the path per group tried
 //! (an exact host, its wildcards, the host-less group) and a few table probes, whatever the number
 //! of routes. It never allocates and never panics: hash hits are verified against the stored string
-//! (case-insensitively for hosts, as the scan compares), and hash collisions are chained.
+//! (case-insensitively for hosts, as the scan compares), so colliding keys only cost a probe.
+//!
+//! With 100,000 routes the tables outgrow the CPU caches, so the layout counts cache misses: the
+//! tables are flat open-addressing arrays (one miss to reach a key and its group number), and names
+//! and prefixes up to [`INLINE`] bytes live inside their group or prefix entry (one more miss),
+//! not behind a pointer.
 //!
 //! Routes are expected as config validation makes them: exact names and wildcard suffixes in ASCII
 //! (compared case-insensitively), path prefixes either `/` or starting with `/` without a trailing
-//! `/`, no two routes with the same host and prefix (if there are, the first one given wins).
+//! `/`, no two routes with the same host and prefix (if there are, the first one given wins). A
+//! table holds fewer than `u32::MAX` groups and prefixes (4 billion routes would not fit in memory
+//! as config first).
 
-use std::collections::hash_map::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::HashMap;
 
 use crate::config::{HostMatch, RouteConfig};
 
@@ -37,23 +43,25 @@ mod scan;
 #[cfg(test)]
 mod tests;
 
-/// The end of a chain, or no group.
-const NIL: usize = usize::MAX;
+/// No group, no prefix, no wildcard link: an empty table slot or the end of a chain.
+const NIL: u32 = u32::MAX;
+/// No pool.
+const NO_POOL: usize = usize::MAX;
 
 /// The compiled routing table of one snapshot.
 #[derive(Clone)]
 pub struct Router {
-    /// Exact host name key -> first group of that key (chained through [`Group::next`]).
+    /// Exact host name key -> group.
     exact: Table,
-    /// Wildcard suffix key (`.example.com`) -> first group of that key.
+    /// Wildcard suffix key (`.example.com`) -> group.
     wildcard: Table,
     /// Lengths of the wildcard suffixes, as a bit set: dot-suffixes of other lengths are not probed.
     wildcard_lens: Box<[u64]>,
     /// The group of the routes without host, or [`NIL`].
-    any: usize,
+    any: u32,
     /// Every group: exact hosts, wildcard suffixes and the host-less group.
     groups: Box<[Group]>,
-    /// (group, path prefix) key -> first prefix of that key (chained through [`Prefix::next`]).
+    /// (group, path prefix) key -> prefix.
     prefix_table: Table,
     /// Every path prefix other than `/`.
     prefixes: Box<[Prefix]>,
@@ -65,45 +73,107 @@ pub struct Router {
 #[derive(Clone, Debug)]
 struct Group {
     /// Lower-case exact name, or wildcard suffix with its leading dot; empty for the host-less group.
-    name: Box<str>,
-    /// The next group whose name has the same key, or [`NIL`].
-    next: usize,
-    /// Wildcard groups: the next shorter wildcard group that is a suffix of this one, or [`NIL`].
-    shorter: usize,
-    /// Pool of the `/` prefix if any, else of the route without prefix; [`NIL`] if neither.
+    name: Name,
+    /// Pool of the `/` prefix if any, else of the route without prefix; [`NO_POOL`] if neither.
     fallback: usize,
     /// Length of the longest prefix in [`Router::prefixes`] of this group; 0 if none.
-    longest: usize,
+    longest: u32,
+    /// Wildcard groups: the next shorter wildcard group that is a suffix of this one, or [`NIL`].
+    shorter: u32,
 }
 
 /// One path prefix of one group.
 #[derive(Clone, Debug)]
 struct Prefix {
-    path: Box<str>,
-    group: usize,
+    path: Name,
     pool: usize,
-    /// The next prefix with the same key, or [`NIL`].
-    next: usize,
+    group: u32,
 }
 
-/// Tables keyed by an already mixed 64-bit hash (see [`finish`]): hashing it again would be waste.
-type Table = HashMap<u64, usize, BuildHasherDefault<KeyHasher>>;
+/// Names and prefixes up to this many bytes are stored inline (most host names are shorter).
+const INLINE: usize = 38;
 
-/// Passes a `u64` key through unchanged. Keys are [`finish`]ed hashes of configured names; a
-/// request only ever looks keys up, so it cannot lengthen any chain.
-#[derive(Default)]
-struct KeyHasher(u64);
+/// A host name or path prefix, inline when short: reading it costs no pointer chase.
+#[derive(Clone, Debug)]
+enum Name {
+    Short(u8, [u8; INLINE]),
+    Long(Box<[u8]>),
+}
 
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl Name {
+    fn new(s: &[u8]) -> Self {
+        let mut inline = [0; INLINE];
+        match (inline.get_mut(..s.len()), u8::try_from(s.len())) {
+            (Some(head), Ok(len)) => {
+                head.copy_from_slice(s);
+                Name::Short(len, inline)
+            }
+            _ => Name::Long(s.into()),
+        }
     }
-    fn write(&mut self, bytes: &[u8]) {
-        // Not used by `u64` keys; hashing anyway keeps the type correct for any key.
-        self.0 = bytes.iter().fold(self.0 ^ SEED, |h, &b| step(h, b));
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Name::Short(len, inline) => inline.get(..usize::from(*len)).unwrap_or_default(),
+            Name::Long(bytes) => bytes,
+        }
     }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+}
+
+/// A hash table from keys (already mixed 64-bit hashes, see [`finish`]) to entry numbers: open
+/// addressing with linear probing in one flat array, at most half full, built once. Equal keys
+/// (hash collisions) simply take several slots; lookups compare the entries they point to.
+#[derive(Clone, Debug)]
+struct Table {
+    slots: Box<[Slot]>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    key: u64,
+    /// Entry number, or [`NIL`] for an empty slot.
+    entry: u32,
+}
+
+impl Table {
+    fn new(entries: &[(u64, u32)]) -> Self {
+        // At least one slot stays empty, which ends every probe sequence.
+        let size = (entries.len() * 2).max(1).next_power_of_two();
+        let mut slots = vec![Slot { key: 0, entry: NIL }; size];
+        let mask = size - 1;
+        for &(key, entry) in entries {
+            let mut i = key as usize & mask;
+            while slots.get(i).is_some_and(|s| s.entry != NIL) {
+                i = (i + 1) & mask;
+            }
+            if let Some(slot) = slots.get_mut(i) {
+                *slot = Slot { key, entry };
+            }
+        }
+        Self { slots: slots.into() }
+    }
+
+    /// The first entry under `key` that `found` accepts.
+    #[inline]
+    fn find(&self, key: u64, mut found: impl FnMut(u32) -> bool) -> Option<u32> {
+        let mask = self.slots.len().wrapping_sub(1);
+        let mut i = key as usize & mask;
+        // Bounded by the table size, although an empty slot always comes first.
+        for _ in 0..self.slots.len() {
+            let slot = self.slots.get(i)?;
+            if slot.entry == NIL {
+                return None;
+            }
+            if slot.key == key && found(slot.entry) {
+                return Some(slot.entry);
+            }
+            i = (i + 1) & mask;
+        }
+        None
+    }
+
+    fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.entry != NIL).count()
     }
 }
 
@@ -116,7 +186,8 @@ fn step(h: u64, b: u8) -> u64 {
     (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
 }
 
-/// The murmur3 64-bit finaliser: spreads FNV's state over all bits (the table uses both ends).
+/// The murmur3 64-bit finaliser: spreads FNV's state over all bits (the table index uses the low
+/// ones).
 #[inline]
 fn finish(mut h: u64) -> u64 {
     h ^= h >> 33;
@@ -127,18 +198,18 @@ fn finish(mut h: u64) -> u64 {
 }
 
 /// Key of a host name or wildcard suffix: case-folded, taken from the last byte to the first.
-fn host_key(name: &str) -> u64 {
-    finish(name.bytes().rev().fold(SEED, |h, b| step(h, b.to_ascii_lowercase())))
+fn host_key(name: &[u8]) -> u64 {
+    finish(name.iter().rev().fold(SEED, |h, b| step(h, b.to_ascii_lowercase())))
 }
 
 /// Start state of the path hash in `group`, so that equal prefixes of different groups differ.
 #[inline]
-fn prefix_seed(group: usize) -> u64 {
-    SEED ^ (group as u64).wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+fn prefix_seed(group: u32) -> u64 {
+    SEED ^ u64::from(group).wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-fn prefix_key(group: usize, prefix: &str) -> u64 {
-    finish(prefix.bytes().fold(prefix_seed(group), step))
+fn prefix_key(group: u32, prefix: &[u8]) -> u64 {
+    finish(prefix.iter().fold(prefix_seed(group), |h, &b| step(h, b)))
 }
 
 #[inline]
@@ -155,121 +226,121 @@ fn add_len(set: &mut Vec<u64>, len: usize) {
     }
 }
 
-/// The group in `table` named `name` (case-insensitively), following the collision chain.
-fn find(table: &Table, groups: &[Group], key: u64, name: &str) -> Option<usize> {
-    let mut g = *table.get(&key)?;
-    while let Some(group) = groups.get(g) {
-        if group.name.eq_ignore_ascii_case(name) {
-            return Some(g);
-        }
-        g = group.next;
-    }
-    None
+/// The group in `table` named `name` (case-insensitively).
+#[inline]
+fn find(table: &Table, groups: &[Group], key: u64, name: &[u8]) -> Option<u32> {
+    table.find(key, |g| {
+        groups.get(g as usize).is_some_and(|group| group.name.bytes().eq_ignore_ascii_case(name))
+    })
+}
+
+/// Entry numbers are `u32` (see the module docs).
+fn number(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(NIL)
 }
 
 impl Router {
     /// Builds the index of config routes (validated; see the module docs). Costs time and memory
     /// linear in the routes.
     pub fn new(routes: &[RouteConfig]) -> Self {
-        let mut exact = Table::default();
-        let mut wildcard = Table::default();
-        let mut wildcard_lens = Vec::new();
+        // Build-time maps by name; lookups use the flat tables built from them at the end.
+        let mut exact: HashMap<String, u32> = HashMap::new();
+        let mut wildcard: HashMap<String, u32> = HashMap::new();
+        let mut any = NIL;
         let mut groups: Vec<Group> = Vec::new();
         // Per group: pool of the `/` prefix, pool of the route without prefix (first given wins).
         let mut catch_all: Vec<(Option<usize>, Option<usize>)> = Vec::new();
-        let mut any = NIL;
-        let mut prefix_table = Table::default();
+        let mut by_prefix: HashMap<(u32, &str), u32> = HashMap::new();
         let mut prefixes: Vec<Prefix> = Vec::new();
-        let mut prefix_lens = Vec::new();
         for route in routes {
-            let (table, name) = match &route.host {
-                None => (None, ""),
-                Some(HostMatch::Exact(name)) => (Some(&mut exact), name.as_str()),
-                Some(HostMatch::Suffix(suffix)) => (Some(&mut wildcard), suffix.as_str()),
-            };
-            let existing = match &table {
-                None => (any != NIL).then_some(any),
-                Some(table) => find(table, &groups, host_key(name), name),
-            };
-            let g = existing.unwrap_or_else(|| {
-                let g = groups.len();
-                let next = match table {
-                    None => {
-                        any = g;
-                        NIL
+            let g = match &route.host {
+                None => {
+                    if any == NIL {
+                        any = number(groups.len());
+                        groups.push(Group {
+                            name: Name::new(b""),
+                            fallback: NO_POOL,
+                            longest: 0,
+                            shorter: NIL,
+                        });
+                        catch_all.push((None, None));
                     }
-                    Some(table) => table.insert(host_key(name), g).unwrap_or(NIL),
-                };
-                if matches!(route.host, Some(HostMatch::Suffix(_))) {
-                    add_len(&mut wildcard_lens, name.len());
+                    any
                 }
-                groups.push(Group {
-                    name: name.to_ascii_lowercase().into(),
-                    next,
-                    shorter: NIL,
-                    fallback: NIL,
-                    longest: 0,
-                });
-                catch_all.push((None, None));
-                g
-            });
-            let Some((slash, none)) = catch_all.get_mut(g) else { continue };
+                Some(HostMatch::Exact(name) | HostMatch::Suffix(name)) => {
+                    let names = if matches!(route.host, Some(HostMatch::Exact(_))) {
+                        &mut exact
+                    } else {
+                        &mut wildcard
+                    };
+                    let name = name.to_ascii_lowercase();
+                    *names.entry(name).or_insert_with_key(|name| {
+                        groups.push(Group {
+                            name: Name::new(name.as_bytes()),
+                            fallback: NO_POOL,
+                            longest: 0,
+                            shorter: NIL,
+                        });
+                        catch_all.push((None, None));
+                        number(groups.len() - 1)
+                    })
+                }
+            };
+            let Some((slash, none)) = catch_all.get_mut(g as usize) else { continue };
             match route.path_prefix.as_deref() {
                 Some("/") => *slash = slash.or(Some(route.pool)),
                 None => *none = none.or(Some(route.pool)),
                 Some(path) => {
-                    let key = prefix_key(g, path);
-                    let mut e = prefix_table.get(&key).copied().unwrap_or(NIL);
-                    let mut duplicate = false;
-                    while let Some(p) = prefixes.get(e) {
-                        duplicate |= p.group == g && *p.path == *path;
-                        e = p.next;
-                    }
-                    if !duplicate {
-                        let next = prefix_table.insert(key, prefixes.len()).unwrap_or(NIL);
-                        prefixes.push(Prefix { path: path.into(), group: g, pool: route.pool, next });
-                        add_len(&mut prefix_lens, path.len());
-                        if let Some(group) = groups.get_mut(g) {
-                            group.longest = group.longest.max(path.len());
-                        }
-                    }
+                    by_prefix.entry((g, path)).or_insert_with(|| {
+                        prefixes.push(Prefix {
+                            path: Name::new(path.as_bytes()),
+                            pool: route.pool,
+                            group: g,
+                        });
+                        number(prefixes.len() - 1)
+                    });
                 }
             }
         }
         for (group, (slash, none)) in groups.iter_mut().zip(catch_all) {
-            group.fallback = slash.or(none).unwrap_or(NIL);
+            group.fallback = slash.or(none).unwrap_or(NO_POOL);
+        }
+        let mut prefix_lens = Vec::new();
+        for prefix in &prefixes {
+            let len = prefix.path.bytes().len();
+            add_len(&mut prefix_lens, len);
+            if let Some(group) = groups.get_mut(prefix.group as usize) {
+                group.longest = group.longest.max(u32::try_from(len).unwrap_or(u32::MAX));
+            }
+        }
+        let mut wildcard_lens = Vec::new();
+        for name in wildcard.keys() {
+            add_len(&mut wildcard_lens, name.len());
         }
         // Link each wildcard to the next shorter one it ends with: `.a.example.com` to
         // `.example.com` (if configured), which any host matching the first also matches.
-        let shorter: Vec<usize> = groups
+        for (name, &g) in &wildcard {
+            let dots = name.bytes().enumerate().skip(1).filter(|&(_, b)| b == b'.');
+            let shorter = dots.filter_map(|(i, _)| name.get(i..)).find_map(|suffix| wildcard.get(suffix));
+            if let (Some(&shorter), Some(group)) = (shorter, groups.get_mut(g as usize)) {
+                group.shorter = shorter;
+            }
+        }
+        let keyed = |names: &HashMap<String, u32>| -> Vec<(u64, u32)> {
+            names.iter().map(|(name, &g)| (host_key(name.as_bytes()), g)).collect()
+        };
+        let prefix_keys: Vec<(u64, u32)> = prefixes
             .iter()
             .enumerate()
-            .map(|(g, group)| {
-                let is_wildcard = find(&wildcard, &groups, host_key(&group.name), &group.name) == Some(g);
-                let name = &group.name;
-                let dots = name.bytes().enumerate().skip(1).filter(|&(_, b)| b == b'.');
-                is_wildcard
-                    .then(|| {
-                        dots.filter_map(|(i, _)| name.get(i..))
-                            .find_map(|suffix| find(&wildcard, &groups, host_key(suffix), suffix))
-                    })
-                    .flatten()
-                    .unwrap_or(NIL)
-            })
+            .map(|(i, p)| (prefix_key(p.group, p.path.bytes()), number(i)))
             .collect();
-        for (group, shorter) in groups.iter_mut().zip(shorter) {
-            group.shorter = shorter;
-        }
-        exact.shrink_to_fit();
-        wildcard.shrink_to_fit();
-        prefix_table.shrink_to_fit();
         Self {
-            exact,
-            wildcard,
+            exact: Table::new(&keyed(&exact)),
+            wildcard: Table::new(&keyed(&wildcard)),
             wildcard_lens: wildcard_lens.into(),
             any,
             groups: groups.into(),
-            prefix_table,
+            prefix_table: Table::new(&prefix_keys),
             prefixes: prefixes.into(),
             prefix_lens: prefix_lens.into(),
         }
@@ -278,11 +349,11 @@ impl Router {
     /// Index of the pool for a request with this host (may include a port) and path.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
         if let Some(host) = host {
-            let (exact, mut wildcard) = self.host_groups(strip_port(host).trim_end_matches('.'));
+            let (exact, mut wildcard) = self.host_groups(strip_port(host).trim_end_matches('.').as_bytes());
             if let Some(pool) = self.in_group(exact, path) {
                 return Some(pool);
             }
-            while let Some(group) = self.groups.get(wildcard) {
+            while let Some(group) = self.groups.get(wildcard as usize) {
                 if let Some(pool) = self.in_group(wildcard, path) {
                     return Some(pool);
                 }
@@ -294,21 +365,17 @@ impl Router {
 
     /// The exact group of `host` and its longest matching wildcard group ([`NIL`] for none), from
     /// one backward pass over the host.
-    fn host_groups(&self, host: &str) -> (usize, usize) {
-        if self.exact.is_empty() && self.wildcard.is_empty() {
-            return (NIL, NIL);
-        }
-        let bytes = host.as_bytes();
+    fn host_groups(&self, host: &[u8]) -> (u32, u32) {
         let mut h = SEED;
         let mut wildcard = NIL;
-        for (i, &b) in bytes.iter().enumerate().rev() {
+        for (i, &b) in host.iter().enumerate().rev() {
             let b = b.to_ascii_lowercase();
             h = step(h, b);
             // `h` is now the key state of `host[i..]`. A wildcard needs a longer host, so the dot
             // at 0 is not a candidate. Later (more left) matches are longer, so they win.
-            if b == b'.' && i > 0 && has_len(&self.wildcard_lens, bytes.len() - i) {
-                if let Some(g) = host.get(i..).and_then(|s| find(&self.wildcard, &self.groups, finish(h), s))
-                {
+            if b == b'.' && i > 0 && has_len(&self.wildcard_lens, host.len() - i) {
+                let suffix = host.get(i..).unwrap_or_default();
+                if let Some(g) = find(&self.wildcard, &self.groups, finish(h), suffix) {
                     wildcard = g;
                 }
             }
@@ -318,16 +385,17 @@ impl Router {
     }
 
     /// The pool `group` gives `path`: its longest matching prefix, else its catch-all, else none.
-    fn in_group(&self, g: usize, path: &str) -> Option<usize> {
-        let group = self.groups.get(g)?;
+    fn in_group(&self, g: u32, path: &str) -> Option<usize> {
+        let group = self.groups.get(g as usize)?;
         if group.longest > 0 {
+            let longest = group.longest as usize;
             let bytes = path.as_bytes();
             let mut h = prefix_seed(g);
             let mut best = None;
             // `h` is the key state of `path[..i]`; a prefix matches when it ends on a boundary: a
             // `/` or the end of the path. Later matches are longer, so they win.
             for (i, &b) in bytes.iter().enumerate() {
-                if i > group.longest {
+                if i > longest {
                     break;
                 }
                 if b == b'/' && has_len(&self.prefix_lens, i) {
@@ -335,26 +403,23 @@ impl Router {
                 }
                 h = step(h, b);
             }
-            if bytes.len() <= group.longest && has_len(&self.prefix_lens, bytes.len()) {
+            if bytes.len() <= longest && has_len(&self.prefix_lens, bytes.len()) {
                 best = self.prefix(finish(h), g, bytes).or(best);
             }
             if best.is_some() {
                 return best;
             }
         }
-        (group.fallback != NIL).then_some(group.fallback)
+        (group.fallback != NO_POOL).then_some(group.fallback)
     }
 
     /// Pool of the prefix `path` of group `g`, if configured.
-    fn prefix(&self, key: u64, g: usize, path: &[u8]) -> Option<usize> {
-        let mut e = *self.prefix_table.get(&key)?;
-        while let Some(prefix) = self.prefixes.get(e) {
-            if prefix.group == g && prefix.path.as_bytes() == path {
-                return Some(prefix.pool);
-            }
-            e = prefix.next;
-        }
-        None
+    #[inline]
+    fn prefix(&self, key: u64, g: u32, path: &[u8]) -> Option<usize> {
+        let entry = self.prefix_table.find(key, |e| {
+            self.prefixes.get(e as usize).is_some_and(|p| p.group == g && p.path.bytes() == path)
+        })?;
+        self.prefixes.get(entry as usize).map(|p| p.pool)
     }
 }
 
