@@ -4,7 +4,6 @@
 //! Routes must be ordered most specific first (as config validation orders them), so that the first
 //! match is the answer.
 
-use super::strip_port;
 use crate::config::{HostMatch, RouteConfig};
 
 /// First matching route of an ordered table, found by trying each route in turn.
@@ -51,4 +50,14 @@ fn prefix_matches(prefix: Option<&str>, path: &str) -> bool {
         None | Some("/") => true,
         Some(p) => path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
     }
+}
+
+/// The host without its port, as the scan always did it (the index has its own, checked against
+/// this one by the property test).
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: "[::1]:8080" -> "[::1]"
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
