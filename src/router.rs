@@ -11,8 +11,8 @@
 //! * every distinct host (exact name, or wildcard suffix such as `.example.com`) and the host-less
 //!   routes form a *group*, which holds the group's catch-all pool (`/` or no prefix);
 //! * exact names and wildcard suffixes sit in two hash tables keyed by a case-folding hash taken
-//!   over the name *backwards*, so one backward pass over the request host yields the keys of the
-//!   whole host and of every dot-suffix (`.b.example.com`, `.example.com`, `.com`) at once;
+//!   label by label from the *last* label, so one pass over the request host yields the keys of
+//!   the whole host and of every dot-suffix (`.b.example.com`, `.example.com`, `.com`) at once;
 //! * each wildcard group links to the next shorter wildcard that also matches any host it matches,
 //!   so the fall-through order (longer wildcard first) needs no sorting or scratch space at lookup;
 //! * path prefixes of all groups share one hash table keyed by (group, prefix); a lookup hashes the
@@ -177,16 +177,31 @@ impl Table {
     }
 }
 
-// FNV-1a, one byte at a time: a hash that can be extended by one byte is what lets one pass over a
-// host or path give the key of every suffix or prefix. `finish` mixes the state for the table.
+// Keys are built label by label (hosts, right to left) or segment by segment (paths, left to
+// right), eight bytes per multiply: the state after each label or segment is the key state of the
+// suffix or prefix that ends there, so one pass over a host or path gives the key of every
+// dot-suffix or `/`-prefix. Each label or segment starts with its length, so boundaries count.
 const SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
+/// One word into the state (FxHash's step).
 #[inline]
-fn step(h: u64, b: u8) -> u64 {
-    (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+fn mix(h: u64, word: u64) -> u64 {
+    (h.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95)
 }
 
-/// The murmur3 64-bit finaliser: spreads FNV's state over all bits (the table index uses the low
+/// A host label (ASCII letters folded to lower case) or a path segment (as is) into the state.
+#[inline]
+fn absorb(h: u64, part: &[u8], fold_case: bool) -> u64 {
+    part.chunks(8).fold(mix(h, part.len() as u64), |h, chunk| {
+        let word = chunk.iter().rev().fold(0, |w, &b| {
+            let b = if fold_case { b.to_ascii_lowercase() } else { b };
+            (w << 8) | u64::from(b)
+        });
+        mix(h, word)
+    })
+}
+
+/// The murmur3 64-bit finaliser: spreads the state over all bits (the table index uses the low
 /// ones).
 #[inline]
 fn finish(mut h: u64) -> u64 {
@@ -197,9 +212,9 @@ fn finish(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
-/// Key of a host name or wildcard suffix: case-folded, taken from the last byte to the first.
+/// Key of a host name or wildcard suffix: its labels from the last to the first, case-folded.
 fn host_key(name: &[u8]) -> u64 {
-    finish(name.iter().rev().fold(SEED, |h, b| step(h, b.to_ascii_lowercase())))
+    finish(name.rsplit(|&b| b == b'.').fold(SEED, |h, label| absorb(h, label, true)))
 }
 
 /// Start state of the path hash in `group`, so that equal prefixes of different groups differ.
@@ -208,8 +223,9 @@ fn prefix_seed(group: u32) -> u64 {
     SEED ^ u64::from(group).wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// Key of a path prefix in a group: its segments from the first to the last.
 fn prefix_key(group: u32, prefix: &[u8]) -> u64 {
-    finish(prefix.iter().fold(prefix_seed(group), |h, &b| step(h, b)))
+    finish(prefix.split(|&b| b == b'/').fold(prefix_seed(group), |h, segment| absorb(h, segment, false)))
 }
 
 #[inline]
@@ -364,21 +380,28 @@ impl Router {
     }
 
     /// The exact group of `host` and its longest matching wildcard group ([`NIL`] for none), from
-    /// one backward pass over the host.
+    /// one pass over the host's labels, last to first.
     fn host_groups(&self, host: &[u8]) -> (u32, u32) {
         let mut h = SEED;
         let mut wildcard = NIL;
-        for (i, &b) in host.iter().enumerate().rev() {
-            let b = b.to_ascii_lowercase();
-            h = step(h, b);
-            // `h` is now the key state of `host[i..]`. A wildcard needs a longer host, so the dot
-            // at 0 is not a candidate. Later (more left) matches are longer, so they win.
-            if b == b'.' && i > 0 && has_len(&self.wildcard_lens, host.len() - i) {
-                let suffix = host.get(i..).unwrap_or_default();
-                if let Some(g) = find(&self.wildcard, &self.groups, finish(h), suffix) {
+        let mut end = host.len();
+        loop {
+            let label = host.get(..end).unwrap_or_default();
+            let Some(dot) = label.iter().rposition(|&b| b == b'.') else {
+                h = absorb(h, label, true);
+                break;
+            };
+            h = absorb(h, label.get(dot + 1..).unwrap_or_default(), true);
+            // `host[dot..]` is a candidate suffix: its key state is `h` and one empty label. A
+            // wildcard needs a longer host, so a dot at 0 is not one. Later (more left) matches
+            // are longer, so they win.
+            if dot > 0 && has_len(&self.wildcard_lens, host.len() - dot) {
+                let suffix = host.get(dot..).unwrap_or_default();
+                if let Some(g) = find(&self.wildcard, &self.groups, finish(absorb(h, b"", true)), suffix) {
                     wildcard = g;
                 }
             }
+            end = dot;
         }
         let exact = find(&self.exact, &self.groups, finish(h), host).unwrap_or(NIL);
         (exact, wildcard)
@@ -392,19 +415,21 @@ impl Router {
             let bytes = path.as_bytes();
             let mut h = prefix_seed(g);
             let mut best = None;
-            // `h` is the key state of `path[..i]`; a prefix matches when it ends on a boundary: a
-            // `/` or the end of the path. Later matches are longer, so they win.
-            for (i, &b) in bytes.iter().enumerate() {
-                if i > longest {
+            let mut start = 0;
+            // A prefix matches when it ends on a boundary (a `/` or the end of the path): after
+            // each segment, `h` is the key state of the path up to there. Later matches are longer,
+            // so they win.
+            while start <= longest {
+                let rest = bytes.get(start..).unwrap_or_default();
+                let end = rest.iter().position(|&b| b == b'/').map_or(bytes.len(), |i| start + i);
+                h = absorb(h, bytes.get(start..end).unwrap_or_default(), false);
+                if end <= longest && has_len(&self.prefix_lens, end) {
+                    best = self.prefix(finish(h), g, bytes.get(..end).unwrap_or_default()).or(best);
+                }
+                if end == bytes.len() {
                     break;
                 }
-                if b == b'/' && has_len(&self.prefix_lens, i) {
-                    best = self.prefix(finish(h), g, bytes.get(..i).unwrap_or_default()).or(best);
-                }
-                h = step(h, b);
-            }
-            if bytes.len() <= longest && has_len(&self.prefix_lens, bytes.len()) {
-                best = self.prefix(finish(h), g, bytes).or(best);
+                start = end + 1;
             }
             if best.is_some() {
                 return best;
