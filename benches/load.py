@@ -2,6 +2,7 @@
 """Load benchmark: lb against nginx and HAProxy, same upstreams, same load, interleaved rounds.
 
 Usage: python3 benches/load.py [--duration 10] [--connections 64] [--rounds 3] [--observability]
+                               [--routes N] [--lb-only]
 
 Builds lb and the benchmark upstream (examples/upstream.rs) in release mode, starts three upstream
 servers on 127.0.0.1, then for each round runs every proxy in turn (lb, then nginx and HAProxy when
@@ -10,6 +11,10 @@ upstreams, X-Forwarded-For/Proto/Host set, access logs off, two worker threads/p
 each with HTTP/1.1 keep-alive. For each run it prints requests/s, p50 and p99 latency and the proxy's
 CPU time per request (user + system, all its processes and threads, from /proc). The summary is the
 median over rounds and the ratio of each peer to lb.
+
+With --routes N it also runs lb with N exact-host routes (h0.bench.test .. h{N-1}.bench.test, all to
+the same pool) and wrk asking for the last host, so the routing table's size is the only difference
+from the plain lb run (one route).
 
 With --tls it then runs an HTTPS scenario on the same proxies (ECDSA P-256 certificate made with
 openssl, TLS 1.3, ALPN h2): h2load over HTTP/2 (64 connections, 10 streams each) for throughput and
@@ -36,8 +41,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UPSTREAMS = ["127.0.0.1:19101", "127.0.0.1:19102", "127.0.0.1:19103"]
 PORTS = {"lb": 18080, "nginx": 18081, "haproxy": 18082, "lb-nometrics": 18083, "lb-access": 18084,
+         "lb-routes": 18085,
          "lb-tls": 18443, "nginx-tls": 18444, "haproxy-tls": 18445}
 TICK = os.sysconf("SC_CLK_TCK")
+# Host header wrk sends to a proxy, when not the default (127.0.0.1:port).
+HOSTS = {}
 
 
 def cpu_seconds(pids):
@@ -189,11 +197,12 @@ def running(name, make, tmp):
 def run_one(name, make, tmp, args):
     with running(name, make, tmp) as proc:
         url = f"http://127.0.0.1:{PORTS[name]}/"
+        host = ["-H", f"Host: {HOSTS[name]}"] if name in HOSTS else []
         # Warm up connection pools, then measure.
-        subprocess.run(["wrk", "-t2", f"-c{args.connections}", "-d1s", url], capture_output=True)
+        subprocess.run(["wrk", "-t2", f"-c{args.connections}", "-d1s", *host, url], capture_output=True)
         pids = process_tree(proc.pid)
         before = cpu_seconds(pids)
-        out = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s", "--latency", url],
+        out = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s", "--latency", *host, url],
                              capture_output=True, text=True, timeout=args.duration + 30).stdout
         cpu = cpu_seconds(pids) - before
     result = parse_wrk(out)
@@ -324,6 +333,9 @@ def main():
     ap.add_argument("--tls-only", action="store_true", help="run only the HTTPS scenario")
     ap.add_argument("--observability", action="store_true",
                     help="also run lb without metrics and lb with a JSON access log, to price each")
+    ap.add_argument("--routes", type=int, default=0,
+                    help="also run lb with this many exact-host routes, requesting the last host")
+    ap.add_argument("--lb-only", action="store_true", help="skip nginx and HAProxy")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install -y wrk")
@@ -332,7 +344,13 @@ def main():
     if args.observability:
         proxies += [("lb-nometrics", lb_variant("lb-nometrics", "[admin]\nenabled = false")),
                     ("lb-access", lb_variant("lb-access", '[admin]\naddr = "127.0.0.1:0"\n[log]\naccess = "json"'))]
+    if args.routes > 0:
+        routes = "".join(f'[[routes]]\nhost = "h{i}.bench.test"\npool = "app"\n' for i in range(args.routes))
+        proxies.append(("lb-routes", lb_variant("lb-routes", f'[admin]\naddr = "127.0.0.1:0"\n{routes}')))
+        HOSTS["lb-routes"] = f"h{args.routes - 1}.bench.test"
     for name, make in [("nginx", nginx_config), ("haproxy", haproxy_config)]:
+        if args.lb_only:
+            break
         if shutil.which(name):
             proxies.append((name, make))
         else:
@@ -353,12 +371,12 @@ def main():
         upstream.terminate()
     print(f"\nmedian of {args.rounds} rounds, {args.connections} connections, {args.duration}s each, "
           f"HTTP/1.1 keep-alive, {os.cpu_count()} cores")
-    print(f"{'proxy':8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11} {'cpu vs lb':>10}")
+    print(f"{'proxy':12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11} {'cpu vs lb':>10}")
     lb_cpu = statistics.median(r["cpu_us_per_req"] for r in results["lb"])
     for name, _ in proxies:
         med = {k: statistics.median(r[k] for r in results[name])
                for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
-        print(f"{name:8} {med['rps']:>10.0f} {med['p50_ms']:>8.2f} {med['p99_ms']:>8.2f} "
+        print(f"{name:12} {med['rps']:>10.0f} {med['p50_ms']:>8.2f} {med['p99_ms']:>8.2f} "
               f"{med['cpu_us_per_req']:>11.1f} {med['cpu_us_per_req'] / lb_cpu:>9.2f}x")
 
 

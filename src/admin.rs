@@ -107,7 +107,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         "/readyz" if admin.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
         "/status" => {
-            let mut doc = status(&admin.runtime.snapshot());
+            let mut doc = status_of(&admin.runtime.snapshot(), &StatusQuery::parse(req.uri().query()));
             if let Some(reloader) = &admin.reloader {
                 reload_status(reloader, &mut doc);
             }
@@ -216,13 +216,62 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     resp
 }
 
-/// The `/status` document.
+/// What a `/status` request asks for: `?pool=NAME` keeps one pool, `?summary` counts each pool's
+/// servers instead of listing them (10,000 servers list as about 1.3 MB).
+#[derive(Debug, Default)]
+pub struct StatusQuery<'a> {
+    /// Only this pool.
+    pub pool: Option<&'a str>,
+    /// Counts instead of server lists.
+    pub summary: bool,
+}
+
+impl<'a> StatusQuery<'a> {
+    /// From a URI query such as `pool=web&summary`; unknown parameters are ignored.
+    pub fn parse(query: Option<&'a str>) -> Self {
+        let mut q = Self::default();
+        for param in query.unwrap_or("").split('&') {
+            match param.split_once('=') {
+                Some(("pool", name)) => q.pool = Some(name),
+                None if param == "summary" => q.summary = true,
+                Some(("summary", v)) => q.summary = v != "false" && v != "0",
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// The whole `/status` document.
 pub fn status(snap: &Snapshot) -> serde_json::Value {
+    status_of(snap, &StatusQuery::default())
+}
+
+/// The `/status` document, or the part of it `query` asks for.
+pub fn status_of(snap: &Snapshot, query: &StatusQuery<'_>) -> serde_json::Value {
     let pools: Vec<_> = snap
         .pools
         .iter()
-        .map(|p| {
-            let strategy = snap.config.pools.iter().find(|c| *c.name == *p.name).map(|c| c.strategy.name());
+        .enumerate()
+        .filter(|(_, p)| query.pool.is_none_or(|name| *p.name == *name))
+        .map(|(i, p)| {
+            // Snapshot pools are in config order: look by index first, so 10,000 pools stay linear.
+            let config = snap.config.pools.get(i).filter(|c| *c.name == *p.name);
+            let config = config.or_else(|| snap.config.pools.iter().find(|c| *c.name == *p.name));
+            let strategy = config.map(|c| c.strategy.name());
+            let queued = p.stats.queued.load(std::sync::atomic::Ordering::Relaxed);
+            let ejected = p.stats.ejected.load(std::sync::atomic::Ordering::Relaxed);
+            if query.summary {
+                return serde_json::json!({
+                    "name": &*p.name,
+                    "strategy": strategy,
+                    "queued": queued,
+                    "ejected": ejected,
+                    "servers": p.upstreams.len(),
+                    "ready": p.upstreams.iter().filter(|u| u.is_ready()).count(),
+                    "in_flight": p.upstreams.iter().map(|u| u.stats.in_flight()).sum::<usize>(),
+                });
+            }
             let servers: Vec<_> = p
                 .upstreams
                 .iter()
@@ -238,8 +287,6 @@ pub fn status(snap: &Snapshot) -> serde_json::Value {
                     })
                 })
                 .collect();
-            let queued = p.stats.queued.load(std::sync::atomic::Ordering::Relaxed);
-            let ejected = p.stats.ejected.load(std::sync::atomic::Ordering::Relaxed);
             serde_json::json!({
                 "name": &*p.name,
                 "strategy": strategy,

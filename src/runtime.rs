@@ -425,7 +425,8 @@ impl Runtime {
         let live: std::collections::HashSet<&UpstreamKey> =
             snapshot.pools.iter().flat_map(|p| p.upstreams.iter().map(|u| &u.key)).collect();
         registry.servers.retain(|key, _| live.contains(key));
-        registry.pools.retain(|name, _| snapshot.pools.iter().any(|p| &p.name == name));
+        let pools: std::collections::HashSet<&str> = snapshot.pools.iter().map(|p| &*p.name).collect();
+        registry.pools.retain(|name, _| pools.contains(&**name));
         if let Some(checks) = registry.checks.as_mut() {
             checks.reconcile(&snapshot);
         }

@@ -145,6 +145,17 @@ async fn status_and_health_endpoints() {
         .map(|s| (s["name"].as_str().unwrap().to_owned(), s["ready"].as_bool().unwrap()))
         .collect();
     assert_eq!(ready, vec![("a".into(), true), ("b".into(), true), ("drained".into(), false)]);
+    // Large configs: counts instead of server lists, and one pool at a time.
+    let summary: serde_json::Value =
+        serde_json::from_str(&admin_get(lb.admin, "/status?summary").await.1).unwrap();
+    assert_eq!((&summary["pools"][0]["servers"], &summary["pools"][0]["ready"]), (&3.into(), &2.into()));
+    assert_eq!(summary["config"]["generation"], 1);
+    let one: serde_json::Value =
+        serde_json::from_str(&admin_get(lb.admin, "/status?pool=web").await.1).unwrap();
+    assert_eq!(one["pools"].as_array().unwrap().len(), 1);
+    let none: serde_json::Value =
+        serde_json::from_str(&admin_get(lb.admin, "/status?pool=nope&summary").await.1).unwrap();
+    assert!(none["pools"].as_array().unwrap().is_empty());
     assert_eq!(admin_get(lb.admin, "/healthz").await.0, StatusCode::OK);
     assert_eq!(admin_get(lb.admin, "/readyz").await.0, StatusCode::OK);
     assert_eq!(admin_get(lb.admin, "/nope").await.0, StatusCode::NOT_FOUND);

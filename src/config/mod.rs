@@ -18,6 +18,8 @@ use std::time::Duration;
 
 pub use duration::parse as parse_duration;
 pub use health::{CheckKind, FailureKinds, HealthCheck, HttpCheck, Passive, PoolLimits, Retry};
+#[cfg(test)]
+pub(crate) use validate::order_routes;
 
 /// A validated configuration. Every field holds its final type and default.
 #[derive(Debug, Clone, PartialEq)]
@@ -587,6 +589,35 @@ impl Config {
             .chain(upstream)
     }
 
+    /// Whether the file at `path` and every certificate, key and CA file this config read still
+    /// hold the bytes they held when it was loaded, so that loading again would give the same
+    /// [`Config::digest`]; checked without parsing. Blocking reads; an unreadable file counts as
+    /// changed.
+    pub fn unchanged_on_disk(&self, path: &Path) -> bool {
+        let Ok(text) = std::fs::read(path) else { return false };
+        let files: Vec<(&str, [u8; 32])> = self.tls_files().collect();
+        // Each entry's digest is of its file alone (CA bundles), or of a certificate chain and its
+        // key together (listed one after the other with the same digest). Either way, a match
+        // means the same bytes.
+        let mut i = 0;
+        while let Some(&(file, digest)) = files.get(i) {
+            let Ok(bytes) = std::fs::read(file) else { return false };
+            if Digest::of(&[&bytes]).0 == digest {
+                i += 1;
+                continue;
+            }
+            let Some(&(key, _)) = files.get(i + 1).filter(|(_, d)| *d == digest) else { return false };
+            let Ok(key_bytes) = std::fs::read(key) else { return false };
+            if Digest::of(&[&bytes, &key_bytes]).0 != digest {
+                return false;
+            }
+            i += 2;
+        }
+        let mut parts: Vec<&[u8]> = vec![&text];
+        parts.extend(files.iter().map(|(_, d)| &d[..]));
+        Digest::of(&parts) == self.digest
+    }
+
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -596,14 +627,17 @@ impl Config {
 
     /// Parses and validates TOML text, reporting every problem at once.
     pub fn from_toml(src: &str) -> Result<Self, ConfigError> {
+        // The parsed tree costs about 1 KB per small table (a `[[routes]]` entry): it is consumed by
+        // deserializing, not cloned, and parsed again only to put lines on errors.
         let table = toml::de::DeTable::parse(src).map_err(|e| syntax_issue(src, &e))?;
         let mut unknown = Vec::new();
-        let de = toml::de::Deserializer::from(table.clone());
+        let de = toml::de::Deserializer::from(table);
         let raw: raw::RawConfig = serde_ignored::deserialize(de, |path| unknown.push(key_path(&path)))
             .map_err(|e| {
                 let mut err = syntax_issue(src, &e);
                 if let (ConfigError::Invalid(issues), Some(span)) = (&mut err, e.span()) {
-                    let path = locate::path_at(table.get_ref(), span.start);
+                    let table = toml::de::DeTable::parse(src).ok();
+                    let path = table.and_then(|t| locate::path_at(t.get_ref(), span.start));
                     issues.iter_mut().for_each(|i| i.path = path.clone().unwrap_or_default());
                 }
                 err
@@ -621,8 +655,10 @@ impl Config {
             config.digest = Digest::of(&parts);
             return Ok(config);
         }
-        for issue in &mut issues {
-            issue.line = issue.line.or_else(|| locate::line_of(src, table.get_ref(), &issue.path));
+        if let Ok(table) = toml::de::DeTable::parse(src) {
+            for issue in &mut issues {
+                issue.line = issue.line.or_else(|| locate::line_of(src, table.get_ref(), &issue.path));
+            }
         }
         issues.sort_by_key(|i| i.line.unwrap_or(0));
         Err(ConfigError::Invalid(issues))

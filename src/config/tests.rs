@@ -426,3 +426,46 @@ pool = "one"
     let same = src.replace(&b, &a).replace(r#", { addr = "10.0.0.256:8443" }"#, "");
     Config::from_toml(&same).unwrap();
 }
+
+#[test]
+fn unchanged_on_disk_means_the_same_bytes_in_every_file_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_file(dir.path(), "ca");
+    let pair = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec![format!("{name}.test")]).unwrap().self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (cert, key) = pair("one");
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let src = format!(
+        "[[listeners]]\naddr = \"127.0.0.1:8443\"\n[listeners.tls]\ncertificates = [{{ cert = {:?}, key = {:?} }}]\n\
+         [pools.web]\nservers = [{{ addr = \"10.0.0.5:8443\" }}]\n[pools.web.tls]\nca = {ca:?}\n",
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    );
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, &src).unwrap();
+    let config = Config::load(&path).unwrap();
+    assert!(config.unchanged_on_disk(&path));
+    std::fs::write(&key_path, &key).unwrap();
+    assert!(config.unchanged_on_disk(&path), "rewritten with the same bytes");
+
+    std::fs::write(&path, format!("{src}# edited\n")).unwrap();
+    assert!(!config.unchanged_on_disk(&path), "config text");
+    std::fs::write(&path, &src).unwrap();
+    let (cert2, key2) = pair("two");
+    std::fs::write(&cert_path, cert2).unwrap();
+    std::fs::write(&key_path, key2).unwrap();
+    assert!(!config.unchanged_on_disk(&path), "certificate and key");
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    assert!(config.unchanged_on_disk(&path));
+    ca_file(dir.path(), "ca");
+    assert!(!config.unchanged_on_disk(&path), "CA bundle");
+    std::fs::remove_file(&path).unwrap();
+    assert!(!config.unchanged_on_disk(&path), "gone");
+}

@@ -447,6 +447,11 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
     }
     let mut seen = HashSet::new();
     let mut result = Vec::new();
+    // By name, so that many routes over many pools stay linear.
+    let mut by_name = std::collections::HashMap::new();
+    for (index, pool) in pools.iter().enumerate() {
+        by_name.entry(pool.name.as_str()).or_insert(index);
+    }
     for (i, r) in raw.iter().enumerate() {
         let path = format!("routes[{i}]");
         let host = r.host.as_deref().and_then(|h| host_match(h, &format!("{path}.host"), out));
@@ -457,8 +462,8 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
                 out.push(format!("{path}.pool"), "is required");
                 continue;
             }
-            Some(name) => match pools.iter().position(|p| &p.name == name) {
-                Some(index) => index,
+            Some(name) => match by_name.get(name.as_str()) {
+                Some(&index) => index,
                 None => {
                     out.push(format!("{path}.pool"), format!("unknown pool {name:?}"));
                     continue;
@@ -472,8 +477,14 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
         }
         result.push(route);
     }
-    // Most specific first: exact host, then longer wildcard, then any host; within that, longer prefix.
-    result.sort_by_key(|r| {
+    order_routes(&mut result);
+    result
+}
+
+/// Sorts routes most specific first: exact host, then longer wildcard, then any host; within that,
+/// longer prefix. The sort is stable. The router's index answers as a scan in this order would.
+pub(crate) fn order_routes(routes: &mut [RouteConfig]) {
+    routes.sort_by_key(|r| {
         let host_rank = match &r.host {
             Some(HostMatch::Exact(_)) => (0, 0),
             Some(HostMatch::Suffix(s)) => (1, usize::MAX - s.len()),
@@ -481,7 +492,6 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
         };
         (host_rank, usize::MAX - r.path_prefix.as_ref().map_or(0, String::len))
     });
-    result
 }
 
 fn host_match(host: &str, path: &str, out: &mut Issues<'_>) -> Option<HostMatch> {

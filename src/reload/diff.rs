@@ -4,6 +4,7 @@
 
 use crate::balance::moved_share;
 use crate::config::{Config, PoolConfig, ServerConfig, StrategyKind};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 
 /// Every change from `old` to `new`; empty when they serve the same way.
@@ -26,8 +27,11 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             out.push(format!("- listener {} (stops accepting; its connections finish and close)", l.addr));
         }
     }
+    // Pools and servers by name: a config with thousands of either must not diff in quadratic time.
+    let old_pools: HashMap<&str, &PoolConfig> = old.pools.iter().map(|p| (p.name.as_str(), p)).collect();
+    let new_pools: HashSet<&str> = new.pools.iter().map(|p| p.name.as_str()).collect();
     for pool in &new.pools {
-        match old.pools.iter().find(|o| o.name == pool.name) {
+        match old_pools.get(pool.name.as_str()) {
             None => out.push(format!(
                 "+ pool {} ({}, {} servers)",
                 pool.name,
@@ -37,12 +41,10 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             Some(o) => pool_changes(o, pool, &mut out),
         }
     }
-    for pool in old.pools.iter().filter(|o| !new.pools.iter().any(|n| n.name == o.name)) {
+    for pool in old.pools.iter().filter(|o| !new_pools.contains(o.name.as_str())) {
         out.push(format!("- pool {}", pool.name));
     }
-    if routes(old) != routes(new) {
-        out.push(format!("~ routes: {}", routes(new).join(", ")));
-    }
+    route_changes(&routes(old), &routes(new), &mut out);
     settings("timeouts", &old.timeouts, &new.timeouts, &mut out);
     settings("limits", &old.limits, &new.limits, &mut out);
     settings("http", &old.http, &new.http, &mut out);
@@ -68,13 +70,16 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig, out: &mut Vec<String>) {
     if old.strategy != new.strategy {
         out.push(format!("~ pool {name}: strategy {} -> {}", strategy(old.strategy), strategy(new.strategy)));
     }
+    let old_servers: HashMap<&str, &ServerConfig> =
+        old.servers.iter().map(|s| (s.name.as_str(), s)).collect();
+    let new_servers: HashSet<&str> = new.servers.iter().map(|s| s.name.as_str()).collect();
     for s in &new.servers {
-        match old.servers.iter().find(|o| o.name == s.name) {
+        match old_servers.get(s.name.as_str()) {
             None => out.push(format!("~ pool {name}: + server {} ({}, weight {})", s.name, s.addr, s.weight)),
             Some(o) => server_changes(name, o, s, out),
         }
     }
-    for s in old.servers.iter().filter(|o| !new.servers.iter().any(|n| n.name == o.name)) {
+    for s in old.servers.iter().filter(|o| !new_servers.contains(o.name.as_str())) {
         out.push(format!(
             "~ pool {name}: - server {} ({}; requests in flight finish, it gets no new ones)",
             s.name, s.addr
@@ -161,6 +166,32 @@ fn server_changes(pool: &str, old: &ServerConfig, new: &ServerConfig, out: &mut 
 
 fn strategy(kind: StrategyKind) -> &'static str {
     kind.name()
+}
+
+/// Route tables up to this size are shown whole on one line; larger ones change by change.
+const WHOLE_TABLE: usize = 20;
+/// Most route lines one diff shows; the rest are counted.
+const MAX_ROUTE_LINES: usize = 50;
+
+/// `~ routes: <whole table>` for small tables; for large ones (thousands of hosts) one line per route
+/// added or removed, at most [`MAX_ROUTE_LINES`], then how many more.
+fn route_changes(old: &[String], new: &[String], out: &mut Vec<String>) {
+    if old == new {
+        return;
+    }
+    if old.len() <= WHOLE_TABLE && new.len() <= WHOLE_TABLE {
+        out.push(format!("~ routes: {}", new.join(", ")));
+        return;
+    }
+    let (was, is): (HashSet<&String>, HashSet<&String>) = (old.iter().collect(), new.iter().collect());
+    let removed = old.iter().filter(|r| !is.contains(r)).map(|r| format!("~ routes: - {r}"));
+    let added = new.iter().filter(|r| !was.contains(r)).map(|r| format!("~ routes: + {r}"));
+    let mut changes = removed.chain(added);
+    out.extend(changes.by_ref().take(MAX_ROUTE_LINES));
+    let more = changes.count();
+    if more > 0 {
+        out.push(format!("~ routes: {more} more changes ({} routes now)", new.len()));
+    }
 }
 
 /// Routes as `host/prefix -> pool`, in the order they are tried.
@@ -264,6 +295,20 @@ pool = "web""#,
         }
         assert_eq!(lines.len(), expected.len(), "{lines:#?}");
         assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn large_route_tables_list_only_what_changed() {
+        let table = |hosts: std::ops::Range<usize>| {
+            let routes: String =
+                hosts.map(|i| format!("[[routes]]\nhost = \"h{i}.test\"\npool = \"web\"\n")).collect();
+            config(&format!("[pools.web]\nservers = [{{ addr = \"127.0.0.1:1\" }}]\n{routes}"))
+        };
+        let lines = diff(&table(0..1000), &table(1..1001));
+        assert_eq!(lines, ["~ routes: - h0.test -> web", "~ routes: + h1000.test -> web"]);
+        let lines = diff(&table(0..1000), &table(500..1500));
+        assert_eq!(lines.len(), MAX_ROUTE_LINES + 1);
+        assert_eq!(lines[MAX_ROUTE_LINES], "~ routes: 950 more changes (1000 routes now)");
     }
 
     #[test]

@@ -192,16 +192,20 @@ impl Reloader {
         let old = Arc::clone(&running.config);
         // File reads (the config, secret files) are blocking I/O, and diffing rebuilds hash rings:
         // both off the async workers.
-        let (config, changes) = tokio::task::spawn_blocking(move || {
+        let loaded = tokio::task::spawn_blocking(move || {
+            // Byte-for-byte the running files: no parse (a large config's parse needs about 2 KB
+            // per route for a moment, which the allocator then keeps).
+            if trigger == Trigger::File && old.unchanged_on_disk(&path) {
+                return Ok(None);
+            }
             let config = Config::load(&path)?;
             let unchanged = trigger == Trigger::File && config.digest == old.digest;
-            let changes = if unchanged { None } else { Some(diff(&old, &config)) };
-            Ok::<_, ConfigError>((config, changes))
+            Ok::<_, ConfigError>((!unchanged).then(|| (diff(&old, &config), config)))
         })
         .await
         .map_err(|e| std::io::Error::other(format!("reading the config: {e}")))??;
-        let Some(changes) = changes else {
-            let (generation, digest) = (running.generation, config.digest);
+        let Some((changes, config)) = loaded else {
+            let (generation, digest) = (running.generation, running.config.digest);
             return Ok(Applied { generation, digest, changes: Vec::new(), unchanged: true });
         };
         let bound = self.server.prepare(&config).await?;

@@ -1,0 +1,55 @@
+//! `Router::route` must not allocate: checked with a counting global allocator around many lookups
+//! of every kind (exact, wildcard, prefix, fall-through, no match, odd hosts).
+
+use lb::config::{HostMatch, RouteConfig};
+use lb::router::Router;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn routing_does_not_allocate() {
+    let route =
+        |host, prefix: Option<&str>, pool| RouteConfig { host, path_prefix: prefix.map(str::to_owned), pool };
+    let mut routes = Vec::new();
+    for i in 0..1000 {
+        routes.push(route(Some(HostMatch::Exact(format!("h{i}.example.com"))), Some("/api"), 1));
+        routes.push(route(Some(HostMatch::Suffix(format!(".w{i}.example.com"))), None, 2));
+    }
+    routes.push(route(Some(HostMatch::Suffix(".example.com".into())), Some("/"), 3));
+    routes.push(route(None, Some("/static"), 4));
+    let router = Router::new(&routes);
+    let requests = [
+        (Some("h7.example.com"), "/api/x", Some(1)),
+        (Some("H7.EXAMPLE.COM:8080"), "/api", Some(1)),
+        (Some("h7.example.com."), "/other", Some(3)),
+        (Some("a.b.w9.example.com"), "/", Some(2)),
+        (Some("nothing.org"), "/static/a.css", Some(4)),
+        (Some("[::1]:80"), "/", None),
+        (None, "/static", Some(4)),
+        (Some("ä.example.com"), "/", Some(3)),
+    ];
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..1000 {
+        for (host, path, pool) in requests {
+            assert_eq!(router.route(host, path), pool, "{host:?} {path}");
+        }
+    }
+    assert_eq!(ALLOCATIONS.load(Ordering::Relaxed) - before, 0, "route() allocated");
+}
