@@ -15,8 +15,12 @@ use std::time::Duration;
 
 fn table(n: usize) -> Vec<RouteConfig> {
     // The pool says which kind of route answered: 0 default, 1 exact, 2 prefix, 3 `/`, 4 wildcard.
-    let route =
-        |host, prefix: Option<&str>, pool| RouteConfig { host, path_prefix: prefix.map(str::to_owned), pool };
+    let route = |host, prefix: Option<&str>, pool| RouteConfig {
+        host,
+        path_prefix: prefix.map(str::to_owned),
+        pool,
+        max_body_size: None,
+    };
     let mut routes = Vec::with_capacity(n + n / 4 + 1);
     for i in 0..n / 2 {
         routes.push(route(Some(HostMatch::Exact(format!("t{i}.example.com"))), None, 1));

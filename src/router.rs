@@ -256,9 +256,15 @@ fn number(i: usize) -> u32 {
 }
 
 impl Router {
-    /// Builds the index of config routes (validated; see the module docs). Costs time and memory
-    /// linear in the routes.
+    /// Builds the index of config routes (validated; see the module docs), answering each route's
+    /// pool. Costs time and memory linear in the routes.
     pub fn new(routes: &[RouteConfig]) -> Self {
+        Self::with_targets(routes, |_, route| route.pool)
+    }
+
+    /// As [`Router::new`], but a match answers `target(index, route)` for the matching route: the
+    /// runtime answers the route's own index, so a request finds its route's settings as well.
+    pub fn with_targets(routes: &[RouteConfig], target: impl Fn(usize, &RouteConfig) -> usize) -> Self {
         // Build-time maps by name; lookups use the flat tables built from them at the end.
         let mut exact: HashMap<String, u32> = HashMap::new();
         let mut wildcard: HashMap<String, u32> = HashMap::new();
@@ -268,7 +274,8 @@ impl Router {
         let mut catch_all: Vec<(Option<usize>, Option<usize>)> = Vec::new();
         let mut by_prefix: HashMap<(u32, &str), u32> = HashMap::new();
         let mut prefixes: Vec<Prefix> = Vec::new();
-        for route in routes {
+        for (index, route) in routes.iter().enumerate() {
+            let answer = target(index, route);
             let g = match &route.host {
                 None => {
                     if any == NIL {
@@ -304,15 +311,11 @@ impl Router {
             };
             let Some((slash, none)) = catch_all.get_mut(g as usize) else { continue };
             match route.path_prefix.as_deref() {
-                Some("/") => *slash = slash.or(Some(route.pool)),
-                None => *none = none.or(Some(route.pool)),
+                Some("/") => *slash = slash.or(Some(answer)),
+                None => *none = none.or(Some(answer)),
                 Some(path) => {
                     by_prefix.entry((g, path)).or_insert_with(|| {
-                        prefixes.push(Prefix {
-                            path: Name::new(path.as_bytes()),
-                            pool: route.pool,
-                            group: g,
-                        });
+                        prefixes.push(Prefix { path: Name::new(path.as_bytes()), pool: answer, group: g });
                         number(prefixes.len() - 1)
                     });
                 }
@@ -362,7 +365,8 @@ impl Router {
         }
     }
 
-    /// Index of the pool for a request with this host (may include a port) and path.
+    /// What the matching route answers (its pool, or what [`Router::with_targets`] chose) for a
+    /// request with this host (may include a port) and path.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
         if let Some(host) = host {
             let (exact, mut wildcard) = self.host_groups(strip_port(host).trim_end_matches('.').as_bytes());

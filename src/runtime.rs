@@ -562,7 +562,8 @@ fn build(
         config.pools.iter().filter_map(|p| p.sticky.as_ref().map(|s| s.cookie.clone())).collect();
     let snapshot = Snapshot {
         generation,
-        router: Router::new(&config.routes),
+        // The router answers the route's index: the route names the pool and its own limits.
+        router: Router::with_targets(&config.routes, |index, _| index),
         pools,
         config: Arc::new(config),
         sticky_cookies,

@@ -208,3 +208,25 @@ async fn the_size_limit_holds_for_http2_clients_too() {
     let resp = client.request(post(1000)).await.unwrap();
     assert_eq!(resp.status(), http::StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_route_may_set_its_own_size_limit() {
+    let a = Backend::start("a").await;
+    let extra = "[limits]\nmax_body_size = 100\n\
+                 [[routes]]\npool = \"web\"\n\
+                 [[routes]]\npool = \"web\"\npath_prefix = \"/upload\"\nmax_body_size = \"1KiB\"\n\
+                 [[routes]]\npool = \"web\"\npath_prefix = \"/any\"\nmax_body_size = 0\n";
+    let lb = Lb::start(&config_with(&[("a", a.addr)], extra)).await;
+    let post = |path: &str, n: usize| {
+        let mut req =
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n")
+                .into_bytes();
+        req.extend(std::iter::repeat_n(b'x', n));
+        req
+    };
+    let status = |answer: String| answer.get(9..12).unwrap_or("").to_owned();
+    assert_eq!(status(raw(lb.addr, &post("/sink", 101)).await), "413", "the global limit");
+    assert_eq!(status(raw(lb.addr, &post("/upload/sink", 1024)).await), "200", "the route's own, larger");
+    assert_eq!(status(raw(lb.addr, &post("/upload/sink", 1025)).await), "413");
+    assert_eq!(status(raw(lb.addr, &post("/any/sink", 5000)).await), "200", "0: no limit on this route");
+}

@@ -25,8 +25,12 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn routing_does_not_allocate() {
-    let route =
-        |host, prefix: Option<&str>, pool| RouteConfig { host, path_prefix: prefix.map(str::to_owned), pool };
+    let route = |host, prefix: Option<&str>, pool| RouteConfig {
+        host,
+        path_prefix: prefix.map(str::to_owned),
+        pool,
+        max_body_size: None,
+    };
     let mut routes = Vec::new();
     for i in 0..1000 {
         routes.push(route(Some(HostMatch::Exact(format!("h{i}.example.com"))), Some("/api"), 1));

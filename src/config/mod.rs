@@ -495,6 +495,8 @@ pub struct RouteConfig {
     pub path_prefix: Option<String>,
     /// Index into [`Config::pools`].
     pub pool: usize,
+    /// `max_body_size` for this route's requests, instead of `limits.max_body_size` (`0`: none).
+    pub max_body_size: Option<u64>,
 }
 
 /// How a route matches the request's host.

@@ -193,6 +193,7 @@ pub(crate) struct RawRoute {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub pool: Option<String>,
+    pub max_body_size: Option<RawSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -443,7 +443,7 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
         if pools.len() > 1 {
             out.push("routes", "required when more than one pool is defined: which pool gets which request?");
         }
-        return vec![RouteConfig { host: None, path_prefix: None, pool: 0 }];
+        return vec![RouteConfig { host: None, path_prefix: None, pool: 0, max_body_size: None }];
     }
     let mut seen = HashSet::new();
     let mut result = Vec::new();
@@ -470,7 +470,11 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
                 }
             },
         };
-        let route = RouteConfig { host, path_prefix: prefix, pool };
+        let max_body_size = r
+            .max_body_size
+            .as_ref()
+            .map(|v| size(&format!("{path}.max_body_size"), Some(v), u64::MAX, 0, out));
+        let route = RouteConfig { host, path_prefix: prefix, pool, max_body_size };
         if !seen.insert((route.host.clone(), route.path_prefix.clone())) {
             out.push(path, "matches the same host and path prefix as an earlier route");
             continue;

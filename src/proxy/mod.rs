@@ -281,10 +281,12 @@ async fn forward(
     let host = request_host(&parts)?;
     syntax::underscore_headers(&mut parts.headers, snap.config.http.underscore_headers)?;
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-    let pool_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
-    let pool = snap.pools.get(pool_index).ok_or(ProxyError::NoRoute)?;
-    trace.pool = Some(pool_index);
-    let (mut body, upload, whole) = intake(shared, snap, pool, body).await?;
+    let route_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
+    let route = snap.config.routes.get(route_index).ok_or(ProxyError::NoRoute)?;
+    let pool = snap.pools.get(route.pool).ok_or(ProxyError::NoRoute)?;
+    trace.pool = Some(route.pool);
+    let max_body_size = route.max_body_size.unwrap_or(snap.config.limits.max_body_size);
+    let (mut body, upload, whole) = intake(shared, snap, pool, max_body_size, body).await?;
     // A reserved slot on the chosen server (its in-flight guard), or a wait in the pool's queue.
     let (mut choice, mut guard) = match pool.claim(client, &parts) {
         Some(claimed) => claimed,
@@ -461,7 +463,8 @@ async fn forward(
     Ok(resp)
 }
 
-/// Takes the client's body under the request's rules: a declared length over `max_body_size` is
+/// Takes the client's body under the request's rules: a declared length over `max_body_size` (the
+/// route's, else `limits.max_body_size`; `0` for none) is
 /// refused at once, and a body of at most `request_buffer` bytes is read whole before a server is
 /// chosen, so its framing is checked before any server sees a byte, a slow client holds no server, and
 /// the body can be sent again. Returns the body, its upload state (`None` once nothing more comes from
@@ -470,10 +473,11 @@ async fn intake(
     shared: &Shared,
     snap: &Snapshot,
     pool: &crate::runtime::Pool,
+    max_body_size: u64,
     body: Incoming,
 ) -> Result<(RequestBody, Option<Arc<Upload>>, Option<RequestBody>), ProxyError> {
     let (limits, timeouts) = (&snap.config.limits, &snap.config.timeouts);
-    let max_size = match limits.max_body_size {
+    let max_size = match max_body_size {
         0 => u64::MAX,
         n => n,
     };

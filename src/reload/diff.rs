@@ -194,7 +194,7 @@ fn route_changes(old: &[String], new: &[String], out: &mut Vec<String>) {
     }
 }
 
-/// Routes as `host/prefix -> pool`, in the order they are tried.
+/// Routes as `host/prefix -> pool`, with a route's own body limit, in the order they are tried.
 fn routes(config: &Config) -> Vec<String> {
     config
         .routes
@@ -206,7 +206,9 @@ fn routes(config: &Config) -> Vec<String> {
                 Some(crate::config::HostMatch::Suffix(s)) => format!("*{s}"),
             };
             let pool = config.pools.get(r.pool).map_or("?", |p| p.name.as_str());
-            format!("{host}{} -> {pool}", r.path_prefix.as_deref().unwrap_or(""))
+            // A route's own body limit is part of it: a change shows in the diff.
+            let limit = r.max_body_size.map(|n| format!(" (max_body_size {n})")).unwrap_or_default();
+            format!("{host}{} -> {pool}{limit}", r.path_prefix.as_deref().unwrap_or(""))
         })
         .collect()
 }

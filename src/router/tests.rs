@@ -8,7 +8,7 @@ use super::*;
 use crate::config::order_routes;
 
 fn r(host: Option<HostMatch>, prefix: Option<&str>, pool: usize) -> RouteConfig {
-    RouteConfig { host, path_prefix: prefix.map(str::to_owned), pool }
+    RouteConfig { host, path_prefix: prefix.map(str::to_owned), pool, max_body_size: None }
 }
 
 fn exact(name: &str) -> Option<HostMatch> {
@@ -137,7 +137,12 @@ fn route() -> impl Strategy<Value = RouteConfig> {
         3 => name().prop_map(|n| Some(HostMatch::Exact(n))),
         2 => name().prop_map(|n| Some(HostMatch::Suffix(format!(".{n}")))),
     ];
-    (host, prefix(), 0..50usize).prop_map(|(host, path_prefix, pool)| RouteConfig { host, path_prefix, pool })
+    (host, prefix(), 0..50usize).prop_map(|(host, path_prefix, pool)| RouteConfig {
+        host,
+        path_prefix,
+        pool,
+        max_body_size: None,
+    })
 }
 
 /// A table as validation leaves it: no two routes with the same host and prefix, ordered.
