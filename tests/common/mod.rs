@@ -401,11 +401,23 @@ impl LbProcess {
     /// Writes `toml` to a temporary file, starts `lb --config` on it and waits for its "listening"
     /// line (its readiness signal), which also tells the port-0 address.
     pub fn start(toml: &str) -> Self {
+        Self::start_with(toml, std::process::Command::new(env!("CARGO_BIN_EXE_lb")))
+    }
+
+    /// As `start`, with lb alone on CPU 0 (`taskset`), so its runtime has one worker, as in the
+    /// load benchmark's pinned runs.
+    pub fn start_pinned(toml: &str) -> Self {
+        let mut taskset = std::process::Command::new("taskset");
+        taskset.args(["-c", "0", env!("CARGO_BIN_EXE_lb")]);
+        Self::start_with(toml, taskset)
+    }
+
+    fn start_with(toml: &str, mut command: std::process::Command) -> Self {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("lb.toml");
         std::fs::write(&config, with_test_admin(toml)).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lb"))
+        let mut child = command
             .args(["--config", config.to_str().unwrap()])
             .env("LB_LOG", std::env::var("TEST_LB_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(std::process::Stdio::piped())
