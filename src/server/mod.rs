@@ -367,23 +367,35 @@ impl Conn {
         match &listener.tls {
             None => self.http(stream, peer, activity, &listener, false).await,
             Some(Err(())) => {}
-            Some(Ok(acceptor)) => {
-                // The handshake counts against the header timeout: a client that stalls it is gone.
-                let limit = self.serve.timeouts.client_header;
-                let handshake = tokio::time::timeout(limit, acceptor.accept(stream)).await;
-                let result = match &handshake {
-                    Ok(Ok(_)) => "ok",
-                    Ok(Err(e)) => crate::tls::failure_reason(e),
-                    Err(_) => "timeout",
-                };
-                metrics::counter!(crate::metrics::TLS_HANDSHAKES, "listener" => self.label.clone(), "result" => result)
-                    .increment(1);
-                match handshake {
-                    Ok(Ok(tls)) => self.http(tls, peer, activity, &listener, true).await,
-                    Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
-                }
-            }
+            // Boxed: a TLS session's state is several kilobytes, which a plain connection's task
+            // would otherwise carry too (an async fn is as large as its largest path).
+            Some(Ok(acceptor)) => Box::pin(self.tls(stream, peer, activity, acceptor, &listener)).await,
+        }
+    }
+
+    /// Completes the TLS handshake (within `client_header`), then serves HTTP over it.
+    async fn tls(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        activity: Arc<Activity>,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        listener: &ListenerCtx,
+    ) {
+        // The handshake counts against the header timeout: a client that stalls it is gone.
+        let limit = self.serve.timeouts.client_header;
+        let handshake = tokio::time::timeout(limit, acceptor.accept(stream)).await;
+        let result = match &handshake {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(e)) => crate::tls::failure_reason(e),
+            Err(_) => "timeout",
+        };
+        metrics::counter!(crate::metrics::TLS_HANDSHAKES, "listener" => self.label.clone(), "result" => result)
+            .increment(1);
+        match handshake {
+            Ok(Ok(tls)) => self.http(tls, peer, activity, listener, true).await,
+            Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
         }
     }
 
@@ -403,7 +415,9 @@ impl Conn {
         let result = match listener.redirect_https {
             Some(port) => {
                 let service = hyper::service::service_fn(move |req| redirect::to_https(req, port));
-                drive(serve.builder.serve_connection_with_upgrades(io, service), &mut self.stop).await
+                // Boxed, so the proxying path alone sizes this future (see `serve`).
+                Box::pin(drive(serve.builder.serve_connection_with_upgrades(io, service), &mut self.stop))
+                    .await
             }
             None => {
                 let proxy = Proxy::new(Arc::clone(&serve.shared), peer, Some(activity))
