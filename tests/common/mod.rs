@@ -372,6 +372,16 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends `request` with a second request smuggled behind it on one fresh connection, and checks that
+/// lb answered the first with `status` and nothing more: one response, then the connection closed.
+pub async fn refused_alone(addr: SocketAddr, request: &[u8], status: u16, what: &str) {
+    let mut bytes = request.to_vec();
+    bytes.extend_from_slice(b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n");
+    let answer = raw(addr, &bytes).await;
+    assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{what}: {answer:?}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{what}: one answer, then close: {answer:?}");
+}
+
 /// Polls `check` every 10ms until it holds, failing after `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F)
 where
