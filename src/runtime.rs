@@ -10,7 +10,8 @@ use crate::config::{Config, HashConfig, HashFallback, HealthCheck, Passive, Pool
 use crate::health::{self, passive, Checks};
 use crate::metrics::{PoolMetrics, ServerMetrics};
 use crate::proxy::body::BufferBudget;
-use crate::proxy::connector::ConnLimits;
+use crate::upstream::connect::ConnLimits;
+use std::time::Duration;
 use crate::router::Router;
 use crate::sticky::Sticky;
 use crate::upstream::{InFlight, PoolStats, Upstream, UpstreamKey, UpstreamStats};
@@ -353,6 +354,8 @@ struct Registry {
     pools: HashMap<Arc<str>, Arc<PoolStats>>,
     /// Health-check tasks, once started.
     checks: Option<Checks>,
+    /// The idle-connection sweep, once started.
+    sweep: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Runtime {
@@ -379,8 +382,8 @@ impl Runtime {
     }
 
     /// The connection limits the upstream connector enforces.
-    pub fn conn_limits(&self) -> Arc<ConnLimits> {
-        Arc::clone(&self.conn_limits)
+    pub fn conn_limits(&self) -> &ConnLimits {
+        &self.conn_limits
     }
 
     /// Starts the active health checks of the current snapshot (and of every later one). Must run
@@ -394,6 +397,42 @@ impl Runtime {
     /// Stops every health-check task.
     pub fn stop_health_checks(&self) {
         self.lock().checks = None;
+    }
+
+    /// Starts the one task that closes idle upstream connections: those idle for
+    /// `timeouts.upstream_idle` (as the current snapshot has it), and those whose server closed them.
+    /// It runs a few times per idle timeout, at least once a second; it stops with
+    /// [`Runtime::stop_conn_sweep`] or when the runtime is dropped.
+    pub fn start_conn_sweep(self: &Arc<Self>) {
+        let mut registry = self.lock();
+        if registry.sweep.is_some() {
+            return;
+        }
+        let runtime = Arc::downgrade(self);
+        registry.sweep = Some(tokio::spawn(async move {
+            loop {
+                let Some(idle) = runtime.upgrade().map(|rt| rt.sweep_conns()) else { return };
+                let every = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tokio::time::sleep(every).await;
+            }
+        }));
+    }
+
+    /// Stops the idle-connection sweep.
+    pub fn stop_conn_sweep(&self) {
+        if let Some(task) = self.lock().sweep.take() {
+            task.abort();
+        }
+    }
+
+    /// One pass of the sweep over every server of the current snapshot; returns the idle timeout.
+    fn sweep_conns(&self) -> Duration {
+        let snap = self.snapshot();
+        let idle = snap.config.timeouts.upstream_idle;
+        for upstream in snap.pools.iter().flat_map(|p| p.upstreams.iter()) {
+            upstream.stats.conns.sweep(idle);
+        }
+        idle
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {

@@ -271,7 +271,8 @@ async fn a_full_queue_and_a_queue_timeout_answer_503_fast() {
 }
 
 /// The connector's own limit, without the strategies' in-flight gate in front: two concurrent
-/// requests through the upstream client to a server limited to one connection share it in turn.
+/// requests to a server limited to one connection share it in turn: the second waits for the first's
+/// connection to come back idle rather than for the connect timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_holds_at_the_connector() {
     let a = Backend::start_with_delay("a", Duration::from_millis(200)).await;
@@ -281,13 +282,24 @@ async fn the_connection_limit_holds_at_the_connector() {
     ))
     .unwrap();
     let runtime = lb::runtime::Runtime::new(config.clone());
-    let upstream = lb::proxy::upstream_client(&config, runtime.conn_limits());
-    let send = || {
-        let req = http::Request::get(format!("http://{}/", a.addr))
-            .body(lb::proxy::body::RequestBody::empty())
-            .unwrap();
-        let upstream = upstream.clone();
-        async move { upstream.request(req).await.map(|r| r.status()) }
+    let snap = runtime.snapshot();
+    let server = &snap.pools[0].upstreams[0];
+    let settings = lb::upstream::lease::ConnSettings {
+        connect: Duration::from_secs(5),
+        idle: Duration::from_secs(60),
+        idle_per_server: 8,
+    };
+    let send = || async {
+        let req = http::Request::get("/").body(lb::proxy::body::RequestBody::empty()).unwrap();
+        let (resp, lease) = lb::upstream::lease::send(runtime.conn_limits(), server, settings, req, false).await?;
+        let status = resp.status();
+        // Reading the body drives the connection to the end of the response; then it goes back idle.
+        let mut body = lb::proxy::body::ResponseBody::stream(resp.into_body(), Duration::from_secs(5));
+        if let Some(lease) = lease {
+            body.drive(lease);
+        }
+        http_body_util::BodyExt::collect(body).await.map_err(|e| e.to_string()).ok();
+        Ok::<_, lb::upstream::lease::SendError>(status)
     };
     let (first, second) = tokio::join!(send(), send());
     assert_eq!((first.unwrap(), second.unwrap()), (StatusCode::OK, StatusCode::OK));

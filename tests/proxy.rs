@@ -683,13 +683,44 @@ async fn invalid_upstream_responses_become_502_and_their_connection_is_discarded
     }
 
     // A chunked body that turns invalid after the head went out: the client's message is cut, never
-    // completed, and the connection closed.
+    // completed, and the connection closed. The upstream sends the bad chunk only once the client has
+    // read the head and the good chunk.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (go_on, rest) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await.unwrap();
+        let _ = rest.await;
+        let _ = s.write_all(b"zz\r\nbad\r\n0\r\n\r\n").await;
+        let _ = s.read(&mut chunk).await;
+    });
+    let lb = Lb::start(&config_with(&[("bad", addr)], "")).await;
+    let mut client = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    while !String::from_utf8_lossy(&answer).contains("hello") {
+        let n = client.read_buf(&mut answer).await.unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&answer));
+    }
+    go_on.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(!answer.ends_with("0\r\n\r\n"), "the cut body looks complete: {answer:?}");
+
+    // The same body arriving all at once: whatever the client gets, it never looks complete.
     let (addr, _) = canned_upstream(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n",
     )
     .await;
     let lb = Lb::start(&config_with(&[("bad", addr)], "")).await;
     let answer = raw(lb.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     assert!(!answer.ends_with("0\r\n\r\n"), "the cut body looks complete: {answer:?}");
 }

@@ -5,6 +5,7 @@ use super::access::AccessRecord;
 use crate::metrics::PoolMetrics;
 use crate::server::ActiveRequest;
 use crate::stall::{MinRate, Stall};
+use crate::upstream::lease::Lease;
 use crate::upstream::InFlight;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -79,6 +80,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Inner,
         guards: Guards,
+        // The upstream connection this body arrives on, when reading the body must drive it.
+        lease: Option<Lease>,
         // For upstream bodies: the longest pause allowed between two reads.
         stall: Option<Stall>,
         finish: Option<Finish>,
@@ -100,6 +103,7 @@ impl ResponseBody {
         Self {
             inner: Inner::Stream { body },
             guards: Guards::default(),
+            lease: None,
             stall: Some(Stall::new(read_timeout)),
             finish: None,
         }
@@ -110,6 +114,7 @@ impl ResponseBody {
         Self {
             inner: Inner::Full { body: Full::new(bytes.into()) },
             guards: Guards::default(),
+            lease: None,
             stall: None,
             finish: None,
         }
@@ -118,6 +123,17 @@ impl ResponseBody {
     /// Keeps the upstream's in-flight guard alive until this body ends.
     pub fn hold_upstream(&mut self, guard: InFlight) {
         self.guards.upstream = Some(guard);
+    }
+
+    /// Drives `lease`'s connection while this body is read, and gives it back once the body ended
+    /// (at once if it is empty: hyper may never poll an empty body). Dropped before the end (the
+    /// client went away), the connection is closed.
+    pub fn drive(&mut self, lease: Lease) {
+        if self.is_end_stream() {
+            lease.finish();
+        } else {
+            self.lease = Some(lease);
+        }
     }
 
     /// Runs `finish` when this body ends or is dropped.
@@ -140,12 +156,22 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
+        if let Some(lease) = this.lease.as_mut() {
+            lease.drive(cx);
+        }
         let frame = match this.inner.project() {
-            InnerProj::Stream { body } => match body.poll_frame(cx) {
+            InnerProj::Stream { mut body } => match body.as_mut().poll_frame(cx) {
                 Poll::Ready(frame) => {
                     if let Some(stall) = this.stall.as_mut() {
                         stall.progress();
                     }
+                    // Ended: the connection may carry another request. Failed: it is closed.
+                    match &frame {
+                        None => this.lease.take().map(Lease::finish),
+                        Some(Ok(_)) if body.is_end_stream() => this.lease.take().map(Lease::finish),
+                        Some(Ok(_)) => None,
+                        Some(Err(_)) => this.lease.take().map(drop),
+                    };
                     frame.map(|r| r.map_err(BoxError::from))
                 }
                 Poll::Pending => {
@@ -166,6 +192,7 @@ impl Body for ResponseBody {
             }
             // End of stream or failure: the request is over for accounting purposes.
             _ => {
+                *this.lease = None;
                 *this.guards = Guards::default();
                 *this.finish = None;
             }

@@ -1,4 +1,4 @@
-//! The request path: route -> pool -> strategy -> pooled upstream client -> streamed response.
+//! The request path: route -> pool -> strategy -> upstream connection -> streamed response.
 //!
 //! [`Proxy`] is a `tower::Service` built once per client connection. Each request loads the runtime
 //! snapshot once and uses it to the end. Failures become responses in exactly one place
@@ -7,7 +7,6 @@
 pub mod access;
 pub mod access_writer;
 pub mod body;
-pub mod connector;
 pub mod error;
 pub mod headers;
 mod syntax;
@@ -23,11 +22,9 @@ use crate::sticky;
 use access::AccessRecord;
 use body::{BodyRules, Finish, RequestBody, ResponseBody, Upload};
 use error::ProxyError;
-use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,32 +33,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-/// The process-wide pooled upstream client (HTTP/1.1, keep-alive).
-pub type UpstreamClient = Client<connector::CountingConnector, RequestBody>;
-
-/// Builds the upstream client: one connection pool shared by every listener and request, with the
-/// runtime's connection limits.
-pub fn upstream_client(config: &crate::config::Config, limits: Arc<connector::ConnLimits>) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    // https URIs reach the connector too: TLS is opened by `CountingConnector` over this TCP.
-    connector.enforce_http(false);
-    connector.set_connect_timeout(Some(config.timeouts.connect));
-    connector.set_nodelay(true);
-    Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .pool_idle_timeout(config.timeouts.upstream_idle)
-        .pool_max_idle_per_host(config.limits.upstream_idle_per_server)
-        .build(connector::CountingConnector::new(connector, limits, config.timeouts.connect))
-}
+use crate::upstream::connect::ConnectError;
+use crate::upstream::lease::{self, ConnSettings, SendError};
 
 /// What every request of one client connection shares.
 #[derive(Debug, Clone)]
 pub struct Shared {
-    /// Current routing state.
+    /// Current routing state, and the upstream connection limits.
     pub runtime: Arc<Runtime>,
-    /// The pooled upstream client.
-    pub client: UpstreamClient,
 }
 
 /// The proxy service for one client connection.
@@ -344,31 +323,42 @@ async fn forward(
         });
     let idempotent = is_idempotent(&parts.method);
     let timeout = snap.config.timeouts.response;
+    let limits = shared.runtime.conn_limits();
+    let conn_settings = ConnSettings {
+        connect: snap.config.timeouts.connect,
+        idle: snap.config.timeouts.upstream_idle,
+        idle_per_server: snap.config.limits.upstream_idle_per_server,
+    };
     let mut tried = Vec::new();
     // Held while a retry is in progress: the retry budget counts it.
     let mut _retrying = None;
-    let (mut resp, guard) = loop {
+    let (mut resp, guard, conn_lease) = loop {
         let upstream = choice.upstream;
         // Recorded before the attempt, so a failure is counted and logged against this server.
         trace.server = Some(choice.index);
-        parts.uri = upstream_uri(&target, upstream)?;
+        parts.uri = origin_form(&target);
         let bodyless = body.is_end_stream();
         let handback = (spare.is_some() && !bodyless && whole.is_none()).then(|| body.returnable());
         let sent_at = tokio::time::Instant::now();
-        let sending = shared.client.request(Request::from_parts(parts, body));
+        let request = Request::from_parts(parts, body);
+        let sending = lease::send(limits, upstream, conn_settings, request, client_upgrade.is_some());
         let (failure, attempt) = match respond_within(timeout, upload.as_deref(), sending).await {
-            Some(Ok(resp)) if ambiguous_framing(resp.headers()) => {
+            Some(Ok((resp, lease))) if ambiguous_framing(resp.headers()) => {
                 // hyper let Transfer-Encoding win, but the server meant something lb cannot know:
                 // nothing of it is relayed, and the connection is closed (what follows on it cannot
                 // be trusted either).
-                if let Some(discard) = resp.extensions().get::<connector::Discard>() {
-                    discard.close();
-                }
-                drop(resp);
+                drop((resp, lease));
                 let reason = "response with both Transfer-Encoding and Content-Length".to_owned();
                 (ProxyError::Upstream { upstream: who(upstream), reason }, Attempt::Invalid)
             }
-            Some(Ok(resp)) => {
+            Some(Ok((resp, mut lease))) => {
+                // A response that came while the client's body was still being sent leaves the rest
+                // of that body unsent: the connection cannot carry another request.
+                if let (Some(lease), Some(upload)) = (lease.as_mut(), upload.as_ref()) {
+                    if upload.done_at.get().is_none() {
+                        lease.forbid_reuse();
+                    }
+                }
                 let outcome =
                     if resp.status().is_server_error() { Outcome::Status5xx } else { Outcome::Success };
                 pool.observe(upstream, outcome);
@@ -377,7 +367,7 @@ async fn forward(
                 let elapsed = from.elapsed();
                 upstream.metrics.ttfb.record(elapsed.as_secs_f64());
                 trace.upstream_time = Some(elapsed);
-                break (resp, guard);
+                break (resp, guard, lease);
             }
             None => (ProxyError::Timeout { upstream: who(upstream), after: timeout }, Attempt::Timeout),
             Some(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled.load(Ordering::Relaxed)) => {
@@ -387,9 +377,9 @@ async fn forward(
                 return Err(ProxyError::BodyTooLarge);
             }
             Some(Err(e)) if upload.as_ref().is_some_and(|u| u.broken.load(Ordering::Relaxed)) => {
-                return Err(ProxyError::ClientBody(error_chain(&e)));
+                return Err(ProxyError::ClientBody(e.to_string()));
             }
-            Some(Err(e)) => classify(&e, upstream, snap.config.timeouts.connect),
+            Some(Err(e)) => classify(&e, upstream),
         };
         metrics::upstream_error(&upstream.key.pool, &upstream.key.name, attempt.label());
         if let Some(outcome) = attempt.outcome() {
@@ -460,6 +450,9 @@ async fn forward(
     }
     let mut resp = resp.map(|body| ResponseBody::stream(body, timeout));
     resp.body_mut().hold_upstream(guard);
+    if let Some(lease) = conn_lease {
+        resp.body_mut().drive(lease);
+    }
     Ok(resp)
 }
 
@@ -666,56 +659,26 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Pro
     }
 }
 
-/// `http://<upstream>/<original path and query>`.
-fn upstream_uri(original: &Uri, upstream: &crate::upstream::Upstream) -> Result<Uri, ProxyError> {
-    let path = original.path_and_query().cloned().unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
-    // The scheme tells the connector to open TLS (and keeps TLS and plain connections to one
-    // address apart in the pool).
-    let scheme = if upstream.tls.is_some() { uri::Scheme::HTTPS } else { uri::Scheme::HTTP };
-    Uri::builder()
-        .scheme(scheme)
-        .authority(upstream.authority.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+/// The target as sent upstream: origin form (`/path?query`), whatever form the client used.
+fn origin_form(original: &Uri) -> Uri {
+    match original.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
 }
 
-/// Classifies a client error: at the connection limit -> 503, refused/reset -> 502, connect
-/// timeout -> 504.
-fn classify(
-    e: &hyper_util::client::legacy::Error,
-    upstream: &crate::upstream::Upstream,
-    connect: Duration,
-) -> (ProxyError, Attempt) {
-    let (upstream, reason) = (who(upstream), error_chain(e));
-    if e.is_connect() && in_chain(e, |err| err.is::<connector::AtConnectionLimit>()) {
-        return (ProxyError::AtLimit { upstream }, Attempt::AtLimit);
-    }
-    let timed_out = |err: &(dyn std::error::Error + 'static)| {
-        err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-    };
-    if e.is_connect() && in_chain(e, timed_out) {
-        return (ProxyError::Timeout { upstream, after: connect }, Attempt::Connect);
-    }
-    if e.is_connect() {
-        return (ProxyError::Connect { upstream, reason }, Attempt::Connect);
-    }
-    (ProxyError::Upstream { upstream, reason }, Attempt::Reset)
-}
-
-/// Whether `e` or any error in its source chain satisfies `test`.
-fn in_chain(
-    e: &(dyn std::error::Error + 'static),
-    test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
-) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if test(err) {
-            return true;
+/// Classifies a failed send: at the connection limit -> 503, connect timeout -> 504, refused or
+/// reset -> 502.
+fn classify(e: &SendError, upstream: &crate::upstream::Upstream) -> (ProxyError, Attempt) {
+    let (upstream, reason) = (who(upstream), e.to_string());
+    match e {
+        SendError::Connect(ConnectError::AtLimit(_)) => (ProxyError::AtLimit { upstream }, Attempt::AtLimit),
+        SendError::Connect(ConnectError::TimedOut(_, after)) => {
+            (ProxyError::Timeout { upstream, after: *after }, Attempt::Connect)
         }
-        cur = err.source();
+        SendError::Connect(ConnectError::Io(_)) => (ProxyError::Connect { upstream, reason }, Attempt::Connect),
+        SendError::Http { .. } => (ProxyError::Upstream { upstream, reason }, Attempt::Reset),
     }
-    false
 }
 
 /// "outer: inner: innermost", so logs show the root cause.

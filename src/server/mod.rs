@@ -11,7 +11,7 @@ mod redirect;
 pub use idle::{ActiveRequest, Activity, IdleIo};
 
 use crate::config::{Config, Timeouts};
-use crate::proxy::{self, Proxy, Shared};
+use crate::proxy::{Proxy, Shared};
 use crate::runtime::Runtime;
 use crate::slots::{Slot, Slots};
 use arc_swap::ArcSwap;
@@ -44,18 +44,6 @@ struct ServeCtx {
     timeouts: Timeouts,
     /// Per listener (by configured address): TLS, redirect, HSTS.
     listeners: HashMap<SocketAddr, ListenerCtx>,
-    /// The settings `shared.client` was built with: an unchanged client (and its pooled connections)
-    /// is kept across reloads.
-    client_settings: ClientSettings,
-}
-
-/// What the upstream client is built from: a new client (new pooled connections) only when one of
-/// these changed, so that no connection made under old TLS settings is reused.
-#[derive(PartialEq)]
-struct ClientSettings {
-    timeouts: (Duration, Duration),
-    idle_per_server: usize,
-    tls: Vec<Option<crate::config::UpstreamTls>>,
 }
 
 /// What one listener does with a connection beyond plain HTTP.
@@ -85,24 +73,13 @@ impl ServeCtx {
     fn new(
         runtime: &Arc<Runtime>,
         config: &Config,
-        old: Option<&ServeCtx>,
         resumption: &crate::tls::Resumption,
     ) -> Self {
-        let settings = ClientSettings {
-            timeouts: (config.timeouts.connect, config.timeouts.upstream_idle),
-            idle_per_server: config.limits.upstream_idle_per_server,
-            tls: config.pools.iter().map(|p| p.tls.clone()).collect(),
-        };
-        let client = match old {
-            Some(old) if old.client_settings == settings => old.shared.client.clone(),
-            _ => proxy::upstream_client(config, runtime.conn_limits()),
-        };
         Self {
-            shared: Arc::new(Shared { client, runtime: Arc::clone(runtime) }),
+            shared: Arc::new(Shared { runtime: Arc::clone(runtime) }),
             builder: http_builder(config),
             timeouts: config.timeouts,
             listeners: config.listeners.iter().map(|l| (l.addr, ListenerCtx::new(l, resumption))).collect(),
-            client_settings: settings,
         }
     }
 }
@@ -157,7 +134,7 @@ impl Server {
         let snap = runtime.snapshot();
         let resumption = crate::tls::Resumption::new();
         let server = Arc::new(Self {
-            ctx: Arc::new(ArcSwap::from_pointee(ServeCtx::new(&runtime, &snap.config, None, &resumption))),
+            ctx: Arc::new(ArcSwap::from_pointee(ServeCtx::new(&runtime, &snap.config, &resumption))),
             resumption,
             slots: Slots::new(snap.config.limits.max_connections),
             listening: Mutex::default(),
@@ -165,6 +142,7 @@ impl Server {
         });
         let bound = server.prepare(&snap.config).await?;
         server.runtime.start_health_checks();
+        server.runtime.start_conn_sweep();
         server.commit(bound);
         Ok(server)
     }
@@ -200,7 +178,7 @@ impl Server {
         if listening.closed {
             return;
         }
-        let ctx = ServeCtx::new(&self.runtime, config, Some(&self.ctx.load()), &self.resumption);
+        let ctx = ServeCtx::new(&self.runtime, config, &self.resumption);
         self.ctx.store(Arc::new(ctx));
         self.slots.resize(config.limits.max_connections);
         listening.by_addr.retain(|l| {
@@ -233,6 +211,7 @@ impl Server {
             let _ = l.stop.send(true);
         }
         self.runtime.stop_health_checks();
+        self.runtime.stop_conn_sweep();
     }
 
     /// Stops every listener, tells every connection to finish, and waits until all are closed or

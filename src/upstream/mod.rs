@@ -4,6 +4,10 @@
 //! config reload can build new `Upstream`s while re-attaching the same stats by stable identity
 //! (pool name + server name), keeping in-flight counts exact across the swap.
 
+pub mod connect;
+pub mod conns;
+pub mod lease;
+
 use crate::health::Health;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,12 +29,14 @@ pub struct UpstreamStats {
     in_flight: AtomicUsize,
     /// Health verdicts (active checks, passive ejection) and slow-start progress.
     pub health: Health,
+    /// Open connections to the server, idle or shared.
+    pub conns: conns::ServerConns,
 }
 
 impl UpstreamStats {
     /// State for a server seen for the first time: up, or down until its health checks pass.
     pub fn new(start_up: bool) -> Self {
-        Self { in_flight: AtomicUsize::new(0), health: Health::new(start_up) }
+        Self { in_flight: AtomicUsize::new(0), health: Health::new(start_up), conns: conns::ServerConns::default() }
     }
 
     /// Requests currently using this server (from pick until the response body ends or is dropped).

@@ -1,0 +1,167 @@
+//! One server's open connections, kept with its live state (so they survive reloads that keep the
+//! server): a stack of idle HTTP/1.1 connections and, for HTTP/2 servers, one shared multiplexed
+//! connection.
+//!
+//! The strategy has already chosen the server, so checkout is a pop from this server's stack: no
+//! pool key to hash, and a mutex held for a few instructions. Nobody drives an idle connection; its
+//! socket stays registered with tokio, so a peer that closed it (or wrote garbage on it) is found by
+//! polling it once, without waiting: at checkout, and by the runtime's sweep, which also closes what
+//! was idle longer than `timeouts.upstream_idle`.
+
+use super::lease::H1;
+use crate::proxy::body::RequestBody;
+use crate::tls::ClientTls;
+use hyper::client::conn::http2;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Open connections to one server.
+#[derive(Debug, Default)]
+pub struct ServerConns {
+    idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<Shared>>,
+    /// Requests waiting for a connection at the server's connection limit, and their signal.
+    waiting: AtomicUsize,
+    returned: Notify,
+}
+
+/// An HTTP/1.1 connection waiting for its next request.
+#[derive(Debug)]
+struct Idle {
+    conn: H1,
+    since: Instant,
+}
+
+/// The server's multiplexed HTTP/2 connection (driven by a task of its own: many requests share it).
+#[derive(Debug)]
+struct Shared {
+    send: http2::SendRequest<RequestBody>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    last_used: Instant,
+}
+
+/// A request waiting at its server's connection limit (see [`ServerConns::wait`]).
+#[derive(Debug)]
+pub struct Wait<'a>(&'a ServerConns);
+
+impl Wait<'_> {
+    /// Resolves when a connection was checked in since the last call (or may have been).
+    pub async fn returned(&self) {
+        self.0.returned.notified().await;
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Same TLS settings (the identity of the rustls config, rebuilt when the pool's TLS changes).
+fn same_tls(a: Option<&Arc<rustls::ClientConfig>>, b: Option<&Arc<ClientTls>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, &b.config),
+        _ => false,
+    }
+}
+
+/// The TLS identity a new connection to a server with `tls` is opened under.
+pub fn tls_identity(tls: Option<&Arc<ClientTls>>) -> Option<Arc<rustls::ClientConfig>> {
+    tls.map(|t| Arc::clone(&t.config))
+}
+
+impl ServerConns {
+    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn h2(&self) -> MutexGuard<'_, Option<Shared>> {
+        self.h2.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection that is still usable: open at both ends, ready for a
+    /// request, idle for less than `max_idle`, opened under the server's current TLS settings.
+    /// Unusable ones met on the way are closed.
+    pub fn checkout(&self, tls: Option<&Arc<ClientTls>>, max_idle: std::time::Duration) -> Option<H1> {
+        loop {
+            // Popped under the lock, checked outside it: a check reads the socket.
+            let Idle { mut conn, since } = self.idle().pop()?;
+            if since.elapsed() < max_idle && same_tls(conn.tls(), tls) && conn.usable() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Keeps `conn` for a later request, unless `cap` connections are idle already (then it is
+    /// closed: the least recently used would be the one to expire next anyway).
+    pub fn checkin(&self, conn: H1, cap: usize) {
+        let mut idle = self.idle();
+        if idle.len() < cap {
+            idle.push(Idle { conn, since: Instant::now() });
+        }
+        drop(idle);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.returned.notify_one();
+        }
+    }
+
+    /// Waits for a connection at its limit: counted in `waiting` while alive, and woken (see
+    /// [`Wait::returned`]) when a connection is checked in.
+    pub fn wait(&self) -> Wait<'_> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        Wait(self)
+    }
+
+    /// Idle connections now.
+    pub fn idle_count(&self) -> usize {
+        self.idle().len()
+    }
+
+    /// The shared HTTP/2 connection, if it is open and was opened under `tls`.
+    pub fn shared_h2(&self, tls: Option<&Arc<ClientTls>>) -> Option<http2::SendRequest<RequestBody>> {
+        let mut h2 = self.h2();
+        let shared = h2.as_mut()?;
+        if shared.send.is_closed() || !same_tls(shared.tls.as_ref(), tls) {
+            *h2 = None;
+            return None;
+        }
+        shared.last_used = Instant::now();
+        Some(shared.send.clone())
+    }
+
+    /// Makes `send` the server's shared HTTP/2 connection (another request may have opened one
+    /// meanwhile: the newer wins, the older closes once its streams end).
+    pub fn share_h2(&self, send: http2::SendRequest<RequestBody>, tls: Option<Arc<rustls::ClientConfig>>) {
+        *self.h2() = Some(Shared { send, tls, last_used: Instant::now() });
+    }
+
+    /// Closes what was idle for `max_idle` or more, and idle connections whose peer closed them or
+    /// wrote on them. Returns how many are left idle.
+    pub fn sweep(&self, max_idle: std::time::Duration) -> usize {
+        let mut idle = self.idle();
+        // Dropped outside the lock: closing a TLS connection writes its close_notify.
+        let mut closing: Vec<Idle> = Vec::new();
+        let mut i = 0;
+        while i < idle.len() {
+            if idle[i].since.elapsed() >= max_idle || !idle[i].conn.usable() {
+                closing.push(idle.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        // Most recently used last again (swap_remove moved some).
+        idle.sort_by_key(|c| c.since);
+        let left = idle.len();
+        drop(idle);
+        drop(closing);
+        let mut h2 = self.h2();
+        if h2.as_ref().is_some_and(|s| s.send.is_closed() || s.last_used.elapsed() >= max_idle) {
+            // Requests still on it finish: hyper closes the connection once its last stream ends.
+            *h2 = None;
+        }
+        left
+    }
+}

@@ -1,0 +1,344 @@
+//! Sending a request upstream on a connection the request itself drives.
+//!
+//! hyper's `client::conn` splits a connection into a `SendRequest` handle and a `Connection` future
+//! that does the I/O. hyper-util's pooled client runs each `Connection` in a task of its own, so every
+//! request, response head and body chunk crosses between two tasks over channels, and returning a
+//! connection to its pool takes one more spawned task. Here the request's own task polls the
+//! `Connection` while it waits for the response head, and the response body polls it while the body
+//! is read; when the body ends, the connection goes back to its server's idle stack. hyper still
+//! writes and parses every byte.
+//!
+//! A connection is reused only when hyper says it is ready for another request after a complete
+//! exchange: never after `Connection: close`, an HTTP/1.0 response, a framing error, a response that
+//! came while the request body was still being sent, or a response body the client stopped reading.
+//! HTTP/2 connections are multiplexed: each server's is shared and runs in a task of its own.
+
+use super::connect::{self, ConnLimits, ConnectError, Counted};
+use super::conns::tls_identity;
+use super::{Upstream, UpstreamStats};
+use crate::proxy::body::RequestBody;
+use http::{header, Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+/// An idle or leased HTTP/1.1 connection: hyper's handle and the future that drives it.
+pub struct H1 {
+    send: http1::SendRequest<RequestBody>,
+    conn: http1::Connection<Counted, RequestBody>,
+    /// The `Connection` future finished (closed, or failed): it must not be polled again.
+    done: bool,
+    /// The TLS settings it was opened under.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for H1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1").field("done", &self.done).finish_non_exhaustive()
+    }
+}
+
+impl H1 {
+    /// The TLS settings it was opened under.
+    pub fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tls.as_ref()
+    }
+
+    /// Runs the connection's I/O as far as it can go now.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if !self.done && Pin::new(&mut self.conn).poll(cx).is_ready() {
+            // Closed (keep-alive off, peer closed) or failed; either way hyper has told the
+            // request or body waiting on it, if any.
+            self.done = true;
+        }
+    }
+
+    /// Whether another request may be sent on it now. Polls it once without waiting, so a peer that
+    /// closed the connection or wrote on it while it idled is found here (hyper's idle read sees the
+    /// end of file or the unexpected bytes and closes).
+    pub fn usable(&mut self) -> bool {
+        self.drive(&mut Context::from_waker(Waker::noop()));
+        !self.done && self.send.is_ready()
+    }
+}
+
+/// Settings for one request's upstream connection, from the snapshot it runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSettings {
+    /// `timeouts.connect`.
+    pub connect: Duration,
+    /// `timeouts.upstream_idle`.
+    pub idle: Duration,
+    /// `limits.upstream_idle_per_server`.
+    pub idle_per_server: usize,
+}
+
+/// A connection in use by one response, returned to its server's idle stack when the response body
+/// is over (see [`Lease::finish`]) and closed if dropped before.
+pub struct Lease {
+    conn: H1,
+    home: Arc<UpstreamStats>,
+    cap: usize,
+    reusable: bool,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("reusable", &self.reusable).finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    /// Drives the connection: the response body is fed only while someone polls it.
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        self.conn.drive(cx);
+    }
+
+    /// The connection must not carry another request (the request body was not all sent).
+    pub fn forbid_reuse(&mut self) {
+        self.reusable = false;
+    }
+
+    /// The response body ended: the connection goes back to its server's idle stack if hyper is
+    /// ready to send another request on it, and is closed otherwise.
+    pub fn finish(mut self) {
+        if self.reusable && self.conn.usable() {
+            self.home.conns.checkin(self.conn, self.cap);
+        }
+    }
+}
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be opened: nothing was sent.
+    Connect(ConnectError),
+    /// The connection failed before a response head.
+    Http {
+        /// What hyper saw.
+        error: hyper::Error,
+        /// The request, when hyper gave it back without writing any of it.
+        unsent: Option<Box<Request<RequestBody>>>,
+    },
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(e) => e.fmt(f),
+            Self::Http { error, .. } => {
+                // hyper's own message is terse ("connection closed before message completed"); the
+                // I/O error under it says why.
+                write!(f, "{error}")?;
+                let mut cause = std::error::Error::source(error);
+                while let Some(e) = cause {
+                    write!(f, ": {e}")?;
+                    cause = e.source();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A new connection: HTTP/1.1, or HTTP/2 when TLS negotiated it (its driver already spawned).
+enum Opened {
+    H1(H1),
+    H2(http2::SendRequest<RequestBody>),
+}
+
+/// A connection to send on: an idle one, or a new one.
+enum Taken {
+    Idle(H1),
+    New(Opened),
+}
+
+/// An idle connection of `upstream`, else a new one. At the server's connection limit, waits (up to
+/// the connect timeout) for whichever comes first: a free slot, or a connection checked in idle.
+async fn take(limits: &ConnLimits, upstream: &Upstream, settings: ConnSettings) -> Result<Taken, SendError> {
+    let conns = &upstream.stats.conns;
+    if let Some(conn) = conns.checkout(upstream.tls.as_ref(), settings.idle) {
+        return Ok(Taken::Idle(conn));
+    }
+    let slot = match limits.get(&upstream.addr) {
+        None => None,
+        Some(limit) => match limit.try_acquire() {
+            Some(slot) => Some(slot),
+            None => {
+                let wait = conns.wait();
+                let deadline = tokio::time::Instant::now() + settings.connect;
+                loop {
+                    let returned = wait.returned();
+                    tokio::select! {
+                        slot = limit.acquire() => break Some(slot),
+                        () = returned => {
+                            if let Some(conn) = conns.checkout(upstream.tls.as_ref(), settings.idle) {
+                                return Ok(Taken::Idle(conn));
+                            }
+                        }
+                        () = tokio::time::sleep_until(deadline) => {
+                            return Err(SendError::Connect(ConnectError::AtLimit(settings.connect)));
+                        }
+                    }
+                }
+            }
+        },
+    };
+    open(upstream, slot, settings.connect).await.map(Taken::New)
+}
+
+async fn open(upstream: &Upstream, slot: Option<crate::slots::Slot>, wait: Duration) -> Result<Opened, SendError> {
+    let io = connect::open(upstream, slot, wait).await.map_err(SendError::Connect)?;
+    let tls = tls_identity(upstream.tls.as_ref());
+    let handshake = |error| SendError::Http { error, unsent: None };
+    if io.is_h2() {
+        let (send, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        upstream.stats.conns.share_h2(send.clone(), tls);
+        return Ok(Opened::H2(send));
+    }
+    // No I/O happens in an HTTP/1 handshake.
+    let (send, conn) = http1::Builder::new().handshake(io).await.map_err(handshake)?;
+    Ok(Opened::H1(H1 { send, conn, done: false, tls }))
+}
+
+/// Sends `req` to `upstream` and returns the response head, with the lease of its connection when the
+/// body must drive it. `upgrade`: the request asks to switch protocols, so its connection is handed
+/// to a task of its own that completes the upgrade and is never reused.
+///
+/// A request that fails on a reused connection before hyper wrote any of it is sent once more on a new
+/// connection (the server closed an idle connection just as it was taken).
+pub async fn send(
+    limits: &ConnLimits,
+    upstream: &Upstream,
+    settings: ConnSettings,
+    mut req: Request<RequestBody>,
+    upgrade: bool,
+) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+    if let Some(h2) = upstream.stats.conns.shared_h2(upstream.tls.as_ref()) {
+        return send_h2(h2, upstream, req).await;
+    }
+    let mut fresh_only = false;
+    loop {
+        let taken = if fresh_only {
+            let slot = match limits.get(&upstream.addr) {
+                Some(limit) => Some(
+                    tokio::time::timeout(settings.connect, limit.acquire())
+                        .await
+                        .map_err(|_| SendError::Connect(ConnectError::AtLimit(settings.connect)))?,
+                ),
+                None => None,
+            };
+            Taken::New(open(upstream, slot, settings.connect).await?)
+        } else {
+            take(limits, upstream, settings).await?
+        };
+        let (conn, was_reused) = match taken {
+            Taken::Idle(conn) => (conn, true),
+            Taken::New(Opened::H1(conn)) => (conn, false),
+            Taken::New(Opened::H2(h2)) => return send_h2(h2, upstream, req).await,
+        };
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, header_value(&upstream.authority));
+        }
+        let result = if upgrade { send_upgrade(conn, req).await } else { send_h1(conn, req, upstream, settings).await };
+        match result {
+            Err(SendError::Http { error, unsent: Some(back) }) if was_reused => {
+                tracing::debug!(error = %error, "idle upstream connection closed as it was taken; sending on a new one");
+                req = *back;
+                fresh_only = true;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn header_value(authority: &http::uri::Authority) -> http::HeaderValue {
+    http::HeaderValue::from_str(authority.as_str()).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
+/// Sends on an HTTP/1.1 connection this task drives until the response head.
+async fn send_h1(
+    mut conn: H1,
+    req: Request<RequestBody>,
+    upstream: &Upstream,
+    settings: ConnSettings,
+) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+    let mut response = pin!(conn.send.try_send_request(req));
+    let result = poll_fn(|cx| {
+        conn.drive(cx);
+        // Polled right after the connection, which is all that can complete it: hyper's wake-up
+        // of this same task would only cost another poll.
+        response.as_mut().poll(cx)
+    })
+    .await;
+    match result {
+        Ok(resp) => {
+            let lease =
+                Lease { conn, home: Arc::clone(&upstream.stats), cap: settings.idle_per_server, reusable: true };
+            Ok((resp, Some(lease)))
+        }
+        Err(mut e) => {
+            let unsent = e.take_message().map(Box::new);
+            Err(SendError::Http { error: e.into_error(), unsent })
+        }
+    }
+}
+
+/// Sends a protocol upgrade: the connection runs in its own task, which hands the socket over once
+/// the server switched protocols.
+async fn send_upgrade(
+    conn: H1,
+    req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+    let H1 { mut send, conn, .. } = conn;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream upgrade connection ended");
+        }
+    });
+    match send.try_send_request(req).await {
+        Ok(resp) => Ok((resp, None)),
+        Err(mut e) => {
+            let unsent = e.take_message().map(Box::new);
+            Err(SendError::Http { error: e.into_error(), unsent })
+        }
+    }
+}
+
+/// Sends on the server's shared HTTP/2 connection (absolute target: hyper takes `:scheme` and
+/// `:authority` from it).
+async fn send_h2(
+    mut h2: http2::SendRequest<RequestBody>,
+    upstream: &Upstream,
+    mut req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+    let path = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let uri = http::Uri::builder()
+        .scheme(http::uri::Scheme::HTTPS)
+        .authority(upstream.authority.clone())
+        .path_and_query(path)
+        .build();
+    if let Ok(uri) = uri {
+        *req.uri_mut() = uri;
+    }
+    match h2.try_send_request(req).await {
+        Ok(resp) => Ok((resp, None)),
+        Err(mut e) => {
+            let unsent = e.take_message().map(Box::new);
+            Err(SendError::Http { error: e.into_error(), unsent })
+        }
+    }
+}
