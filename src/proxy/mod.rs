@@ -219,8 +219,14 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     }
     static IDS: std::sync::OnceLock<crate::balance::rng::Rng> = std::sync::OnceLock::new();
     let rng = IDS.get_or_init(crate::balance::rng::Rng::from_entropy);
-    let id = format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64());
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // Rendered on the stack: the header value's own copy is the only allocation.
+    let mut id = [0u8; 32];
+    for (half, n) in id.chunks_mut(16).zip([rng.next_u64(), rng.next_u64()]) {
+        for (i, digit) in half.iter_mut().enumerate() {
+            *digit = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn log_failure(e: &ProxyError, client: SocketAddr) {
