@@ -10,10 +10,9 @@ use crate::config::{Config, HashConfig, HashFallback, HealthCheck, Passive, Pool
 use crate::health::{self, passive, Checks};
 use crate::metrics::{PoolMetrics, ServerMetrics};
 use crate::proxy::body::BufferBudget;
-use crate::upstream::connect::ConnLimits;
-use std::time::Duration;
 use crate::router::Router;
 use crate::sticky::Sticky;
+use crate::upstream::connect::ConnLimits;
 use crate::upstream::{InFlight, PoolStats, Upstream, UpstreamKey, UpstreamStats};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -21,6 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// One pool as of one snapshot: its servers and its built strategy.
 #[derive(Debug)]

@@ -291,7 +291,8 @@ async fn the_connection_limit_holds_at_the_connector() {
     };
     let send = || async {
         let req = http::Request::get("/").body(lb::proxy::body::RequestBody::empty()).unwrap();
-        let (resp, lease) = lb::upstream::lease::send(runtime.conn_limits(), server, settings, req, false).await?;
+        let (resp, lease) =
+            lb::upstream::lease::send(runtime.conn_limits(), server, settings, req, false).await?;
         let status = resp.status();
         // Reading the body drives the connection to the end of the response; then it goes back idle.
         let mut body = lb::proxy::body::ResponseBody::stream(resp.into_body(), Duration::from_secs(5));

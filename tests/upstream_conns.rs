@@ -53,7 +53,9 @@ async fn raw_upstream(keepalive: Duration, garbage: bool) -> (std::net::SocketAd
                         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
                         let len = head
                             .lines()
-                            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                            .find_map(|l| {
+                                l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                            })
                             .unwrap_or(0usize);
                         (buf.len() >= end + len).then_some(end + len)
                     };
@@ -81,7 +83,8 @@ async fn raw_upstream(keepalive: Duration, garbage: bool) -> (std::net::SocketAd
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                     while let Some(len) = complete(&buf) {
-                        let method = String::from_utf8_lossy(&buf[..len]).split(' ').next().unwrap().to_owned();
+                        let method =
+                            String::from_utf8_lossy(&buf[..len]).split(' ').next().unwrap().to_owned();
                         buf.drain(..len);
                         seen.methods.lock().unwrap().push(method);
                         seen.per_conn.lock().unwrap()[index] += 1;
@@ -117,10 +120,15 @@ async fn a_server_with_a_shorter_keepalive_costs_no_request_and_replays_no_post(
         assert_eq!(get(&client, &lb.url("/")).await.0, StatusCode::OK, "GET in round {round}");
         eventually(Duration::from_secs(5), || async { raw.closed.load(Ordering::SeqCst) > 2 * round }).await;
         assert_eq!(post(&client, &lb.url("/"), "once").await, StatusCode::OK, "POST in round {round}");
-        eventually(Duration::from_secs(5), || async { raw.closed.load(Ordering::SeqCst) > 2 * round + 1 }).await;
+        eventually(Duration::from_secs(5), || async { raw.closed.load(Ordering::SeqCst) > 2 * round + 1 })
+            .await;
     }
     let methods = raw.methods.lock().unwrap().clone();
-    assert_eq!(methods.iter().filter(|m| *m == "POST").count(), 4, "each POST sent exactly once: {methods:?}");
+    assert_eq!(
+        methods.iter().filter(|m| *m == "POST").count(),
+        4,
+        "each POST sent exactly once: {methods:?}"
+    );
     assert_eq!(methods.len(), 8, "{methods:?}");
     assert_eq!(raw.connections.load(Ordering::SeqCst), 8, "a new connection for every request");
 }

@@ -19,6 +19,8 @@ use crate::runtime::Runtime;
 use crate::runtime::{NoServer, Snapshot};
 use crate::server::ActiveRequest;
 use crate::sticky;
+use crate::upstream::connect::ConnectError;
+use crate::upstream::lease::{self, ConnSettings, SendError};
 use access::AccessRecord;
 use body::{BodyRules, Finish, RequestBody, ResponseBody, Upload};
 use error::ProxyError;
@@ -33,8 +35,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use crate::upstream::connect::ConnectError;
-use crate::upstream::lease::{self, ConnSettings, SendError};
 
 /// What every request of one client connection shares.
 #[derive(Debug, Clone)]
@@ -275,7 +275,8 @@ async fn forward(
     // A reserved slot on the chosen server (its in-flight guard), or a wait in the pool's queue.
     let (mut choice, mut guard) = match pool.claim(client, &parts) {
         Some(claimed) => claimed,
-        None => pool.wait_for_room(client, &parts).await.map_err(|why| no_server(pool, why))?,
+        // Boxed: queueing is the rare path, and its timers would enlarge every request's future.
+        None => Box::pin(pool.wait_for_room(client, &parts)).await.map_err(|why| no_server(pool, why))?,
     };
     if parts.version == Version::HTTP_2 {
         sticky::join_cookies(&mut parts.headers);
@@ -502,7 +503,8 @@ async fn intake(
         // Every buffer the process may hold is taken: this body streams, as it would unbuffered.
         return Ok((body, Some(state), None));
     };
-    match body.fill(buffer, hold).await {
+    // Boxed: only requests with a body read ahead.
+    match Box::pin(body.fill(buffer, hold)).await {
         Ok(true) => {
             let whole = body.replay();
             Ok((body, None, whole))
@@ -525,12 +527,16 @@ async fn respond_within<F: std::future::Future>(
     upload: Option<&Upload>,
     sending: F,
 ) -> Option<F::Output> {
-    let Some(upload) = upload else { return tokio::time::timeout(timeout, sending).await.ok() };
+    // One select for both cases: a second code path would hold a second copy of `sending` (kilobytes)
+    // in this future.
     let deadline = async {
-        upload.sent.notified().await;
+        if let Some(upload) = upload {
+            upload.sent.notified().await;
+        }
         tokio::time::sleep(timeout).await;
     };
     tokio::select! {
+        biased;
         result = sending => Some(result),
         () = deadline => None,
     }
@@ -682,7 +688,9 @@ fn classify(e: &SendError, upstream: &crate::upstream::Upstream) -> (ProxyError,
         SendError::Connect(ConnectError::TimedOut(_, after)) => {
             (ProxyError::Timeout { upstream, after: *after }, Attempt::Connect)
         }
-        SendError::Connect(ConnectError::Io(_)) => (ProxyError::Connect { upstream, reason }, Attempt::Connect),
+        SendError::Connect(ConnectError::Io(_)) => {
+            (ProxyError::Connect { upstream, reason }, Attempt::Connect)
+        }
         SendError::Http { .. } => (ProxyError::Upstream { upstream, reason }, Attempt::Reset),
     }
 }

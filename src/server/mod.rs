@@ -70,11 +70,7 @@ impl ListenerCtx {
 }
 
 impl ServeCtx {
-    fn new(
-        runtime: &Arc<Runtime>,
-        config: &Config,
-        resumption: &crate::tls::Resumption,
-    ) -> Self {
+    fn new(runtime: &Arc<Runtime>, config: &Config, resumption: &crate::tls::Resumption) -> Self {
         Self {
             shared: Arc::new(Shared { runtime: Arc::clone(runtime) }),
             builder: http_builder(config),

@@ -12,7 +12,7 @@ use super::lease::H1;
 use crate::proxy::body::RequestBody;
 use crate::tls::ClientTls;
 use hyper::client::conn::http2;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -22,6 +22,8 @@ use tokio::time::Instant;
 pub struct ServerConns {
     idle: Mutex<Vec<Idle>>,
     h2: Mutex<Option<Shared>>,
+    /// Whether `h2` was ever set: servers that never spoke HTTP/2 skip its lock.
+    spoke_h2: AtomicBool,
     /// Requests waiting for a connection at the server's connection limit, and their signal.
     waiting: AtomicUsize,
     returned: Notify,
@@ -30,7 +32,8 @@ pub struct ServerConns {
 /// An HTTP/1.1 connection waiting for its next request.
 #[derive(Debug)]
 struct Idle {
-    conn: H1,
+    // Boxed: moved at every checkout and checkin, and hyper's connection state is hundreds of bytes.
+    conn: Box<H1>,
     since: Instant,
 }
 
@@ -85,7 +88,7 @@ impl ServerConns {
     /// The most recently used idle connection that is still usable: open at both ends, ready for a
     /// request, idle for less than `max_idle`, opened under the server's current TLS settings.
     /// Unusable ones met on the way are closed.
-    pub fn checkout(&self, tls: Option<&Arc<ClientTls>>, max_idle: std::time::Duration) -> Option<H1> {
+    pub fn checkout(&self, tls: Option<&Arc<ClientTls>>, max_idle: std::time::Duration) -> Option<Box<H1>> {
         loop {
             // Popped under the lock, checked outside it: a check reads the socket.
             let Idle { mut conn, since } = self.idle().pop()?;
@@ -97,7 +100,7 @@ impl ServerConns {
 
     /// Keeps `conn` for a later request, unless `cap` connections are idle already (then it is
     /// closed: the least recently used would be the one to expire next anyway).
-    pub fn checkin(&self, conn: H1, cap: usize) {
+    pub fn checkin(&self, conn: Box<H1>, cap: usize) {
         let mut idle = self.idle();
         if idle.len() < cap {
             idle.push(Idle { conn, since: Instant::now() });
@@ -122,6 +125,9 @@ impl ServerConns {
 
     /// The shared HTTP/2 connection, if it is open and was opened under `tls`.
     pub fn shared_h2(&self, tls: Option<&Arc<ClientTls>>) -> Option<http2::SendRequest<RequestBody>> {
+        if !self.spoke_h2.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut h2 = self.h2();
         let shared = h2.as_mut()?;
         if shared.send.is_closed() || !same_tls(shared.tls.as_ref(), tls) {
@@ -136,6 +142,7 @@ impl ServerConns {
     /// meanwhile: the newer wins, the older closes once its streams end).
     pub fn share_h2(&self, send: http2::SendRequest<RequestBody>, tls: Option<Arc<rustls::ClientConfig>>) {
         *self.h2() = Some(Shared { send, tls, last_used: Instant::now() });
+        self.spoke_h2.store(true, Ordering::Relaxed);
     }
 
     /// Closes what was idle for `max_idle` or more, and idle connections whose peer closed them or

@@ -80,7 +80,7 @@ pub struct ConnSettings {
 /// A connection in use by one response, returned to its server's idle stack when the response body
 /// is over (see [`Lease::finish`]) and closed if dropped before.
 pub struct Lease {
-    conn: H1,
+    conn: Box<H1>,
     home: Arc<UpstreamStats>,
     cap: usize,
     reusable: bool,
@@ -147,13 +147,13 @@ impl std::fmt::Display for SendError {
 
 /// A new connection: HTTP/1.1, or HTTP/2 when TLS negotiated it (its driver already spawned).
 enum Opened {
-    H1(H1),
+    H1(Box<H1>),
     H2(http2::SendRequest<RequestBody>),
 }
 
 /// A connection to send on: an idle one, or a new one.
 enum Taken {
-    Idle(H1),
+    Idle(Box<H1>),
     New(Opened),
 }
 
@@ -168,30 +168,48 @@ async fn take(limits: &ConnLimits, upstream: &Upstream, settings: ConnSettings) 
         None => None,
         Some(limit) => match limit.try_acquire() {
             Some(slot) => Some(slot),
-            None => {
-                let wait = conns.wait();
-                let deadline = tokio::time::Instant::now() + settings.connect;
-                loop {
-                    let returned = wait.returned();
-                    tokio::select! {
-                        slot = limit.acquire() => break Some(slot),
-                        () = returned => {
-                            if let Some(conn) = conns.checkout(upstream.tls.as_ref(), settings.idle) {
-                                return Ok(Taken::Idle(conn));
-                            }
-                        }
-                        () = tokio::time::sleep_until(deadline) => {
-                            return Err(SendError::Connect(ConnectError::AtLimit(settings.connect)));
-                        }
-                    }
-                }
-            }
+            None => match Box::pin(at_limit(&limit, upstream, settings)).await? {
+                Ok(slot) => Some(slot),
+                Err(idle) => return Ok(Taken::Idle(idle)),
+            },
         },
     };
-    open(upstream, slot, settings.connect).await.map(Taken::New)
+    // Boxed here and below: opening (TCP, TLS, HTTP/2 handshake) is the rare path, and its state would
+    // otherwise make every request's future kilobytes larger.
+    Box::pin(open(upstream, slot, settings.connect)).await.map(Taken::New)
 }
 
-async fn open(upstream: &Upstream, slot: Option<crate::slots::Slot>, wait: Duration) -> Result<Opened, SendError> {
+/// Waits at the server's connection limit (up to the connect timeout) for whichever comes first: a
+/// free slot, or a connection checked in idle.
+async fn at_limit(
+    limit: &Arc<crate::slots::Slots>,
+    upstream: &Upstream,
+    settings: ConnSettings,
+) -> Result<Result<crate::slots::Slot, Box<H1>>, SendError> {
+    let conns = &upstream.stats.conns;
+    let wait = conns.wait();
+    let deadline = tokio::time::Instant::now() + settings.connect;
+    loop {
+        let returned = wait.returned();
+        tokio::select! {
+            slot = limit.acquire() => return Ok(Ok(slot)),
+            () = returned => {
+                if let Some(conn) = conns.checkout(upstream.tls.as_ref(), settings.idle) {
+                    return Ok(Err(conn));
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(SendError::Connect(ConnectError::AtLimit(settings.connect)));
+            }
+        }
+    }
+}
+
+async fn open(
+    upstream: &Upstream,
+    slot: Option<crate::slots::Slot>,
+    wait: Duration,
+) -> Result<Opened, SendError> {
     let io = connect::open(upstream, slot, wait).await.map_err(SendError::Connect)?;
     let tls = tls_identity(upstream.tls.as_ref());
     let handshake = |error| SendError::Http { error, unsent: None };
@@ -211,7 +229,7 @@ async fn open(upstream: &Upstream, slot: Option<crate::slots::Slot>, wait: Durat
     }
     // No I/O happens in an HTTP/1 handshake.
     let (send, conn) = http1::Builder::new().handshake(io).await.map_err(handshake)?;
-    Ok(Opened::H1(H1 { send, conn, done: false, tls }))
+    Ok(Opened::H1(Box::new(H1 { send, conn, done: false, tls })))
 }
 
 /// Sends `req` to `upstream` and returns the response head, with the lease of its connection when the
@@ -228,7 +246,7 @@ pub async fn send(
     upgrade: bool,
 ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
     if let Some(h2) = upstream.stats.conns.shared_h2(upstream.tls.as_ref()) {
-        return send_h2(h2, upstream, req).await;
+        return Box::pin(send_h2(h2, upstream, req)).await;
     }
     let mut fresh_only = false;
     loop {
@@ -241,19 +259,24 @@ pub async fn send(
                 ),
                 None => None,
             };
-            Taken::New(open(upstream, slot, settings.connect).await?)
+            Taken::New(Box::pin(open(upstream, slot, settings.connect)).await?)
         } else {
             take(limits, upstream, settings).await?
         };
         let (conn, was_reused) = match taken {
             Taken::Idle(conn) => (conn, true),
             Taken::New(Opened::H1(conn)) => (conn, false),
-            Taken::New(Opened::H2(h2)) => return send_h2(h2, upstream, req).await,
+            Taken::New(Opened::H2(h2)) => return Box::pin(send_h2(h2, upstream, req)).await,
         };
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, header_value(&upstream.authority));
         }
-        let result = if upgrade { send_upgrade(conn, req).await } else { send_h1(conn, req, upstream, settings).await };
+        // The rare kinds are boxed, so they do not enlarge every request's future.
+        let result = if upgrade {
+            Box::pin(send_upgrade(conn, req)).await
+        } else {
+            send_h1(conn, req, upstream, settings).await
+        };
         match result {
             Err(SendError::Http { error, unsent: Some(back) }) if was_reused => {
                 tracing::debug!(error = %error, "idle upstream connection closed as it was taken; sending on a new one");
@@ -271,7 +294,7 @@ fn header_value(authority: &http::uri::Authority) -> http::HeaderValue {
 
 /// Sends on an HTTP/1.1 connection this task drives until the response head.
 async fn send_h1(
-    mut conn: H1,
+    mut conn: Box<H1>,
     req: Request<RequestBody>,
     upstream: &Upstream,
     settings: ConnSettings,
@@ -286,8 +309,12 @@ async fn send_h1(
     .await;
     match result {
         Ok(resp) => {
-            let lease =
-                Lease { conn, home: Arc::clone(&upstream.stats), cap: settings.idle_per_server, reusable: true };
+            let lease = Lease {
+                conn,
+                home: Arc::clone(&upstream.stats),
+                cap: settings.idle_per_server,
+                reusable: true,
+            };
             Ok((resp, Some(lease)))
         }
         Err(mut e) => {
@@ -300,10 +327,10 @@ async fn send_h1(
 /// Sends a protocol upgrade: the connection runs in its own task, which hands the socket over once
 /// the server switched protocols.
 async fn send_upgrade(
-    conn: H1,
+    conn: Box<H1>,
     req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-    let H1 { mut send, conn, .. } = conn;
+    let H1 { mut send, conn, .. } = *conn;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream upgrade connection ended");
@@ -325,7 +352,8 @@ async fn send_h2(
     upstream: &Upstream,
     mut req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-    let path = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let path =
+        req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let uri = http::Uri::builder()
         .scheme(http::uri::Scheme::HTTPS)
         .authority(upstream.authority.clone())

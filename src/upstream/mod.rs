@@ -36,7 +36,11 @@ pub struct UpstreamStats {
 impl UpstreamStats {
     /// State for a server seen for the first time: up, or down until its health checks pass.
     pub fn new(start_up: bool) -> Self {
-        Self { in_flight: AtomicUsize::new(0), health: Health::new(start_up), conns: conns::ServerConns::default() }
+        Self {
+            in_flight: AtomicUsize::new(0),
+            health: Health::new(start_up),
+            conns: conns::ServerConns::default(),
+        }
     }
 
     /// Requests currently using this server (from pick until the response body ends or is dropped).
