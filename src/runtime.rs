@@ -7,6 +7,7 @@
 use crate::balance::rng::Rng;
 use crate::balance::{self, hash_key, PickCtx, Strategy, Upstreams};
 use crate::config::{Config, HashConfig, HashFallback, HealthCheck, Passive, PoolLimits, Retry, Secret};
+use crate::control::{Change, Override};
 use crate::health::{self, passive, Checks};
 use crate::metrics::{PoolMetrics, ServerMetrics};
 use crate::proxy::body::BufferBudget;
@@ -72,7 +73,8 @@ impl Pool {
     /// otherwise the strategy's pick (with a cookie to set, for sticky pools). `None`: none is ready.
     pub fn choose(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<Choice<'_>> {
         if let Some(index) = self.sticky.as_ref().and_then(|s| s.lookup(&parts.headers)) {
-            if let Some(upstream) = self.upstreams.get(index).filter(|u| u.is_ready()) {
+            // A draining server keeps the sessions bound to it (docs/console.md).
+            if let Some(upstream) = self.upstreams.get(index).filter(|u| u.keeps_sessions()) {
                 return Some(Choice { index, upstream, set_cookie: false });
             }
         }
@@ -286,6 +288,17 @@ pub enum NoServer {
     QueueTimeout(std::time::Duration),
 }
 
+/// Why an override names no server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unknown {
+    /// No pool by that name.
+    #[error("no such pool")]
+    Pool,
+    /// The pool has no server by that name.
+    #[error("no such server in this pool")]
+    Server,
+}
+
 /// One queued request, counted until dropped (also when its client goes away).
 struct Queued<'a>(&'a PoolStats);
 
@@ -351,6 +364,9 @@ struct Known {
 struct Registry {
     servers: HashMap<UpstreamKey, Known>,
     pools: HashMap<Arc<str>, Arc<PoolStats>>,
+    /// Operator overrides by identity: outlive reloads and address changes, dropped with their
+    /// server.
+    overrides: HashMap<UpstreamKey, Override>,
     /// Health-check tasks, once started.
     checks: Option<Checks>,
 }
@@ -409,8 +425,42 @@ impl Runtime {
     /// and swaps it in. Requests in flight finish on the snapshot they started with.
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
         let mut registry = self.lock();
+        self.swap(&mut registry, config)
+    }
+
+    /// The operator overrides in force, by server.
+    pub fn overrides(&self) -> HashMap<UpstreamKey, Override> {
+        self.lock().overrides.clone()
+    }
+
+    /// Applies an operator's change to server `name` of `pool` and returns the overrides now in
+    /// force for it. A state change takes effect at once (one atomic); a weight change rebuilds the
+    /// snapshot from the running config, as a reload that changed only that weight would (the
+    /// generation goes up by one).
+    pub fn set_override(&self, pool: &str, name: &str, change: Change) -> Result<Override, Unknown> {
+        let mut registry = self.lock();
+        let snapshot = self.current.load_full();
+        let p = snapshot.pools.iter().find(|p| &*p.name == pool).ok_or(Unknown::Pool)?;
+        let u = p.upstreams.iter().find(|u| &*u.key.name == name).ok_or(Unknown::Server)?;
+        let before = registry.overrides.get(&u.key).copied().unwrap_or_default();
+        let after = before.with(change);
+        if after.is_empty() {
+            registry.overrides.remove(&u.key);
+        } else {
+            registry.overrides.insert(u.key.clone(), after);
+        }
+        u.stats.admin.set(after.state.unwrap_or_default());
+        tracing::info!(pool, server = name, state = after.state.unwrap_or_default().as_str(),
+            weight = ?after.weight, "runtime override set");
+        if after.weight != before.weight {
+            self.swap(&mut registry, (*snapshot.config).clone());
+        }
+        Ok(after)
+    }
+
+    fn swap(&self, registry: &mut Registry, config: Config) -> Arc<Snapshot> {
         let generation = self.current.load().generation + 1;
-        let (snapshot, arrived) = build(config, generation, &mut registry, &self.generated_secret);
+        let (snapshot, arrived) = build(config, generation, registry, &self.generated_secret);
         let snapshot = Arc::new(snapshot);
         self.conn_limits.update(&snapshot);
         self.current.store(Arc::clone(&snapshot));
@@ -425,6 +475,14 @@ impl Runtime {
         let live: std::collections::HashSet<&UpstreamKey> =
             snapshot.pools.iter().flat_map(|p| p.upstreams.iter().map(|u| &u.key)).collect();
         registry.servers.retain(|key, _| live.contains(key));
+        registry.overrides.retain(|key, o| {
+            let keep = live.contains(key);
+            if !keep {
+                tracing::info!(pool = %key.pool, server = %key.name, override = o.describe(None),
+                    "runtime override dropped: the server left the config");
+            }
+            keep
+        });
         let pools: std::collections::HashSet<&str> = snapshot.pools.iter().map(|p| &*p.name).collect();
         registry.pools.retain(|name, _| pools.contains(&**name));
         if let Some(checks) = registry.checks.as_mut() {
@@ -457,10 +515,10 @@ fn known(
     registry: &mut Registry,
     key: &UpstreamKey,
     s: &crate::config::ServerConfig,
+    weight: u32,
     start_up: bool,
 ) -> (Arc<UpstreamStats>, bool) {
-    let fresh =
-        || Known { addr: s.addr.clone(), weight: s.weight, stats: Arc::new(UpstreamStats::new(start_up)) };
+    let fresh = || Known { addr: s.addr.clone(), weight, stats: Arc::new(UpstreamStats::new(start_up)) };
     let (entry, arriving) = match registry.servers.entry(key.clone()) {
         std::collections::hash_map::Entry::Occupied(e) => {
             let entry = e.into_mut();
@@ -468,14 +526,14 @@ fn known(
                 *entry = fresh();
                 (entry, true)
             } else {
-                let returning = entry.weight == 0 && s.weight > 0;
-                entry.weight = s.weight;
+                let returning = entry.weight == 0 && weight > 0;
+                entry.weight = weight;
                 (entry, returning)
             }
         }
         std::collections::hash_map::Entry::Vacant(e) => (e.insert(fresh()), true),
     };
-    (Arc::clone(&entry.stats), arriving && s.weight > 0)
+    (Arc::clone(&entry.stats), arriving && weight > 0)
 }
 
 fn build(
@@ -512,7 +570,11 @@ fn build(
                         // out rather than spoken to in the clear.
                         Some(t) => Some(Arc::new(crate::tls::ClientTls::new(t, authority.host())?)),
                     };
-                    let (stats, arriving) = known(registry, &key, s, start_up);
+                    // An operator's override wins over the file, until cleared.
+                    let over = registry.overrides.get(&key).copied().unwrap_or_default();
+                    let weight = over.weight.unwrap_or(s.weight);
+                    let (stats, arriving) = known(registry, &key, s, weight, start_up);
+                    stats.admin.set(over.state.unwrap_or_default());
                     if let (true, Some(over)) = (arriving, pool.slow_start) {
                         arrived.push((Arc::clone(&stats), over));
                     }
@@ -520,16 +582,17 @@ fn build(
                         |server: Option<usize>, pool: Option<usize>| server.or(pool).unwrap_or(usize::MAX);
                     let max_in_flight = limit(s.max_requests, pool.limits.max_requests)
                         .min(limit(s.max_connections, pool.limits.max_connections));
+                    let metrics = ServerMetrics::new(&pool.name, &s.name, &stats);
                     Some(Arc::new(Upstream {
                         key,
                         addr: s.addr.clone(),
                         authority,
-                        weight: s.weight,
+                        weight,
                         max_in_flight,
                         checked: pool.health.is_some(),
                         stats,
                         tls,
-                        metrics: ServerMetrics::new(&pool.name, &s.name),
+                        metrics,
                     }))
                 })
                 .collect();

@@ -4,7 +4,9 @@
 //! config reload can build new `Upstream`s while re-attaching the same stats by stable identity
 //! (pool name + server name), keeping in-flight counts exact across the swap.
 
+use crate::control::{AdminCell, AdminState};
 use crate::health::Health;
+use crate::traffic::Traffic;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -25,12 +27,17 @@ pub struct UpstreamStats {
     in_flight: AtomicUsize,
     /// Health verdicts (active checks, passive ejection) and slow-start progress.
     pub health: Health,
+    /// The operator's admin state (`ready`, `drain`, `maint`), re-applied from the runtime's
+    /// overrides at every snapshot build.
+    pub admin: AdminCell,
+    /// Answers and response times, for the console.
+    pub traffic: Traffic,
 }
 
 impl UpstreamStats {
     /// State for a server seen for the first time: up, or down until its health checks pass.
     pub fn new(start_up: bool) -> Self {
-        Self { in_flight: AtomicUsize::new(0), health: Health::new(start_up) }
+        Self { health: Health::new(start_up), ..Self::default() }
     }
 
     /// Requests currently using this server (from pick until the response body ends or is dropped).
@@ -137,8 +144,21 @@ impl Upstream {
                 || self.stats.in_flight.load(Ordering::SeqCst) < self.max_in_flight)
     }
 
-    /// Whether the server may take traffic at all (weight above 0, up, not ejected), limits aside.
+    /// Whether the server may take traffic at all (weight above 0, up, not ejected, admin state
+    /// `ready`), limits aside.
     pub fn is_healthy(&self) -> bool {
-        self.weight > 0 && self.stats.health.admits(self.checked)
+        self.weight > 0
+            && self.stats.health.admits(self.checked)
+            && self.stats.admin.get() == AdminState::Ready
+    }
+
+    /// Whether a sticky session already bound here may continue: as [`Upstream::is_ready`], except
+    /// that a server in `drain` keeps its sessions (`maint` does not).
+    pub fn keeps_sessions(&self) -> bool {
+        self.weight > 0
+            && self.stats.health.admits(self.checked)
+            && self.stats.admin.get() != AdminState::Maint
+            && (self.max_in_flight == usize::MAX
+                || self.stats.in_flight.load(Ordering::SeqCst) < self.max_in_flight)
     }
 }

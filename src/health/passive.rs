@@ -112,6 +112,7 @@ fn eject(pool: PoolView<'_>, server: &Upstream, failures: u32, last: Outcome) {
     health.failures.store(0, Ordering::Relaxed);
     let nth = health.ejections.fetch_add(1, Ordering::AcqRel) + 1;
     let time = ejection_time(pool.cfg, nth);
+    health.set_ejected_for(time);
     super::went_away(&server.stats);
     tracing::warn!(pool = %pool_name, server = %name, failures, last = last.as_str(), ejected_for = ?time,
         "server ejected: {failures} consecutive failures");
