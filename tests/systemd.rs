@@ -69,7 +69,8 @@ async fn lb_notifies_ready_reloading_and_stopping() {
         let reloading = next(&sock);
         let mut fields = reloading.lines();
         assert_eq!(fields.next(), Some("RELOADING=1"), "{trigger}: {reloading:?}");
-        let usec: u64 = fields.next().and_then(|l| l.strip_prefix("MONOTONIC_USEC=")).unwrap().parse().unwrap();
+        let usec: u64 =
+            fields.next().and_then(|l| l.strip_prefix("MONOTONIC_USEC=")).unwrap().parse().unwrap();
         assert!(usec > 0, "{trigger}: {reloading:?}");
         let back = next(&sock);
         assert!(back.starts_with("READY=1\n"), "{trigger}: {back:?}");

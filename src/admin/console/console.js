@@ -130,11 +130,13 @@ function actionButton(pool, s, state, label) {
 function serverRow(pool, s, now) {
   const f = figures(pool + "/" + s.name, now, s.traffic);
   const cell = (label, value, cls) => el("td", { class: cls || "", "data-label": label }, value);
+  // Value and its "override" mark share one span, so a phone's label/value layout keeps them together.
   const weight = el("span", {}, String(s.weight));
+  if (s.override && s.override.weight !== null) weight.append(el("span", { class: "override", title: "runtime override; configured " + s.configured_weight }, "override"));
   const weightCell = cell("Weight", weight, "num");
-  if (s.override && s.override.weight !== null) weightCell.append(el("span", { class: "override", title: "runtime override; configured " + s.configured_weight }, "override"));
-  const stateCell = cell("State", stateText(s), "state state-" + s.state.replace("+", "-"));
-  if (s.override && s.override.state) stateCell.append(el("span", { class: "override", title: "set by an operator" }, "override"));
+  const state = el("span", {}, stateText(s));
+  if (s.override && s.override.state) state.append(el("span", { class: "override", title: "set by an operator" }, "override"));
+  const stateCell = cell("State", state, "state state-" + s.state.replace("+", "-"));
   const row = el("tr", { "data-server": s.name, "data-state": s.state },
     cell("Server", el("span", {}, el("strong", {}, s.name), el("br"), el("span", { class: "muted mono" }, s.addr))),
     stateCell,
