@@ -106,19 +106,19 @@ async fn handle(admin: &Admin, local: SocketAddr, req: Request<Incoming>) -> Rep
     let server = servers::parse_path(req.uri().path());
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/reload") => {
-            if let Err(refused) = guarded(admin, local, &req) {
+            if let Some(refused) = refusal(admin, local, &req) {
                 return refused;
             }
             return reload(admin).await;
         }
         (&Method::POST, "/diff") => return diff(admin, req).await,
         (&Method::POST, _) if server.is_some() => {
-            if let Err(refused) = guarded(admin, local, &req) {
+            if let Some(refused) = refusal(admin, local, &req) {
                 return refused;
             }
             let body = match read_body(req, servers::MAX_BODY).await {
                 Ok(body) => body,
-                Err(refused) => return refused,
+                Err(refused) => return *refused,
             };
             let (pool, name) = server.unwrap_or_default();
             return servers::apply(&admin.runtime, &pool, &name, &body);
@@ -164,10 +164,10 @@ async fn handle(admin: &Admin, local: SocketAddr, req: Request<Incoming>) -> Rep
     }
 }
 
-/// Checks a mutating request against the [`guard`] rules; the refusal is a JSON answer.
-fn guarded(admin: &Admin, local: SocketAddr, req: &Request<Incoming>) -> Result<(), Reply> {
+/// Checks a mutating request against the [`guard`] rules: `Some` JSON answer if it is refused.
+fn refusal(admin: &Admin, local: SocketAddr, req: &Request<Incoming>) -> Option<Reply> {
     let snap = admin.runtime.snapshot();
-    guard::check(req.headers(), local, snap.config.admin_token.as_ref()).map_err(|refusal| {
+    guard::check(req.headers(), local, snap.config.admin_token.as_ref()).err().map(|refusal| {
         tracing::warn!(path = req.uri().path(), status = refusal.status.as_u16(), reason = %refusal.message,
             "admin request refused");
         let mut resp = json(refusal.status, &serde_json::json!({ "error": refusal.message }));
@@ -179,17 +179,15 @@ fn guarded(admin: &Admin, local: SocketAddr, req: &Request<Incoming>) -> Result<
 }
 
 /// The whole request body, at most `max` bytes.
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Reply> {
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Box<Reply>> {
     use http_body_util::BodyExt;
+    let refused = |status, error: String| Box::new(json(status, &serde_json::json!({ "error": error })));
     match http_body_util::Limited::new(req.into_body(), max).collect().await {
         Ok(body) => Ok(body.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(json(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &serde_json::json!({ "error": format!("a body of at most {max} bytes, please") }),
-        )),
-        Err(_) => {
-            Err(json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": "the body could not be read" })))
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(refused(StatusCode::PAYLOAD_TOO_LARGE, format!("a body of at most {max} bytes, please")))
         }
+        Err(_) => Err(refused(StatusCode::BAD_REQUEST, "the body could not be read".to_owned())),
     }
 }
 
