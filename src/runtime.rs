@@ -667,6 +667,40 @@ mod tests {
         assert!(!moved.pools[0].upstreams[0].stats.health.is_ejected(), "a new address starts afresh");
     }
 
+    #[test]
+    fn overrides_outlive_reloads_and_address_changes_until_their_server_leaves() {
+        use crate::control::AdminState;
+        let two = r#"{ name = "a", addr = "127.0.0.1:1" }, { name = "b", addr = "127.0.0.1:2" }"#;
+        let rt = Runtime::new(config(two));
+        let drain = Change { state: Some(AdminState::Drain), weight: None };
+        assert_eq!(rt.set_override("nope", "a", drain), Err(Unknown::Pool));
+        assert_eq!(rt.set_override("web", "zz", drain), Err(Unknown::Server));
+        rt.set_override("web", "a", drain).unwrap();
+        assert_eq!(rt.snapshot().generation, 1, "a state change needs no rebuild");
+        assert!(!rt.snapshot().pools[0].upstreams[0].is_ready());
+        assert!(rt.snapshot().pools[0].upstreams[0].keeps_sessions(), "drain keeps sticky sessions");
+        let over = rt.set_override("web", "b", Change { state: None, weight: Some(Some(7)) }).unwrap();
+        assert_eq!(over.weight, Some(7));
+        let snap = rt.snapshot();
+        assert_eq!((snap.generation, snap.pools[0].upstreams[1].weight), (2, 7), "a weight change rebuilds");
+
+        // A reload that moves a and reweights b in the file keeps both overrides.
+        let moved = rt.apply(config(
+            r#"{ name = "a", addr = "127.0.0.1:3" }, { name = "b", addr = "127.0.0.1:2", weight = 2 }"#,
+        ));
+        let (a, b) = (&moved.pools[0].upstreams[0], &moved.pools[0].upstreams[1]);
+        assert_eq!((a.stats.admin.get(), a.is_ready(), b.weight), (AdminState::Drain, false, 7));
+
+        // Gone with its server: back without it.
+        rt.apply(config(r#"{ name = "b", addr = "127.0.0.1:2" }"#));
+        let back = rt.apply(config(two));
+        assert_eq!(back.pools[0].upstreams[0].stats.admin.get(), AdminState::Ready);
+        assert_eq!(rt.overrides().len(), 1, "b's override stays");
+        rt.set_override("web", "b", Change { state: Some(AdminState::Ready), weight: Some(None) }).unwrap();
+        assert!(rt.overrides().is_empty(), "cleared overrides are not kept");
+        assert_eq!(rt.snapshot().pools[0].upstreams[1].weight, 1);
+    }
+
     #[tokio::test]
     async fn servers_added_or_raised_from_weight_zero_slow_start_and_others_do_not() {
         let slow = "slow_start = \"10s\"\n";

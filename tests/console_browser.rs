@@ -197,7 +197,8 @@ async fn the_console_shows_the_pool_and_drains_a_server_from_the_browser() {
         assert_eq!(status, StatusCode::OK);
         *seen.entry(body).or_insert(0) += 1;
     }
-    assert_eq!(seen, BTreeMap::from([("app1".to_owned(), 15), ("app3".to_owned(), 15)]));
+    // (The background traffic shares the round-robin cursor, so the split between the two varies.)
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["app1", "app3"], "{seen:?}");
     assert_eq!(apps[1].seen.requests.load(Ordering::SeqCst), before, "no request reached app2");
     // Its rate falls to zero on the page once a reading spans only the drained time.
     page_until(&browser, "app2 at 0 requests/s", "return document.querySelector('tr[data-server=\"app2\"] td[data-label=\"Req/s\"]').textContent === '0.00'").await;
