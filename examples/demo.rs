@@ -31,7 +31,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let hint = |line: &str| match line.rsplit_once(':') {
         Some((_, port)) if line.starts_with("lb admin") => {
-            println!("{line} -- try: curl -s localhost:{port}/status")
+            println!(
+                "{line} -- open it in a browser for the console, or try: curl -s localhost:{port}/status"
+            )
         }
         Some((_, port)) => println!("{line} -- try: curl -s localhost:{port}/"),
         None => println!("{line}"),

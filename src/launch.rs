@@ -58,12 +58,15 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
         announce(&format!("lb listening on http://{local}"));
     }
     if let Some((addr, _)) = &admin_task {
-        announce(&format!(
-            "lb admin on http://{}",
-            addr.as_ref().map_err(|e| io::Error::new(e.kind(), e.to_string()))?
-        ));
+        let addr = addr.as_ref().map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
+        announce(&format!("lb admin on http://{addr}"));
+        if let Err(e) = admin_answers(*addr).await {
+            tracing::warn!(admin = %addr, error = %e, "the admin listener does not answer yet");
+        }
     }
+    crate::notify::ready(&format!("serving generation {}", reloader.runtime().snapshot().generation));
     server::shutdown_signal().await;
+    crate::notify::stopping();
     ready.store(false, Ordering::Relaxed);
     // No reload may start listeners or swap configs while draining.
     reloader.close().await;
@@ -76,4 +79,27 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
         task.abort();
     }
     Ok(())
+}
+
+/// How long readiness waits for the admin listener's first answer.
+const ADMIN_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One `GET /healthz` on the admin listener: readiness means it answers, not only that it is bound.
+async fn admin_answers(addr: std::net::SocketAddr) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        if head.starts_with(b"HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("answered {:?}", String::from_utf8_lossy(&head))))
+        }
+    };
+    tokio::time::timeout(ADMIN_PROBE_TIMEOUT, probe)
+        .await
+        .map_err(|_| io::Error::other("no answer within 5s"))?
 }

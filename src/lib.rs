@@ -12,9 +12,11 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod health;
 pub mod launch;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod reload;
 pub mod router;
@@ -24,4 +26,5 @@ pub mod slots;
 pub mod stall;
 pub mod sticky;
 pub mod tls;
+pub mod traffic;
 pub mod upstream;

@@ -154,9 +154,19 @@ fn changes(
     if !status.is_success() {
         anyhow::bail!("the running lb refused the config: {}", doc["error"].as_str().unwrap_or("?"));
     }
-    let lines =
-        doc["changes"].as_array().map(|a| a.iter().filter_map(|l| l.as_str()).map(String::from).collect());
-    lines.context("no changes in the answer")
+    let lines = |key: &str| -> Vec<String> {
+        doc[key]
+            .as_array()
+            .map_or_else(Vec::new, |a| a.iter().filter_map(|l| l.as_str()).map(String::from).collect())
+    };
+    anyhow::ensure!(doc["changes"].is_array(), "no changes in the answer");
+    // Operator overrides are not changes of the file, but they decide what the file's weights and
+    // states will really be: say so after the changes.
+    let (changes, overrides) = (lines("changes"), lines("overrides"));
+    if overrides.is_empty() || !changes.is_empty() {
+        return Ok(changes.into_iter().chain(overrides).collect());
+    }
+    Ok(std::iter::once("no changes".to_owned()).chain(overrides).collect())
 }
 
 /// One HTTP/1.1 POST to the admin listener at `addr`.

@@ -6,10 +6,12 @@
 //! request only increments handles; gauges that mirror live state (in flight, ready, generation) are
 //! set at scrape time from the atomics, costing the request path nothing.
 
+use crate::upstream::UpstreamStats;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::Arc;
 
 /// Requests answered, by pool, server and status class (`1xx`..`5xx`).
 pub const REQUESTS: &str = "lb_requests_total";
@@ -33,6 +35,12 @@ pub const RETRIES_REFUSED: &str = "lb_retries_refused_total";
 pub const HEALTH_CHECKS: &str = "lb_health_checks_total";
 /// Health state changes by pool, server, new state (`up`, `down`) and cause (`check`, `passive`).
 pub const HEALTH_CHANGES: &str = "lb_health_changes_total";
+/// A server's admin state set by an operator: 0 `ready`, 1 `drain`, 2 `maint`.
+pub const UPSTREAM_ADMIN_STATE: &str = "lb_upstream_admin_state";
+/// A server's weight in force: the configured one, or an operator's override.
+pub const UPSTREAM_WEIGHT: &str = "lb_upstream_weight";
+/// 1 while an operator's override (state or weight) is in force for a server.
+pub const UPSTREAM_OVERRIDDEN: &str = "lb_upstream_override";
 /// 1 if a server passes its health checks and is not ejected, else 0.
 pub const UPSTREAM_HEALTHY: &str = "lb_upstream_healthy";
 /// Requests waiting in a pool's queue for a server below its limits.
@@ -97,6 +105,9 @@ pub fn describe() {
     describe_counter!(RETRIES_REFUSED, "Retries not made because the retry budget was spent.");
     describe_counter!(HEALTH_CHECKS, "Active health checks by result.");
     describe_counter!(HEALTH_CHANGES, "Health state changes by new state and cause.");
+    describe_gauge!(UPSTREAM_ADMIN_STATE, "Admin state set by an operator: 0 ready, 1 drain, 2 maint.");
+    describe_gauge!(UPSTREAM_WEIGHT, "Weight in force (configured, or an operator's override).");
+    describe_gauge!(UPSTREAM_OVERRIDDEN, "1 while an operator's override is in force for the server.");
     describe_gauge!(UPSTREAM_HEALTHY, "1 if the server passes health checks and is not ejected.");
     describe_gauge!(QUEUED, "Requests waiting for a server below its limits.");
     describe_counter!(QUEUE_REJECTED, "Queued requests answered 503, by reason.");
@@ -127,21 +138,28 @@ pub fn class(status: u16) -> &'static str {
     }
 }
 
-/// One server's hot-path metric handles, registered when a snapshot is built.
+/// One server's hot-path metric handles, registered when a snapshot is built. Each also feeds the
+/// server's console counters ([`crate::traffic`]), which outlive snapshots.
 #[derive(Debug, Clone)]
 pub struct ServerMetrics {
     requests: [Counter; 5],
     /// Upstream time to response head.
-    pub ttfb: Histogram,
+    pub ttfb: ResponseTime,
+    stats: Arc<UpstreamStats>,
 }
 
 impl ServerMetrics {
-    /// Registers (or finds, after a reload) the handles of `server` in `pool`.
-    pub fn new(pool: &str, server: &str) -> Self {
+    /// Registers (or finds, after a reload) the handles of `server` in `pool`, whose live state is
+    /// `stats`.
+    pub fn new(pool: &str, server: &str, stats: &Arc<UpstreamStats>) -> Self {
         let labels = |class: &'static str| counter!(REQUESTS, "pool" => pool.to_owned(), "server" => server.to_owned(), "class" => class);
         Self {
             requests: [labels("1xx"), labels("2xx"), labels("3xx"), labels("4xx"), labels("5xx")],
-            ttfb: histogram!(UPSTREAM_TTFB, "pool" => pool.to_owned(), "server" => server.to_owned()),
+            ttfb: ResponseTime {
+                histogram: histogram!(UPSTREAM_TTFB, "pool" => pool.to_owned(), "server" => server.to_owned()),
+                stats: Arc::clone(stats),
+            },
+            stats: Arc::clone(stats),
         }
     }
 
@@ -149,6 +167,22 @@ impl ServerMetrics {
     pub fn answered(&self, status: u16) {
         let i = (usize::from(status / 100)).clamp(1, 5) - 1;
         self.requests[i].increment(1);
+        self.stats.traffic.answered(status);
+    }
+}
+
+/// A server's upstream response time: the Prometheus histogram and the console's buckets.
+#[derive(Debug, Clone)]
+pub struct ResponseTime {
+    histogram: Histogram,
+    stats: Arc<UpstreamStats>,
+}
+
+impl ResponseTime {
+    /// Records one response time, in seconds.
+    pub fn record(&self, secs: f64) {
+        self.histogram.record(secs);
+        self.stats.traffic.responded(secs);
     }
 }
 
@@ -215,7 +249,10 @@ pub fn request_buffers(held: usize) {
 }
 
 /// Sets the gauges that mirror live state, just before a scrape.
-pub fn refresh(snapshot: &crate::runtime::Snapshot) {
+pub fn refresh(
+    snapshot: &crate::runtime::Snapshot,
+    overrides: &std::collections::HashMap<crate::upstream::UpstreamKey, crate::control::Override>,
+) {
     gauge!(CONFIG_GENERATION).set(snapshot.generation as f64);
     gauge!(CONFIG_HASH).set(snapshot.config.digest.short() as f64);
     for l in &snapshot.config.listeners {
@@ -234,6 +271,11 @@ pub fn refresh(snapshot: &crate::runtime::Snapshot) {
                 .set(u.stats.in_flight() as f64);
             let healthy = if u.stats.health.is_up() { 1.0 } else { 0.0 };
             gauge!(UPSTREAM_HEALTHY, "pool" => p.clone(), "server" => s.clone()).set(healthy);
+            gauge!(UPSTREAM_ADMIN_STATE, "pool" => p.clone(), "server" => s.clone())
+                .set(f64::from(u.stats.admin.get().code()));
+            gauge!(UPSTREAM_WEIGHT, "pool" => p.clone(), "server" => s.clone()).set(f64::from(u.weight));
+            let overridden = if overrides.contains_key(&u.key) { 1.0 } else { 0.0 };
+            gauge!(UPSTREAM_OVERRIDDEN, "pool" => p.clone(), "server" => s.clone()).set(overridden);
             gauge!(UPSTREAM_READY, "pool" => p, "server" => s).set(if u.is_ready() { 1.0 } else { 0.0 });
         }
     }

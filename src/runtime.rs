@@ -7,6 +7,7 @@
 use crate::balance::rng::Rng;
 use crate::balance::{self, hash_key, PickCtx, Strategy, Upstreams};
 use crate::config::{Config, HashConfig, HashFallback, HealthCheck, Passive, PoolLimits, Retry, Secret};
+use crate::control::{Change, Override};
 use crate::health::{self, passive, Checks};
 use crate::metrics::{PoolMetrics, ServerMetrics};
 use crate::proxy::body::BufferBudget;
@@ -73,7 +74,8 @@ impl Pool {
     /// otherwise the strategy's pick (with a cookie to set, for sticky pools). `None`: none is ready.
     pub fn choose(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<Choice<'_>> {
         if let Some(index) = self.sticky.as_ref().and_then(|s| s.lookup(&parts.headers)) {
-            if let Some(upstream) = self.upstreams.get(index).filter(|u| u.is_ready()) {
+            // A draining server keeps the sessions bound to it (docs/console.md).
+            if let Some(upstream) = self.upstreams.get(index).filter(|u| u.keeps_sessions()) {
                 return Some(Choice { index, upstream, set_cookie: false });
             }
         }
@@ -287,6 +289,17 @@ pub enum NoServer {
     QueueTimeout(std::time::Duration),
 }
 
+/// Why an override names no server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unknown {
+    /// No pool by that name.
+    #[error("no such pool")]
+    Pool,
+    /// The pool has no server by that name.
+    #[error("no such server in this pool")]
+    Server,
+}
+
 /// One queued request, counted until dropped (also when its client goes away).
 struct Queued<'a>(&'a PoolStats);
 
@@ -352,6 +365,9 @@ struct Known {
 struct Registry {
     servers: HashMap<UpstreamKey, Known>,
     pools: HashMap<Arc<str>, Arc<PoolStats>>,
+    /// Operator overrides by identity: outlive reloads and address changes, dropped with their
+    /// server.
+    overrides: HashMap<UpstreamKey, Override>,
     /// Health-check tasks, once started.
     checks: Option<Checks>,
     /// The idle-connection sweep, once started.
@@ -448,8 +464,42 @@ impl Runtime {
     /// and swaps it in. Requests in flight finish on the snapshot they started with.
     pub fn apply(&self, config: Config) -> Arc<Snapshot> {
         let mut registry = self.lock();
+        self.swap(&mut registry, config)
+    }
+
+    /// The operator overrides in force, by server.
+    pub fn overrides(&self) -> HashMap<UpstreamKey, Override> {
+        self.lock().overrides.clone()
+    }
+
+    /// Applies an operator's change to server `name` of `pool` and returns the overrides now in
+    /// force for it. A state change takes effect at once (one atomic); a weight change rebuilds the
+    /// snapshot from the running config, as a reload that changed only that weight would (the
+    /// generation goes up by one).
+    pub fn set_override(&self, pool: &str, name: &str, change: Change) -> Result<Override, Unknown> {
+        let mut registry = self.lock();
+        let snapshot = self.current.load_full();
+        let p = snapshot.pools.iter().find(|p| &*p.name == pool).ok_or(Unknown::Pool)?;
+        let u = p.upstreams.iter().find(|u| &*u.key.name == name).ok_or(Unknown::Server)?;
+        let before = registry.overrides.get(&u.key).copied().unwrap_or_default();
+        let after = before.with(change);
+        if after.is_empty() {
+            registry.overrides.remove(&u.key);
+        } else {
+            registry.overrides.insert(u.key.clone(), after);
+        }
+        u.stats.admin.set(after.state.unwrap_or_default());
+        tracing::info!(pool, server = name, state = after.state.unwrap_or_default().as_str(),
+            weight = ?after.weight, "runtime override set");
+        if after.weight != before.weight {
+            self.swap(&mut registry, (*snapshot.config).clone());
+        }
+        Ok(after)
+    }
+
+    fn swap(&self, registry: &mut Registry, config: Config) -> Arc<Snapshot> {
         let generation = self.current.load().generation + 1;
-        let (snapshot, arrived) = build(config, generation, &mut registry, &self.generated_secret);
+        let (snapshot, arrived) = build(config, generation, registry, &self.generated_secret);
         let snapshot = Arc::new(snapshot);
         self.conn_limits.update(&snapshot);
         self.current.store(Arc::clone(&snapshot));
@@ -464,6 +514,14 @@ impl Runtime {
         let live: std::collections::HashSet<&UpstreamKey> =
             snapshot.pools.iter().flat_map(|p| p.upstreams.iter().map(|u| &u.key)).collect();
         registry.servers.retain(|key, _| live.contains(key));
+        registry.overrides.retain(|key, o| {
+            let keep = live.contains(key);
+            if !keep {
+                tracing::info!(pool = %key.pool, server = %key.name, override = o.describe(None),
+                    "runtime override dropped: the server left the config");
+            }
+            keep
+        });
         let pools: std::collections::HashSet<&str> = snapshot.pools.iter().map(|p| &*p.name).collect();
         registry.pools.retain(|name, _| pools.contains(&**name));
         if let Some(checks) = registry.checks.as_mut() {
@@ -496,10 +554,10 @@ fn known(
     registry: &mut Registry,
     key: &UpstreamKey,
     s: &crate::config::ServerConfig,
+    weight: u32,
     start_up: bool,
 ) -> (Arc<UpstreamStats>, bool) {
-    let fresh =
-        || Known { addr: s.addr.clone(), weight: s.weight, stats: Arc::new(UpstreamStats::new(start_up)) };
+    let fresh = || Known { addr: s.addr.clone(), weight, stats: Arc::new(UpstreamStats::new(start_up)) };
     let (entry, arriving) = match registry.servers.entry(key.clone()) {
         std::collections::hash_map::Entry::Occupied(e) => {
             let entry = e.into_mut();
@@ -507,14 +565,14 @@ fn known(
                 *entry = fresh();
                 (entry, true)
             } else {
-                let returning = entry.weight == 0 && s.weight > 0;
-                entry.weight = s.weight;
+                let returning = entry.weight == 0 && weight > 0;
+                entry.weight = weight;
                 (entry, returning)
             }
         }
         std::collections::hash_map::Entry::Vacant(e) => (e.insert(fresh()), true),
     };
-    (Arc::clone(&entry.stats), arriving && s.weight > 0)
+    (Arc::clone(&entry.stats), arriving && weight > 0)
 }
 
 fn build(
@@ -551,7 +609,11 @@ fn build(
                         // out rather than spoken to in the clear.
                         Some(t) => Some(Arc::new(crate::tls::ClientTls::new(t, authority.host())?)),
                     };
-                    let (stats, arriving) = known(registry, &key, s, start_up);
+                    // An operator's override wins over the file, until cleared.
+                    let over = registry.overrides.get(&key).copied().unwrap_or_default();
+                    let weight = over.weight.unwrap_or(s.weight);
+                    let (stats, arriving) = known(registry, &key, s, weight, start_up);
+                    stats.admin.set(over.state.unwrap_or_default());
                     if let (true, Some(over)) = (arriving, pool.slow_start) {
                         arrived.push((Arc::clone(&stats), over));
                     }
@@ -559,16 +621,17 @@ fn build(
                         |server: Option<usize>, pool: Option<usize>| server.or(pool).unwrap_or(usize::MAX);
                     let max_in_flight = limit(s.max_requests, pool.limits.max_requests)
                         .min(limit(s.max_connections, pool.limits.max_connections));
+                    let metrics = ServerMetrics::new(&pool.name, &s.name, &stats);
                     Some(Arc::new(Upstream {
                         key,
                         addr: s.addr.clone(),
                         authority,
-                        weight: s.weight,
+                        weight,
                         max_in_flight,
                         checked: pool.health.is_some(),
                         stats,
                         tls,
-                        metrics: ServerMetrics::new(&pool.name, &s.name),
+                        metrics,
                     }))
                 })
                 .collect();
@@ -641,6 +704,40 @@ mod tests {
         after.pools[0].upstreams[0].stats.health.set_ejected(true);
         let moved = rt.apply(config(r#"{ name = "a", addr = "127.0.0.1:3", weight = 5 }"#));
         assert!(!moved.pools[0].upstreams[0].stats.health.is_ejected(), "a new address starts afresh");
+    }
+
+    #[test]
+    fn overrides_outlive_reloads_and_address_changes_until_their_server_leaves() {
+        use crate::control::AdminState;
+        let two = r#"{ name = "a", addr = "127.0.0.1:1" }, { name = "b", addr = "127.0.0.1:2" }"#;
+        let rt = Runtime::new(config(two));
+        let drain = Change { state: Some(AdminState::Drain), weight: None };
+        assert_eq!(rt.set_override("nope", "a", drain), Err(Unknown::Pool));
+        assert_eq!(rt.set_override("web", "zz", drain), Err(Unknown::Server));
+        rt.set_override("web", "a", drain).unwrap();
+        assert_eq!(rt.snapshot().generation, 1, "a state change needs no rebuild");
+        assert!(!rt.snapshot().pools[0].upstreams[0].is_ready());
+        assert!(rt.snapshot().pools[0].upstreams[0].keeps_sessions(), "drain keeps sticky sessions");
+        let over = rt.set_override("web", "b", Change { state: None, weight: Some(Some(7)) }).unwrap();
+        assert_eq!(over.weight, Some(7));
+        let snap = rt.snapshot();
+        assert_eq!((snap.generation, snap.pools[0].upstreams[1].weight), (2, 7), "a weight change rebuilds");
+
+        // A reload that moves a and reweights b in the file keeps both overrides.
+        let moved = rt.apply(config(
+            r#"{ name = "a", addr = "127.0.0.1:3" }, { name = "b", addr = "127.0.0.1:2", weight = 2 }"#,
+        ));
+        let (a, b) = (&moved.pools[0].upstreams[0], &moved.pools[0].upstreams[1]);
+        assert_eq!((a.stats.admin.get(), a.is_ready(), b.weight), (AdminState::Drain, false, 7));
+
+        // Gone with its server: back without it.
+        rt.apply(config(r#"{ name = "b", addr = "127.0.0.1:2" }"#));
+        let back = rt.apply(config(two));
+        assert_eq!(back.pools[0].upstreams[0].stats.admin.get(), AdminState::Ready);
+        assert_eq!(rt.overrides().len(), 1, "b's override stays");
+        rt.set_override("web", "b", Change { state: Some(AdminState::Ready), weight: Some(None) }).unwrap();
+        assert!(rt.overrides().is_empty(), "cleared overrides are not kept");
+        assert_eq!(rt.snapshot().pools[0].upstreams[1].weight, 1);
     }
 
     #[tokio::test]

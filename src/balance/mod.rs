@@ -113,6 +113,7 @@ pub(crate) mod testing {
 
     fn upstream(name: &str, i: usize, weight: u32) -> Arc<Upstream> {
         let addr = format!("127.0.0.1:{}", 9000 + i);
+        let stats = Arc::new(UpstreamStats::default());
         Arc::new(Upstream {
             key: UpstreamKey { pool: "p".into(), name: name.into() },
             authority: addr.parse().unwrap(),
@@ -120,9 +121,9 @@ pub(crate) mod testing {
             weight,
             max_in_flight: usize::MAX,
             checked: false,
-            stats: Arc::new(UpstreamStats::default()),
             tls: None,
-            metrics: crate::metrics::ServerMetrics::new("p", name),
+            metrics: crate::metrics::ServerMetrics::new("p", name, &stats),
+            stats,
         })
     }
 

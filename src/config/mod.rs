@@ -21,6 +21,10 @@ pub use health::{CheckKind, FailureKinds, HealthCheck, HttpCheck, Passive, PoolL
 #[cfg(test)]
 pub(crate) use validate::order_routes;
 
+/// Largest accepted server weight, in the config and as a runtime override (HAProxy allows 256; a
+/// little headroom for ratios).
+pub const MAX_WEIGHT: u32 = 1000;
+
 /// A validated configuration. Every field holds its final type and default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -41,6 +45,10 @@ pub struct Config {
     /// The admin listener (metrics, health, status); `None` when disabled.
     /// Default `127.0.0.1:9901`: loopback only unless configured otherwise.
     pub admin: Option<SocketAddr>,
+    /// Bearer token that mutating admin requests (`POST /reload`, `POST /pools/...`) must carry
+    /// (`admin.token` or `admin.token_file`). Default none: then only loopback admin addresses are
+    /// accepted, and mutating requests need no token.
+    pub admin_token: Option<Secret>,
     /// Access log format. Default off.
     pub access_log: AccessLog,
     /// How lb notices edits of its config file.

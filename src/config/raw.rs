@@ -39,6 +39,8 @@ pub(crate) struct RawReload {
 pub(crate) struct RawAdmin {
     pub addr: Option<String>,
     pub enabled: Option<bool>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

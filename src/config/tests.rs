@@ -469,3 +469,34 @@ fn unchanged_on_disk_means_the_same_bytes_in_every_file_read() {
     std::fs::remove_file(&path).unwrap();
     assert!(!config.unchanged_on_disk(&path), "gone");
 }
+
+#[test]
+fn the_admin_token_is_required_off_loopback_and_checked() {
+    let with = |admin: &str| format!("{MINIMAL}\n[admin]\n{admin}\n");
+    let open = issues(&with("addr = \"0.0.0.0:9901\""));
+    assert!(
+        open.iter()
+            .any(|m| m.contains("admin.token: required when admin.addr (0.0.0.0:9901) is not a loopback")),
+        "{open:?}"
+    );
+    let c = Config::from_toml(&with("addr = \"0.0.0.0:9901\"\ntoken = \"0123456789abcdef\"")).unwrap();
+    assert_eq!(c.admin_token, Some(Secret(b"0123456789abcdef".to_vec())));
+    assert_eq!(Config::from_toml(MINIMAL).unwrap().admin_token, None, "loopback needs none by default");
+    let short = issues(&with("token = \"s3cret\""));
+    assert!(short.iter().any(|m| m.contains("admin.token: is 6 bytes; use at least 16")), "{short:?}");
+    assert!(!short.iter().any(|m| m.contains("s3cret")), "the token is never echoed: {short:?}");
+    let spaced = issues(&with("token = \"0123456789 abcdef\""));
+    assert!(spaced.iter().any(|m| m.contains("admin.token: may hold only visible ASCII")), "{spaced:?}");
+    let both = issues(&with("token = \"0123456789abcdef\"\ntoken_file = \"/nonexistent\""));
+    assert!(both.iter().any(|m| m.contains("set either admin.token or admin.token_file")), "{both:?}");
+    let missing = issues(&with("token_file = \"/nonexistent/token\""));
+    assert!(
+        missing.iter().any(|m| m.contains("admin.token_file: cannot read /nonexistent/token")),
+        "{missing:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "abcdefghijklmnopqrstuvwxyz\n").unwrap();
+    let c = Config::from_toml(&with(&format!("token_file = \"{}\"", file.display()))).unwrap();
+    assert_eq!(c.admin_token, Some(Secret(b"abcdefghijklmnopqrstuvwxyz".to_vec())), "trimmed");
+}

@@ -14,8 +14,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Largest accepted server weight (HAProxy allows 256; a little headroom for ratios).
-const MAX_WEIGHT: i64 = 1000;
+const MAX_WEIGHT: i64 = super::MAX_WEIGHT as i64;
 
 pub(super) struct Issues<'a>(&'a mut Vec<Issue>);
 
@@ -36,6 +35,7 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
     tls_per_address(&pools, &mut out);
     let sticky_secret = sticky_secret(&raw.sticky, &mut out);
     let admin = admin(&raw.admin, &listeners, &mut out);
+    let admin_token = admin_token(&raw.admin, admin, &mut out);
     let access_log = match raw.log.access.as_deref() {
         None | Some("off") => AccessLog::Off,
         Some("text") => AccessLog::Text,
@@ -59,6 +59,7 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
         routes,
         sticky_secret,
         admin,
+        admin_token,
         access_log,
         reload,
         digest: Digest::default(),
@@ -746,4 +747,47 @@ fn admin(raw: &RawAdmin, listeners: &[ListenerConfig], out: &mut Issues<'_>) -> 
             None
         }
     }
+}
+
+/// Shortest accepted admin token: 16 bytes, as for the sticky secret.
+const MIN_TOKEN: usize = 16;
+
+/// `admin.token` or `admin.token_file`: required when the admin listener is not on loopback.
+fn admin_token(raw: &RawAdmin, addr: Option<SocketAddr>, out: &mut Issues<'_>) -> Option<Secret> {
+    let (key, bytes) = match (&raw.token, &raw.token_file) {
+        (Some(_), Some(_)) => {
+            out.push("admin.token_file", "set either admin.token or admin.token_file, not both");
+            return None;
+        }
+        (Some(token), None) => ("admin.token", token.as_bytes().to_vec()),
+        (None, Some(path)) => match read_small_file(path, MAX_SECRET_FILE) {
+            Ok(bytes) => ("admin.token_file", bytes.trim_ascii().to_vec()),
+            Err(e) => {
+                out.push("admin.token_file", format!("cannot read {path}: {e}"));
+                return None;
+            }
+        },
+        (None, None) => {
+            if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+                out.push(
+                    "admin.token",
+                    format!(
+                        "required when admin.addr ({addr}) is not a loopback address: set admin.token or \
+                         admin.token_file, or listen on 127.0.0.1"
+                    ),
+                );
+            }
+            return None;
+        }
+    };
+    // Never echo the token itself: only what is wrong with it.
+    if bytes.len() < MIN_TOKEN {
+        out.push(key, format!("is {} bytes; use at least {MIN_TOKEN} random characters", bytes.len()));
+        return None;
+    }
+    if !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        out.push(key, "may hold only visible ASCII characters (it travels in an HTTP header)");
+        return None;
+    }
+    Some(Secret(bytes))
 }

@@ -39,6 +39,7 @@ pub async fn run(target: Target) {
     loop {
         ticker.tick().await;
         let result = probe(&check.kind, &addr, tls.as_deref(), check.timeout).await;
+        stats.health.record_check(result.is_ok());
         match &result {
             Ok(()) => pass.increment(1),
             Err(_) => fail.increment(1),

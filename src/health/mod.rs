@@ -39,6 +39,33 @@ pub struct Health {
     pub(crate) failures: AtomicU32,
     /// Ejections in a row (each doubles the next ejection's length); reset after a quiet period.
     pub(crate) ejections: AtomicU32,
+    /// The last active check's result ([`CheckResult`] as a number), for the console.
+    last_check: AtomicU8,
+    /// When the current passive ejection ends, in Unix milliseconds (0: never ejected), for the
+    /// console's "time left".
+    ejected_until_ms: AtomicU64,
+}
+
+/// The result of a server's last active check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckResult {
+    /// No check ran yet (or the pool has none).
+    None,
+    /// It passed.
+    Pass,
+    /// It failed.
+    Fail,
+}
+
+impl CheckResult {
+    /// `none`, `pass` or `fail`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+        }
+    }
 }
 
 impl Default for Health {
@@ -56,7 +83,33 @@ impl Health {
             epoch: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
+            last_check: AtomicU8::new(0),
+            ejected_until_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The last active check's result.
+    pub fn last_check(&self) -> CheckResult {
+        match self.last_check.load(Ordering::Relaxed) {
+            1 => CheckResult::Pass,
+            2 => CheckResult::Fail,
+            _ => CheckResult::None,
+        }
+    }
+
+    pub(crate) fn record_check(&self, passed: bool) {
+        self.last_check.store(if passed { 1 } else { 2 }, Ordering::Relaxed);
+    }
+
+    /// When the current (or last) passive ejection ends, in Unix milliseconds; 0 if never ejected.
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_ejected_for(&self, time: std::time::Duration) {
+        let until = std::time::SystemTime::now() + time;
+        let ms = until.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        self.ejected_until_ms.store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Neither down by active checks nor ejected.

@@ -93,10 +93,18 @@ pub fn observe(pool: PoolView<'_>, server: &Upstream, outcome: Outcome) {
 
 fn eject(pool: PoolView<'_>, server: &Upstream, failures: u32, last: Outcome) {
     let (name, pool_name) = (&server.key.name, &server.key.pool);
-    // The cap counts servers that could serve (weight above 0 and not down by active checks), ejected
-    // ones included, so drained or dead servers never let passive checks take the last live one.
-    let eligible =
-        pool.servers.iter().filter(|u| u.weight > 0 && (!u.checked || !u.stats.health.is_down())).count();
+    // The cap counts servers that could serve (weight above 0, not down by active checks, not drained
+    // or parked by an operator), ejected ones included, so drained or dead servers never let passive
+    // checks take the last live one.
+    let eligible = pool
+        .servers
+        .iter()
+        .filter(|u| {
+            u.weight > 0
+                && (!u.checked || !u.stats.health.is_down())
+                && u.stats.admin.get() == crate::control::AdminState::Ready
+        })
+        .count();
     let cap = ejection_cap(pool.cfg, eligible);
     let room =
         pool.stats.ejected.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1));
@@ -112,6 +120,7 @@ fn eject(pool: PoolView<'_>, server: &Upstream, failures: u32, last: Outcome) {
     health.failures.store(0, Ordering::Relaxed);
     let nth = health.ejections.fetch_add(1, Ordering::AcqRel) + 1;
     let time = ejection_time(pool.cfg, nth);
+    health.set_ejected_for(time);
     super::went_away(&server.stats);
     tracing::warn!(pool = %pool_name, server = %name, failures, last = last.as_str(), ejected_for = ?time,
         "server ejected: {failures} consecutive failures");

@@ -143,7 +143,12 @@ impl Reloader {
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ReloadError::ShuttingDown);
         }
+        crate::notify::reloading();
         let result = self.try_reload(trigger).await;
+        crate::notify::reloaded(&match &result {
+            Ok(applied) => format!("serving generation {}", applied.generation),
+            Err(_) => "serving; the last reload was refused".to_owned(),
+        });
         let outcome = match &result {
             // An unchanged file is no news, unless the last reload failed: then the file on disk is
             // valid again (it is what runs), and the failure gauge must say so.

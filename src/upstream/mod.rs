@@ -8,7 +8,9 @@ pub mod connect;
 pub mod conns;
 pub mod lease;
 
+use crate::control::{AdminCell, AdminState};
 use crate::health::Health;
+use crate::traffic::Traffic;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -31,16 +33,17 @@ pub struct UpstreamStats {
     pub health: Health,
     /// Open connections to the server, idle or shared.
     pub conns: conns::ServerConns,
+    /// The operator's admin state (`ready`, `drain`, `maint`), re-applied from the runtime's
+    /// overrides at every snapshot build.
+    pub admin: AdminCell,
+    /// Answers and response times, for the console.
+    pub traffic: Traffic,
 }
 
 impl UpstreamStats {
     /// State for a server seen for the first time: up, or down until its health checks pass.
     pub fn new(start_up: bool) -> Self {
-        Self {
-            in_flight: AtomicUsize::new(0),
-            health: Health::new(start_up),
-            conns: conns::ServerConns::default(),
-        }
+        Self { health: Health::new(start_up), ..Self::default() }
     }
 
     /// Requests currently using this server (from pick until the response body ends or is dropped).
@@ -147,8 +150,21 @@ impl Upstream {
                 || self.stats.in_flight.load(Ordering::SeqCst) < self.max_in_flight)
     }
 
-    /// Whether the server may take traffic at all (weight above 0, up, not ejected), limits aside.
+    /// Whether the server may take traffic at all (weight above 0, up, not ejected, admin state
+    /// `ready`), limits aside.
     pub fn is_healthy(&self) -> bool {
-        self.weight > 0 && self.stats.health.admits(self.checked)
+        self.weight > 0
+            && self.stats.health.admits(self.checked)
+            && self.stats.admin.get() == AdminState::Ready
+    }
+
+    /// Whether a sticky session already bound here may continue: as [`Upstream::is_ready`], except
+    /// that a server in `drain` keeps its sessions (`maint` does not).
+    pub fn keeps_sessions(&self) -> bool {
+        self.weight > 0
+            && self.stats.health.admits(self.checked)
+            && self.stats.admin.get() != AdminState::Maint
+            && (self.max_in_flight == usize::MAX
+                || self.stats.in_flight.load(Ordering::SeqCst) < self.max_in_flight)
     }
 }

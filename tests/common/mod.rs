@@ -465,9 +465,11 @@ impl LbProcess {
         std::fs::rename(&tmp, self.config_path()).unwrap();
     }
 
-    /// `POST {path}` on the admin listener: status and the JSON answer.
+    /// `POST {path}` on the admin listener (as JSON, the content type mutating endpoints require):
+    /// status and the JSON answer.
     pub async fn admin_post(&self, path: &str, body: &str) -> (StatusCode, serde_json::Value) {
         let req = Request::post(format!("http://{}{path}", self.admin))
+            .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.to_owned())))
             .unwrap();
         let resp = client().request(req).await.unwrap();

@@ -1,13 +1,23 @@
-//! The admin listener (default `127.0.0.1:9901`, loopback only unless configured): `GET /metrics`
-//! (Prometheus text format), `GET /healthz` (the process is alive), `GET /readyz` (config loaded and
-//! listeners bound; 503 once shutdown began), `GET /status` (JSON: config generation and hash, last
-//! reload, listeners, pools, servers with readiness and in-flight counts), `POST /reload` (reload the
-//! config file now; JSON answer with the changes or the error), and `POST /diff` (a config in the
-//! body; answers what reloading it would change, applying nothing). Plain hyper, one small handler:
-//! nothing here is on the proxy path.
+//! The admin listener (default `127.0.0.1:9901`, loopback only unless a token is configured):
+//! `GET /` (the operators' console, [`console`]), `GET /metrics` (Prometheus text format),
+//! `GET /healthz` (the process is alive), `GET /readyz` (config loaded and listeners bound; 503 once
+//! shutdown began), `GET /status` (JSON: config, pools, servers with their live state, overrides and
+//! traffic counters, [`status`]), `POST /reload` (reload the config file now; JSON answer with the
+//! changes or the error), `POST /pools/{pool}/servers/{name}` (drain, park or re-weight a server,
+//! [`servers`]) and `POST /diff` (a config in the body; answers what reloading it would change and
+//! which runtime overrides stay in force, applying nothing). The two mutating endpoints pass the
+//! [`guard`] rules first (token, Host, Origin, JSON). Plain hyper, one small handler: nothing here
+//! is on the proxy path.
+
+mod console;
+pub mod guard;
+pub mod servers;
+pub mod status;
+
+pub use status::{status, status_of, status_with, StatusQuery};
 
 use crate::reload::{Reloader, Trigger};
-use crate::runtime::{Runtime, Snapshot};
+use crate::runtime::Runtime;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -16,6 +26,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,8 +56,19 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// upkeep runs, so without this a process nobody scrapes would grow without bound.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// An admin answer.
+pub(crate) type Reply = Response<Full<Bytes>>;
+
 /// Serves the admin endpoints on `listener` until the task is dropped, and runs metric upkeep.
 pub async fn serve(listener: TcpListener, admin: Admin) {
+    // Mutating requests must name this address in their Host (DNS rebinding protection).
+    let local = match listener.local_addr() {
+        Ok(local) => local,
+        Err(e) => {
+            tracing::error!(error = %e, "admin listener has no address; not serving it");
+            return;
+        }
+    };
     if let Some(handle) = admin.metrics.clone() {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
@@ -69,7 +91,7 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(&admin, req).await) }
+                async move { Ok::<_, Infallible>(handle(&admin, local, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -80,18 +102,41 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
     }
 }
 
-async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(admin: &Admin, local: SocketAddr, req: Request<Incoming>) -> Reply {
+    let server = servers::parse_path(req.uri().path());
     match (req.method(), req.uri().path()) {
-        (&Method::POST, "/reload") => return reload(admin).await,
+        (&Method::POST, "/reload") => {
+            if let Some(refused) = refusal(admin, local, &req) {
+                return refused;
+            }
+            return reload(admin).await;
+        }
         (&Method::POST, "/diff") => return diff(admin, req).await,
-        (&Method::GET, _) => {}
+        (&Method::POST, _) if server.is_some() => {
+            if let Some(refused) = refusal(admin, local, &req) {
+                return refused;
+            }
+            let body = match read_body(req, servers::MAX_BODY).await {
+                Ok(body) => body,
+                Err(refused) => return *refused,
+            };
+            let (pool, name) = server.unwrap_or_default();
+            return servers::apply(&admin.runtime, &pool, &name, &body);
+        }
+        (&Method::GET, _) if server.is_none() => {}
         (_, "/reload" | "/diff") => return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
-        _ => return text(StatusCode::METHOD_NOT_ALLOWED, "only GET, or POST /reload and /diff\n"),
+        (_, _) if server.is_some() => return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        _ => {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET, or POST /reload, /diff and /pools/...\n")
+        }
     }
     match req.uri().path() {
+        "/" => console::page(),
+        "/console.css" => console::stylesheet(),
+        "/console.js" => console::script(),
         "/metrics" => match &admin.metrics {
             Some(handle) => {
-                crate::metrics::refresh(&admin.runtime.snapshot());
+                crate::metrics::refresh(&admin.runtime.snapshot(), &admin.runtime.overrides());
                 crate::metrics::request_buffers(admin.runtime.request_buffers().held());
                 handle.run_upkeep();
                 let mut resp = Response::new(Full::new(Bytes::from(handle.render())));
@@ -107,13 +152,42 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         "/readyz" if admin.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
         "/status" => {
-            let mut doc = status_of(&admin.runtime.snapshot(), &StatusQuery::parse(req.uri().query()));
+            let overrides = admin.runtime.overrides();
+            let query = StatusQuery::parse(req.uri().query());
+            let mut doc = status_with(&admin.runtime.snapshot(), &query, &overrides);
             if let Some(reloader) = &admin.reloader {
                 reload_status(reloader, &mut doc);
             }
             json(StatusCode::OK, &doc)
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz, /readyz or /status\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /, /metrics, /healthz, /readyz or /status\n"),
+    }
+}
+
+/// Checks a mutating request against the [`guard`] rules: `Some` JSON answer if it is refused.
+fn refusal(admin: &Admin, local: SocketAddr, req: &Request<Incoming>) -> Option<Reply> {
+    let snap = admin.runtime.snapshot();
+    guard::check(req.headers(), local, snap.config.admin_token.as_ref()).err().map(|refusal| {
+        tracing::warn!(path = req.uri().path(), status = refusal.status.as_u16(), reason = %refusal.message,
+            "admin request refused");
+        let mut resp = json(refusal.status, &serde_json::json!({ "error": refusal.message }));
+        if refusal.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    })
+}
+
+/// The whole request body, at most `max` bytes.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Box<Reply>> {
+    use http_body_util::BodyExt;
+    let refused = |status, error: String| Box::new(json(status, &serde_json::json!({ "error": error })));
+    match http_body_util::Limited::new(req.into_body(), max).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(refused(StatusCode::PAYLOAD_TOO_LARGE, format!("a body of at most {max} bytes, please")))
+        }
+        Err(_) => Err(refused(StatusCode::BAD_REQUEST, "the body could not be read".to_owned())),
     }
 }
 
@@ -170,17 +244,22 @@ async fn diff(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let src = src.to_owned();
     let snap = admin.runtime.snapshot();
     let old = Arc::clone(&snap.config);
+    let overrides = admin.runtime.overrides();
     let parsed = tokio::task::spawn_blocking(move || {
-        crate::config::Config::from_toml(&src).map(|new| (new.digest, crate::reload::diff(&old, &new)))
+        crate::config::Config::from_toml(&src).map(|new| {
+            let kept = overrides_in(&new, &overrides);
+            (new.digest, crate::reload::diff(&old, &new), kept)
+        })
     })
     .await;
     match parsed {
-        Ok(Ok((digest, changes))) => {
+        Ok(Ok((digest, changes, overrides))) => {
             let doc = serde_json::json!({
                 "result": "ok",
                 "running": { "generation": snap.generation, "hash": snap.config.digest.to_string() },
                 "hash": digest.to_string(),
                 "changes": changes,
+                "overrides": overrides,
             });
             json(StatusCode::OK, &doc)
         }
@@ -189,6 +268,40 @@ async fn diff(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "validation failed\n"),
     }
+}
+
+/// One line per operator override, as `config` would find it: in force for a server it keeps (which
+/// the file's own weight or state would not show), or dropped because the server leaves.
+fn overrides_in(
+    config: &crate::config::Config,
+    overrides: &std::collections::HashMap<crate::upstream::UpstreamKey, crate::control::Override>,
+) -> Vec<String> {
+    let mut lines: Vec<String> = overrides
+        .iter()
+        .map(|(key, over)| {
+            let server = config
+                .pools
+                .iter()
+                .find(|p| *p.name == *key.pool)
+                .and_then(|p| p.servers.iter().find(|s| *s.name == *key.name));
+            match server {
+                Some(s) => format!(
+                    "pools.{}: server {:?}: runtime override in force: {}",
+                    key.pool,
+                    key.name,
+                    over.describe(Some(s.weight))
+                ),
+                None => format!(
+                    "pools.{}: server {:?}: runtime override dropped (the server leaves): {}",
+                    key.pool,
+                    key.name,
+                    over.describe(None)
+                ),
+            }
+        })
+        .collect();
+    lines.sort();
+    lines
 }
 
 /// Adds the config file, the last reload and the listeners to a `/status` document.
@@ -214,101 +327,4 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
     resp
-}
-
-/// What a `/status` request asks for: `?pool=NAME` keeps one pool, `?summary` counts each pool's
-/// servers instead of listing them (10,000 servers list as about 1.3 MB).
-#[derive(Debug, Default)]
-pub struct StatusQuery<'a> {
-    /// Only this pool.
-    pub pool: Option<&'a str>,
-    /// Counts instead of server lists.
-    pub summary: bool,
-}
-
-impl<'a> StatusQuery<'a> {
-    /// From a URI query such as `pool=web&summary`; unknown parameters are ignored.
-    pub fn parse(query: Option<&'a str>) -> Self {
-        let mut q = Self::default();
-        for param in query.unwrap_or("").split('&') {
-            match param.split_once('=') {
-                Some(("pool", name)) => q.pool = Some(name),
-                None if param == "summary" => q.summary = true,
-                Some(("summary", v)) => q.summary = v != "false" && v != "0",
-                _ => {}
-            }
-        }
-        q
-    }
-}
-
-/// The whole `/status` document.
-pub fn status(snap: &Snapshot) -> serde_json::Value {
-    status_of(snap, &StatusQuery::default())
-}
-
-/// The `/status` document, or the part of it `query` asks for.
-pub fn status_of(snap: &Snapshot, query: &StatusQuery<'_>) -> serde_json::Value {
-    let pools: Vec<_> = snap
-        .pools
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| query.pool.is_none_or(|name| *p.name == *name))
-        .map(|(i, p)| {
-            // Snapshot pools are in config order: look by index first, so 10,000 pools stay linear.
-            let config = snap.config.pools.get(i).filter(|c| *c.name == *p.name);
-            let config = config.or_else(|| snap.config.pools.iter().find(|c| *c.name == *p.name));
-            let strategy = config.map(|c| c.strategy.name());
-            let queued = p.stats.queued.load(std::sync::atomic::Ordering::Relaxed);
-            let ejected = p.stats.ejected.load(std::sync::atomic::Ordering::Relaxed);
-            if query.summary {
-                return serde_json::json!({
-                    "name": &*p.name,
-                    "strategy": strategy,
-                    "queued": queued,
-                    "ejected": ejected,
-                    "servers": p.upstreams.len(),
-                    "ready": p.upstreams.iter().filter(|u| u.is_ready()).count(),
-                    "in_flight": p.upstreams.iter().map(|u| u.stats.in_flight()).sum::<usize>(),
-                });
-            }
-            let servers: Vec<_> = p
-                .upstreams
-                .iter()
-                .map(|u| {
-                    serde_json::json!({
-                        "name": &*u.key.name,
-                        "addr": u.addr,
-                        "weight": u.weight,
-                        "ready": u.is_ready(),
-                        "health": health_state(u),
-                        "warmup_permille": u.stats.health.warmup(),
-                        "in_flight": u.stats.in_flight(),
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "name": &*p.name,
-                "strategy": strategy,
-                "queued": queued,
-                "ejected": ejected,
-                "servers": servers,
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "generation": snap.generation,
-        "config": { "generation": snap.generation, "hash": snap.config.digest.to_string() },
-        "pools": pools,
-    })
-}
-
-/// `up`, `down` (active checks fail), `ejected` (passive checks) or `down+ejected`.
-fn health_state(u: &crate::upstream::Upstream) -> &'static str {
-    match (u.checked && u.stats.health.is_down(), u.stats.health.is_ejected()) {
-        (false, false) => "up",
-        (true, false) => "down",
-        (false, true) => "ejected",
-        (true, true) => "down+ejected",
-    }
 }

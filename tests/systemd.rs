@@ -1,0 +1,84 @@
+//! systemd readiness: the `lb` binary, started with `NOTIFY_SOCKET` naming a datagram socket this test
+//! binds, writes `READY=1` once it serves, `RELOADING=1` / `READY=1` around reloads, and `STOPPING=1`
+//! when the drain begins: what `Type=notify` in dist/lb.service relies on.
+
+mod common;
+
+use common::{client, get, with_test_admin, Backend};
+use http::StatusCode;
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The next message lb sent, waiting at most 20s.
+fn next(sock: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("a notification within 20s");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn lb_notifies_ready_reloading_and_stopping() {
+    let backend = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&socket).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let config = dir.path().join("lb.toml");
+    let toml = format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{{ addr = \"{}\" }}]\n",
+        backend.addr
+    );
+    std::fs::write(&config, with_test_admin(&toml)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &socket)
+        .env("LB_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        lines.push(line.trim().to_owned());
+    }
+    let addr = lines[0].strip_prefix("lb listening on http://").unwrap().to_owned();
+    let admin = lines[1].strip_prefix("lb admin on http://").unwrap().to_owned();
+
+    let ready = next(&sock);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(ready.contains("STATUS=serving generation 1"), "{ready:?}");
+    // Ready means serving: the proxy and the admin listener answer now.
+    assert_eq!(get(&client(), &format!("http://{addr}/")).await, (StatusCode::OK, "a".to_owned()));
+    assert_eq!(get(&client(), &format!("http://{admin}/healthz")).await.0, StatusCode::OK);
+
+    // A reload through the admin listener, then one through SIGHUP.
+    let req = http::Request::post(format!("http://{admin}/reload"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(client().request(req).await.unwrap().status(), StatusCode::OK);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    for trigger in ["admin", "SIGHUP"] {
+        if trigger == "SIGHUP" {
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        }
+        let reloading = next(&sock);
+        let mut fields = reloading.lines();
+        assert_eq!(fields.next(), Some("RELOADING=1"), "{trigger}: {reloading:?}");
+        let usec: u64 =
+            fields.next().and_then(|l| l.strip_prefix("MONOTONIC_USEC=")).unwrap().parse().unwrap();
+        assert!(usec > 0, "{trigger}: {reloading:?}");
+        let back = next(&sock);
+        assert!(back.starts_with("READY=1\n"), "{trigger}: {back:?}");
+    }
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let stopping = next(&sock);
+    assert!(stopping.starts_with("STOPPING=1"), "{stopping:?}");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+}
