@@ -348,8 +348,11 @@ async fn forward(
         let handback = (spare.is_some() && !bodyless && whole.is_none()).then(|| body.returnable());
         let sent_at = tokio::time::Instant::now();
         let request = Request::from_parts(parts, body);
-        let sending = lease::send(limits, upstream, conn_settings, request, client_upgrade.is_some());
-        let (failure, attempt) = match respond_within(timeout, upload.as_deref(), sending).await {
+        // Built in place: a named local would be a second copy of the send future (kilobytes) in
+        // this function's state.
+        let sending =
+            |request| lease::send(limits, upstream, conn_settings, request, client_upgrade.is_some());
+        let (failure, attempt) = match respond_within(timeout, upload.as_deref(), sending(request)).await {
             Some(Ok((resp, lease))) if ambiguous_framing(resp.headers()) => {
                 // hyper let Transfer-Encoding win, but the server meant something lb cannot know:
                 // nothing of it is relayed, and the connection is closed (what follows on it cannot
@@ -522,23 +525,40 @@ async fn intake(
 /// Awaits the upstream's response head, allowing `timeout` from the end of the client's upload (from
 /// now, for bodyless requests): a slow upload is the client's time, not the upstream's. `None` when
 /// the timeout passed.
-async fn respond_within<F: std::future::Future>(
+fn respond_within<'a, F: Future>(
     timeout: Duration,
-    upload: Option<&Upload>,
+    upload: Option<&'a Upload>,
     sending: F,
-) -> Option<F::Output> {
-    // One select for both cases: a second code path would hold a second copy of `sending` (kilobytes)
-    // in this future.
-    let deadline = async {
+) -> Within<F, impl Future<Output = ()> + 'a> {
+    let deadline = async move {
         if let Some(upload) = upload {
             upload.sent.notified().await;
         }
         tokio::time::sleep(timeout).await;
     };
-    tokio::select! {
-        biased;
-        result = sending => Some(result),
-        () = deadline => None,
+    Within { sending, deadline }
+}
+
+pin_project_lite::pin_project! {
+    /// `sending`, unless `deadline` comes first. A struct rather than an async fn or `select!`, which
+    /// would each keep a second copy of `sending` in their state.
+    struct Within<F, D> {
+        #[pin]
+        sending: F,
+        #[pin]
+        deadline: D,
+    }
+}
+
+impl<F: Future, D: Future<Output = ()>> Future for Within<F, D> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.sending.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        this.deadline.poll(cx).map(|()| None)
     }
 }
 
