@@ -1,0 +1,601 @@
+//! One request's way upstream and back: route and read the body under its rules, pick a server,
+//! [`rewrite`] the head, [`send_with_retries`], and build the [`client_response`].
+
+use super::body::{BodyRules, RequestBody, ResponseBody, Upload};
+use super::error::ProxyError;
+use super::{headers, syntax, tunnel, Shared, Trace, X_REQUEST_ID};
+use crate::health::passive::Outcome;
+use crate::metrics;
+use crate::runtime::{Choice, NoServer, Pool, Snapshot};
+use crate::server::ActiveRequest;
+use crate::sticky;
+use crate::upstream::connect::ConnectError;
+use crate::upstream::lease::{self, ConnSettings, Lease, SendError};
+use crate::upstream::InFlight;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Who sent a request: address, its `X-Forwarded-For` element, and whether over TLS.
+pub(super) struct Requester<'a> {
+    pub(super) addr: SocketAddr,
+    pub(super) ip: &'a HeaderValue,
+    pub(super) tls: bool,
+}
+
+/// Takes the client's body under the request's rules: a declared length over `max_body_size` (the
+/// route's, else `limits.max_body_size`; `0` for none) is
+/// refused at once, and a body of at most `request_buffer` bytes is read whole before a server is
+/// chosen, so its framing is checked before any server sees a byte, a slow client holds no server, and
+/// the body can be sent again. Returns the body, its upload state (`None` once nothing more comes from
+/// the client), and a copy to resend when it was read whole.
+pub(super) async fn forward(
+    shared: &Shared,
+    snap: &Snapshot,
+    from: Requester<'_>,
+    req: Request<Incoming>,
+    active: &mut Option<ActiveRequest>,
+    trace: &mut Trace,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if req.method() == http::Method::CONNECT {
+        // lb is a reverse proxy: it does not open tunnels to arbitrary destinations.
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let (client, tls) = (from.addr, from.tls);
+    let (mut parts, body) = req.into_parts();
+    syntax::check_head(&parts)?;
+    let host = request_host(&parts)?;
+    syntax::underscore_headers(&mut parts.headers, snap.config.http.underscore_headers)?;
+    let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+    let route_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
+    let route = snap.config.routes.get(route_index).ok_or(ProxyError::NoRoute)?;
+    let pool = snap.pools.get(route.pool).ok_or(ProxyError::NoRoute)?;
+    trace.pool = Some(route.pool);
+    let max_body_size = route.max_body_size.unwrap_or(snap.config.limits.max_body_size);
+    let (body, upload, whole) = intake(shared, snap, pool, max_body_size, body).await?;
+    // A reserved slot on the chosen server (its in-flight guard), or a wait in the pool's queue.
+    let (choice, guard) = match pool.claim(client, &parts) {
+        Some(claimed) => claimed,
+        // Boxed: queueing is the rare path, and its timers would enlarge every request's future.
+        None => Box::pin(pool.wait_for_room(client, &parts)).await.map_err(|why| no_server(pool, why))?,
+    };
+    let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
+    let client_upgrade =
+        upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    rewrite(
+        &mut parts,
+        snap,
+        pool,
+        &from,
+        host.as_ref(),
+        upgrade.as_deref().filter(|_| client_upgrade.is_some()),
+    );
+    let target = std::mem::take(&mut parts.uri);
+
+    // A failed attempt may be retried on another server (see `may_retry`); the head is kept for that
+    // only when the pool allows retries and has another server.
+    let spare =
+        (client_upgrade.is_none() && pool.retry.attempts > 0 && pool.upstreams.len() > 1).then(|| {
+            // With the original target: a consistent-hash pool may hash its path or query again.
+            let mut head = copy_head(&parts);
+            head.uri = target.clone();
+            head
+        });
+    let exchange = Exchange {
+        shared,
+        snap,
+        pool,
+        client,
+        target,
+        spare,
+        upload,
+        whole,
+        upgrading: client_upgrade.is_some(),
+    };
+    let (resp, guard, lease, choice) =
+        send_with_retries(&exchange, parts, body, choice, guard, trace).await?;
+    client_response(snap, pool, tls, resp, guard, lease, choice, client_upgrade, active)
+}
+
+/// The request head as the upstream gets it: lb's sticky cookie out (and HTTP/2's split `cookie`
+/// fields joined), hop-by-hop fields out (an allowed `upgrade` token and gRPC's `te: trailers` put
+/// back), the request id, `Host` (or none for HTTP/2 upstreams), X-Forwarded-*, HTTP/1.1.
+fn rewrite(
+    parts: &mut http::request::Parts,
+    snap: &Snapshot,
+    pool: &Pool,
+    from: &Requester<'_>,
+    host: Option<&HeaderValue>,
+    upgrade: Option<&str>,
+) {
+    if parts.version == Version::HTTP_2 {
+        sticky::join_cookies(&mut parts.headers);
+    }
+    if !snap.sticky_cookies.is_empty() {
+        sticky::strip_cookies(&mut parts.headers, &snap.sticky_cookies);
+    }
+
+    let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
+    // gRPC needs `te: trailers` end to end; forwarded to pools that speak HTTP/2 (as nginx's
+    // grpc_pass does), stripped as hop-by-hop everywhere else.
+    let te_trailers = pool.http2() && headers::accepts_trailers(&parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(id) = request_id {
+        // Even if the client named it in `Connection`: the upstream always gets the id.
+        parts.headers.insert(X_REQUEST_ID.clone(), id);
+    }
+    if let Some(token) = upgrade {
+        if let Ok(value) = HeaderValue::from_str(token) {
+            headers::set_upgrade(&mut parts.headers, value);
+        }
+    }
+    if pool.http2() {
+        // HTTP/2 upstream: `:authority` (the server's address) must be the only host; the client's
+        // travels in X-Forwarded-Host.
+        parts.headers.remove(header::HOST);
+    } else if let Some(h) = host {
+        // The upstream speaks HTTP/1.1: the host travels as Host (taken from :authority or an
+        // absolute-form target when the client sent one).
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    let proto = if from.tls { "https" } else { "http" };
+    headers::set_forwarded(&mut parts.headers, from.ip, proto, host);
+    parts.version = Version::HTTP_11;
+}
+
+/// What every attempt of one request shares.
+struct Exchange<'a> {
+    shared: &'a Shared,
+    snap: &'a Snapshot,
+    pool: &'a Pool,
+    client: SocketAddr,
+    /// The client's target (the upstream gets its origin form).
+    target: Uri,
+    /// A copy of the head for another attempt, when the pool may retry.
+    spare: Option<http::request::Parts>,
+    /// The client's upload, while it is still streaming.
+    upload: Option<Arc<Upload>>,
+    /// The body, when it was read whole and can be sent again.
+    whole: Option<RequestBody>,
+    /// The request asks to switch protocols (and the client side can).
+    upgrading: bool,
+}
+
+/// Sends the request to the chosen server and, when an attempt fails and the pool's rules allow it,
+/// to another (see `Attempt::may_retry`). Returns the response head, the in-flight guard and the
+/// connection lease of the attempt that answered, and which server that was.
+async fn send_with_retries<'a>(
+    x: &Exchange<'a>,
+    mut parts: http::request::Parts,
+    mut body: RequestBody,
+    mut choice: Choice<'a>,
+    mut guard: InFlight,
+    trace: &mut Trace,
+) -> Result<(Response<Incoming>, InFlight, Option<Lease>, Choice<'a>), ProxyError> {
+    let (snap, pool, client, target, spare, upload, whole) =
+        (x.snap, x.pool, x.client, &x.target, &x.spare, &x.upload, &x.whole);
+    let idempotent = is_idempotent(&parts.method);
+    let timeout = snap.config.timeouts.response;
+    let limits = x.shared.runtime.conn_limits();
+    let conn_settings = ConnSettings {
+        connect: snap.config.timeouts.connect,
+        idle: snap.config.timeouts.upstream_idle,
+        idle_per_server: snap.config.limits.upstream_idle_per_server,
+    };
+    let mut tried = Vec::new();
+    // Held while a retry is in progress: the retry budget counts it.
+    let mut _retrying = None;
+    loop {
+        let upstream = choice.upstream;
+        // Recorded before the attempt, so a failure is counted and logged against this server.
+        trace.server = Some(choice.index);
+        parts.uri = origin_form(target);
+        let bodyless = body.is_end_stream();
+        let handback = (spare.is_some() && !bodyless && whole.is_none()).then(|| body.returnable());
+        let sent_at = tokio::time::Instant::now();
+        let request = Request::from_parts(parts, body);
+        // Built in place: a named local would be a second copy of the send future (kilobytes) in
+        // this function's state.
+        let sending = |request| lease::send(limits, upstream, conn_settings, request, x.upgrading);
+        let (failure, attempt) = match respond_within(timeout, upload.as_deref(), sending(request)).await {
+            Some(Ok((resp, lease))) if ambiguous_framing(resp.headers()) => {
+                // hyper let Transfer-Encoding win, but the server meant something lb cannot know:
+                // nothing of it is relayed, and the connection is closed (what follows on it cannot
+                // be trusted either).
+                drop((resp, lease));
+                let reason = "response with both Transfer-Encoding and Content-Length".to_owned();
+                (ProxyError::Upstream { upstream: who(upstream), reason }, Attempt::Invalid)
+            }
+            Some(Ok((resp, mut lease))) => {
+                // A response that came while the client's body was still being sent leaves the rest
+                // of that body unsent: the connection cannot carry another request.
+                if let (Some(lease), Some(upload)) = (lease.as_mut(), upload.as_ref()) {
+                    if upload.done_at.get().is_none() {
+                        lease.forbid_reuse();
+                    }
+                }
+                let outcome =
+                    if resp.status().is_server_error() { Outcome::Status5xx } else { Outcome::Success };
+                pool.observe(upstream, outcome);
+                // The upstream's time starts once the client's upload is over (it is the client's).
+                let from = upload.as_ref().and_then(|u| u.done_at.get().copied()).unwrap_or(sent_at);
+                let elapsed = from.elapsed();
+                upstream.metrics.ttfb.record(elapsed.as_secs_f64());
+                trace.upstream_time = Some(elapsed);
+                return Ok((resp, guard, lease, choice));
+            }
+            None => (ProxyError::Timeout { upstream: who(upstream), after: timeout }, Attempt::Timeout),
+            Some(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled.load(Ordering::Relaxed)) => {
+                return Err(ProxyError::ClientTimeout);
+            }
+            Some(Err(_)) if upload.as_ref().is_some_and(|u| u.too_large.load(Ordering::Relaxed)) => {
+                return Err(ProxyError::BodyTooLarge);
+            }
+            Some(Err(e)) if upload.as_ref().is_some_and(|u| u.broken.load(Ordering::Relaxed)) => {
+                return Err(ProxyError::ClientBody(e.to_string()));
+            }
+            Some(Err(e)) => classify(&e, upstream),
+        };
+        metrics::upstream_error(&upstream.key.pool, &upstream.key.name, attempt.label());
+        if let Some(outcome) = attempt.outcome() {
+            pool.observe(upstream, outcome);
+        }
+        drop(guard);
+        // The body, if it can still be sent: empty, read whole ahead of time, or never read by the
+        // failed attempt.
+        let unsent = if bodyless {
+            Some(RequestBody::empty())
+        } else if let Some(whole) = whole {
+            whole.replay()
+        } else {
+            handback.and_then(|mut rx| rx.try_recv().ok())
+        };
+        let (Some(head), Some(next_body)) = (spare, unsent) else { return Err(failure) };
+        if tried.len() >= pool.retry.attempts as usize || !attempt.may_retry(idempotent) {
+            return Err(failure);
+        }
+        tried.push(choice.index);
+        let Some((next, next_guard)) = pool.claim_other(client, head, &tried) else { return Err(failure) };
+        // This request's previous retry, if any, is over: its slot goes back before taking another.
+        _retrying = None;
+        if attempt.budgeted() {
+            let Some(slot) = pool.retry_slot() else {
+                tracing::warn!(%client, error = %failure, pool = %pool.name, "not retried: retry budget spent");
+                return Err(failure);
+            };
+            _retrying = Some(slot);
+        }
+        tracing::warn!(%client, error = %failure, to = %who(next.upstream), "retrying on another server");
+        pool.metrics.retries.increment(1);
+        (parts, body, choice, guard) = (copy_head(head), next_body, next, next_guard);
+    }
+}
+
+/// The client's response: the upstream's head without hop-by-hop fields, the sticky cookie when the
+/// pool sets one, and the body streamed with the request's guards and connection lease; or, for a
+/// 101, the tunnel started and the head answered.
+#[allow(clippy::too_many_arguments)]
+fn client_response(
+    snap: &Snapshot,
+    pool: &Pool,
+    tls: bool,
+    mut resp: Response<Incoming>,
+    guard: InFlight,
+    conn_lease: Option<Lease>,
+    choice: Choice<'_>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    active: &mut Option<ActiveRequest>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let timeout = snap.config.timeouts.response;
+    let upstream = choice.upstream;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(ProxyError::Upstream {
+                upstream: who(upstream),
+                reason: "101 without an upgrade request".into(),
+            });
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        let token = parts.headers.get(header::UPGRADE).cloned();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        if let Some(token) = token {
+            headers::set_upgrade(&mut parts.headers, token);
+        }
+        if let Some(cookie) = choice.set_cookie.then(|| pool.sticky_cookie(choice.index, tls)).flatten() {
+            parts.headers.append(header::SET_COOKIE, cookie);
+        }
+        let guards = (guard, active.take());
+        tunnel::spawn(
+            client_upgrade,
+            upstream_upgrade,
+            guards,
+            snap.config.timeouts.tunnel_idle,
+            who(upstream),
+        );
+        return Ok(Response::from_parts(parts, ResponseBody::full("")));
+    }
+
+    headers::strip_hop_by_hop(resp.headers_mut());
+    if let Some(cookie) = choice.set_cookie.then(|| pool.sticky_cookie(choice.index, tls)).flatten() {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    let mut resp = resp.map(|body| ResponseBody::stream(body, timeout));
+    resp.body_mut().hold_upstream(guard);
+    if let Some(lease) = conn_lease {
+        resp.body_mut().drive(lease);
+    }
+    Ok(resp)
+}
+
+/// Takes the client's body under the request's rules: a declared length over `max_body_size` (the
+/// route's, else `limits.max_body_size`; `0` for none) is
+/// refused at once, and a body of at most `request_buffer` bytes is read whole before a server is
+/// chosen, so its framing is checked before any server sees a byte, a slow client holds no server, and
+/// the body can be sent again. Returns the body, its upload state (`None` once nothing more comes from
+/// the client), and a copy to resend when it was read whole.
+async fn intake(
+    shared: &Shared,
+    snap: &Snapshot,
+    pool: &crate::runtime::Pool,
+    max_body_size: u64,
+    body: Incoming,
+) -> Result<(RequestBody, Option<Arc<Upload>>, Option<RequestBody>), ProxyError> {
+    let (limits, timeouts) = (&snap.config.limits, &snap.config.timeouts);
+    let max_size = match max_body_size {
+        0 => u64::MAX,
+        n => n,
+    };
+    if body.size_hint().lower() > max_size {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    let rules = BodyRules {
+        stall: timeouts.client_body,
+        max_size,
+        min_rate: limits.min_body_rate,
+        window: timeouts.body_rate_window,
+    };
+    let (mut body, upload) = RequestBody::watch(body, rules, &pool.metrics.received);
+    let Some(state) = upload else { return Ok((body, None, None)) };
+    let buffer = limits.request_buffer;
+    // Known to be larger than the buffer (Content-Length): it streams.
+    let expected = body.size_hint().upper().unwrap_or(buffer as u64);
+    if buffer == 0 || expected > buffer as u64 {
+        return Ok((body, Some(state), None));
+    }
+    let Some(hold) = shared.runtime.request_buffers().reserve(expected as usize, limits.request_buffer_total)
+    else {
+        // Every buffer the process may hold is taken: this body streams, as it would unbuffered.
+        return Ok((body, Some(state), None));
+    };
+    // Boxed: only requests with a body read ahead.
+    match Box::pin(body.fill(buffer, hold)).await {
+        Ok(true) => {
+            let whole = body.replay();
+            Ok((body, None, whole))
+        }
+        Ok(false) => Ok((body, Some(state), None)),
+        Err(e) if state.too_large.load(Ordering::Relaxed) => {
+            tracing::debug!(error = %e, "request body over limits.max_body_size");
+            Err(ProxyError::BodyTooLarge)
+        }
+        Err(_) if state.stalled.load(Ordering::Relaxed) => Err(ProxyError::ClientTimeout),
+        Err(e) => Err(ProxyError::ClientBody(error_chain(&*e))),
+    }
+}
+
+/// Awaits the upstream's response head, allowing `timeout` from the end of the client's upload (from
+/// now, for bodyless requests): a slow upload is the client's time, not the upstream's. `None` when
+/// the timeout passed.
+fn respond_within<'a, F: Future>(
+    timeout: Duration,
+    upload: Option<&'a Upload>,
+    sending: F,
+) -> Within<F, impl Future<Output = ()> + 'a> {
+    let deadline = async move {
+        if let Some(upload) = upload {
+            upload.sent.notified().await;
+        }
+        tokio::time::sleep(timeout).await;
+    };
+    Within { sending, deadline }
+}
+
+pin_project_lite::pin_project! {
+    /// `sending`, unless `deadline` comes first. A struct rather than an async fn or `select!`, which
+    /// would each keep a second copy of `sending` in their state.
+    struct Within<F, D> {
+        #[pin]
+        sending: F,
+        #[pin]
+        deadline: D,
+    }
+}
+
+impl<F: Future, D: Future<Output = ()>> Future for Within<F, D> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.sending.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        this.deadline.poll(cx).map(|()| None)
+    }
+}
+
+/// How one failed attempt failed, which decides whether it is retried and what passive checks see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// No connection: nothing was sent.
+    Connect,
+    /// The server stayed at its connection limit: nothing was sent, and the server is not at fault.
+    AtLimit,
+    /// No response head in time.
+    Timeout,
+    /// The connection broke before a response head.
+    Reset,
+    /// The server answered with a response lb refuses to relay (ambiguous framing).
+    Invalid,
+}
+
+impl Attempt {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::AtLimit => "limit",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Invalid => "invalid",
+        }
+    }
+
+    fn outcome(self) -> Option<Outcome> {
+        match self {
+            Self::Connect => Some(Outcome::Connect),
+            Self::AtLimit => None,
+            Self::Timeout => Some(Outcome::Timeout),
+            Self::Reset | Self::Invalid => Some(Outcome::Reset),
+        }
+    }
+
+    /// Connect failures sent nothing, so any request may go elsewhere; after a timeout or a reset
+    /// the server may have acted on it, so only idempotent requests are retried.
+    fn may_retry(self, idempotent: bool) -> bool {
+        match self {
+            Self::Connect | Self::AtLimit => true,
+            Self::Timeout | Self::Reset => idempotent,
+            // The server answered: it acted on the request, and another would likely answer alike.
+            Self::Invalid => false,
+        }
+    }
+
+    /// Whether retrying after this failure draws on the pool's retry budget. Only a timeout does: the
+    /// server may still be working on the request, so a retry adds work, and when every server is
+    /// slow that is how retries multiply load. A failed connect or a connection at its limit sent
+    /// nothing, and a broken connection ends the server's work on the request, so resending it
+    /// elsewhere moves the request rather than multiplying it (HAProxy's `redispatch` has no budget
+    /// either); budgeting those would turn one dead server into a burst of 502s.
+    fn budgeted(self) -> bool {
+        self == Self::Timeout
+    }
+}
+
+/// A response head whose body length two readers could take differently (RFC 9112 section 6.3: a
+/// sender must not send both, and a proxy must not relay such a message as it is).
+fn ambiguous_framing(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
+}
+
+/// RFC 9110 section 9.2.2's idempotent methods (CONNECT never reaches here).
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::PUT, Method::DELETE, Method::TRACE].contains(method)
+}
+
+/// The error a request gets when its pool had no server for it.
+fn no_server(pool: &crate::runtime::Pool, why: NoServer) -> ProxyError {
+    let pool = pool.name.to_string();
+    match why {
+        NoServer::NoneReady => ProxyError::NoReadyServer { pool },
+        NoServer::QueueFull => ProxyError::QueueFull { pool },
+        NoServer::QueueTimeout(after) => ProxyError::QueueTimeout { pool, after },
+    }
+}
+
+/// "pool/server", for logs and errors.
+fn who(upstream: &crate::upstream::Upstream) -> String {
+    format!("{}/{}", upstream.key.pool, upstream.key.name)
+}
+
+/// A copy of a request head (method, target, version, headers) for sending it again.
+fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = parts.method.clone();
+    head.uri = parts.uri.clone();
+    head.version = parts.version;
+    head.headers = parts.headers.clone();
+    head
+}
+
+/// The host the request is for. The request target's authority wins when present (HTTP/2's
+/// `:authority`, HTTP/1.1's absolute form, RFC 9112 section 3.2.2), otherwise the single `Host` field.
+/// Refused (400): a host that is not `uri-host [":" port]` (userinfo included), several `Host` fields, an HTTP/2 `Host` that disagrees with `:authority`, and an
+/// HTTP/1.1 request with no host at all (RFC 9112 section 3.2).
+fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    if host.is_some_and(|h| !syntax::valid_host(h.as_bytes())) {
+        return Err(ProxyError::BadRequest("invalid Host"));
+    }
+    if let Some(authority) = parts.uri.authority() {
+        if !syntax::valid_host(authority.as_str().as_bytes()) {
+            return Err(ProxyError::BadRequest("invalid authority"));
+        }
+        if parts.version == Version::HTTP_2
+            && host.is_some_and(|h| h.as_bytes() != authority.as_str().as_bytes())
+        {
+            return Err(ProxyError::BadRequest("Host and :authority disagree"));
+        }
+        return HeaderValue::from_str(authority.as_str())
+            .map(Some)
+            .map_err(|_| ProxyError::BadRequest("invalid authority"));
+    }
+    match host {
+        Some(h) => Ok(Some(h.clone())),
+        None if parts.version == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The target as sent upstream: origin form (`/path?query`), whatever form the client used.
+fn origin_form(original: &Uri) -> Uri {
+    match original.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
+}
+
+/// Classifies a failed send: at the connection limit -> 503, connect timeout -> 504, refused or
+/// reset -> 502.
+fn classify(e: &SendError, upstream: &crate::upstream::Upstream) -> (ProxyError, Attempt) {
+    let (upstream, reason) = (who(upstream), e.to_string());
+    match e {
+        SendError::Connect(ConnectError::AtLimit(_)) => (ProxyError::AtLimit { upstream }, Attempt::AtLimit),
+        SendError::Connect(ConnectError::TimedOut(_, after)) => {
+            (ProxyError::Timeout { upstream, after: *after }, Attempt::Connect)
+        }
+        SendError::Connect(ConnectError::Io(_)) => {
+            (ProxyError::Connect { upstream, reason }, Attempt::Connect)
+        }
+        SendError::Http { .. } => (ProxyError::Upstream { upstream, reason }, Attempt::Reset),
+    }
+}
+
+/// "outer: inner: innermost", so logs show the root cause.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}
