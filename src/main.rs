@@ -116,18 +116,21 @@ fn announce(line: &str) {
 /// slow one: p99 315 ms against p50 81 ms at 1,024 connections. Handing out at most 48 wakes per
 /// busy poll (fewer than the 61 tasks run between two polls), and 192 when the worker was idle
 /// (less than the local queue holds), keeps every woken task in one FIFO: p99 112 ms, p50 73 ms,
-/// CPU per request unchanged (docs/performance.md, "Fair service").
+/// CPU per request unchanged at 1,024 connections; at 256 it costs about 9% more CPU per request than
+/// tokio's defaults (docs/performance.md, "Fair service" and "Upstream connections driven by the
+/// request").
 const IO_EVENTS_PER_BUSY_TICK: usize = 48;
 /// See [`IO_EVENTS_PER_BUSY_TICK`].
 const IO_EVENTS_PER_TICK: usize = 192;
 
 fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .max_io_events_per_busy_tick(IO_EVENTS_PER_BUSY_TICK)
-        .max_io_events_per_tick(IO_EVENTS_PER_TICK)
-        .enable_all()
-        .build()
-        .context("starting runtime")?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.max_io_events_per_busy_tick(IO_EVENTS_PER_BUSY_TICK).max_io_events_per_tick(IO_EVENTS_PER_TICK);
+    // `workers = 0`: tokio's default, one per core this process may run on (its CPU affinity).
+    if config.workers > 0 {
+        rt.worker_threads(config.workers);
+    }
+    let rt = rt.enable_all().build().context("starting runtime")?;
     rt.block_on(lb::launch::run(path, config, &announce))?;
     Ok(())
 }

@@ -53,6 +53,9 @@ pub struct Config {
     pub access_log: AccessLog,
     /// How lb notices edits of its config file.
     pub reload: ReloadConfig,
+    /// Runtime worker threads (`workers`); `0`, the default, means one per core lb may run on. Read
+    /// at start only.
+    pub workers: usize,
     /// SHA-256 of the file's text and of the TLS files it names (not of secret files, whose content
     /// may be guessable):
     /// tells configs apart in metrics, `/status` and the reload watcher (an event that left the file

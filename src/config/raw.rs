@@ -27,6 +27,7 @@ pub(crate) struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub reload: RawReload,
+    pub workers: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -500,3 +500,11 @@ fn the_admin_token_is_required_off_loopback_and_checked() {
     let c = Config::from_toml(&with(&format!("token_file = \"{}\"", file.display()))).unwrap();
     assert_eq!(c.admin_token, Some(Secret(b"abcdefghijklmnopqrstuvwxyz".to_vec())), "trimmed");
 }
+
+#[test]
+fn workers_default_to_one_per_core_and_are_bounded() {
+    assert_eq!(Config::from_toml(MINIMAL).unwrap().workers, 0);
+    assert_eq!(Config::from_toml(&format!("workers = 3\n{MINIMAL}")).unwrap().workers, 3);
+    let got = issues(&format!("workers = 5000\n{MINIMAL}"));
+    assert!(got.iter().any(|i| i.ends_with("workers: 5000 is out of range 0..=1024")), "{got:?}");
+}

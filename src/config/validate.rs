@@ -50,8 +50,10 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
         watch: raw.reload.watch.unwrap_or(d.watch),
         debounce: positive("reload.debounce", raw.reload.debounce.as_deref(), d.debounce, &mut out),
     };
+    let workers = count("workers", raw.workers, (0, 1024), 0, &mut out);
     Config {
         listeners,
+        workers,
         timeouts,
         limits,
         http,

@@ -55,6 +55,9 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     if old.sticky_secret != new.sticky_secret {
         out.push("~ sticky secret: changed (cookies signed with the old one are no longer accepted)".into());
     }
+    if old.workers != new.workers {
+        out.push(format!("! workers: {} -> {} takes effect at the next restart", old.workers, new.workers));
+    }
     if old.admin != new.admin {
         out.push(format!(
             "! admin: {} -> {} takes effect at the next restart",
@@ -247,6 +250,19 @@ mod tests {
 
     fn config(body: &str) -> Config {
         Config::from_toml(&format!("[[listeners]]\naddr = \"127.0.0.1:0\"\n{body}")).unwrap()
+    }
+
+    #[test]
+    fn a_change_of_workers_waits_for_a_restart() {
+        let with = |workers: &str| {
+            let text = format!("{workers}\n[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{{ addr = \"127.0.0.1:1\" }}]\n");
+            Config::from_toml(&text).unwrap()
+        };
+        let lines = diff(&with(""), &with("workers = 2"));
+        assert!(
+            lines.contains(&"! workers: 0 -> 2 takes effect at the next restart".to_owned()),
+            "{lines:?}"
+        );
     }
 
     #[test]
