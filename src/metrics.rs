@@ -199,6 +199,8 @@ pub struct PoolMetrics {
     pub retries: Counter,
     /// Retries refused by the budget.
     pub retries_refused: Counter,
+    /// Answers that reached no server of this pool.
+    pub unserved: Arc<Unserved>,
 }
 
 impl PoolMetrics {
@@ -210,14 +212,30 @@ impl PoolMetrics {
             sent: counter!(SENT_BYTES, "pool" => pool.to_owned()),
             retries: counter!(RETRIES, "pool" => pool.to_owned()),
             retries_refused: counter!(RETRIES_REFUSED, "pool" => pool.to_owned()),
+            unserved: Arc::default(),
         }
     }
 }
 
-/// Counts an answer that never reached a server (no route, no ready server, refused request).
-pub fn answered_without_server(pool: Option<&str>, status: u16) {
-    let pool = pool.unwrap_or("none").to_owned();
-    counter!(REQUESTS, "pool" => pool, "server" => "none", "class" => class(status)).increment(1);
+/// The counters of answers that reached no server (no route, no ready server, refused request) for
+/// one pool, or for requests no pool took (`pool="none"`). Each is registered at its first use, so
+/// no empty series appear, and then reused: a flood of refused requests allocates no label strings.
+#[derive(Debug, Default)]
+pub struct Unserved {
+    by_class: [std::sync::OnceLock<Counter>; 5],
+}
+
+impl Unserved {
+    /// Counts one answer with `status` under `pool` (`"none"` outside any pool).
+    pub fn answered(&self, pool: &str, status: u16) {
+        let i = (usize::from(status / 100)).clamp(1, 5) - 1;
+        let class = ["1xx", "2xx", "3xx", "4xx", "5xx"][i];
+        self.by_class[i]
+            .get_or_init(
+                || counter!(REQUESTS, "pool" => pool.to_owned(), "server" => "none", "class" => class),
+            )
+            .increment(1);
+    }
 }
 
 /// Counts a failed attempt to reach a server.

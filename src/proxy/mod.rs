@@ -14,7 +14,6 @@ mod syntax;
 pub mod tunnel;
 
 use crate::config::AccessLog;
-use crate::metrics;
 use crate::runtime::Runtime;
 use crate::runtime::Snapshot;
 use crate::server::ActiveRequest;
@@ -120,7 +119,7 @@ impl tower::Service<Request<Incoming>> for Proxy {
             }
             let status = resp.status().as_u16();
             let (pool, server) = trace.resolve(&snap);
-            count_answer(pool, server, status);
+            count_answer(&snap, pool, server, status);
             if let Some(record) = access.as_mut() {
                 record.status = status;
                 record.upstream_time = trace.upstream_time;
@@ -141,13 +140,15 @@ static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-req
 
 /// Counts an answered request under its server, or under its pool (or none) if no server answered.
 fn count_answer(
+    snap: &Snapshot,
     pool: Option<&crate::runtime::Pool>,
     server: Option<&Arc<crate::upstream::Upstream>>,
     status: u16,
 ) {
-    match server {
-        Some(u) => u.metrics.answered(status),
-        None => metrics::answered_without_server(pool.map(|p| &*p.name), status),
+    match (server, pool) {
+        (Some(u), _) => u.metrics.answered(status),
+        (None, Some(p)) => p.metrics.unserved.answered(&p.name, status),
+        (None, None) => snap.unrouted.answered("none", status),
     }
 }
 
@@ -169,7 +170,7 @@ impl Drop for Unanswered {
             return;
         }
         let (pool, server) = self.trace.resolve(&self.snap);
-        count_answer(pool, server, CLIENT_CLOSED);
+        count_answer(&self.snap, pool, server, CLIENT_CLOSED);
         let elapsed = self.start.elapsed();
         if let Some(p) = pool {
             p.metrics.duration.record(elapsed.as_secs_f64());

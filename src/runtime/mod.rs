@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// Every pool's sticky cookie name: none of them ever reaches an upstream.
     pub sticky_cookies: Box<[String]>,
+    /// Answers to requests no pool took (no route, refused before routing).
+    pub unrouted: crate::metrics::Unserved,
 }
 
 /// Holds the current snapshot and the registry of per-server state.
@@ -384,6 +386,7 @@ fn build(
         pools,
         config: Arc::new(config),
         sticky_cookies,
+        unrouted: crate::metrics::Unserved::default(),
     };
     (snapshot, arrived)
 }
