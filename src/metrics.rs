@@ -298,3 +298,118 @@ pub fn refresh(
         }
     }
 }
+
+/// The rendered exposition without the series of servers, pools and upstream addresses that the
+/// current snapshot no longer has, so a reload that removes a server removes its series at the next
+/// scrape (the exporter can forget a series only when it goes idle, which would also reset live
+/// counters that are rarely updated). Lines are dropped whole, never written: the exporter's
+/// formatting stays the only one; a metric family left without samples loses its `# HELP`/`# TYPE`
+/// lines too. The exporter keeps the removed series' values, so a server added back under the same
+/// name continues its counters.
+pub fn live_only(text: &str, snapshot: &crate::runtime::Snapshot) -> String {
+    use std::collections::HashSet;
+    let pools: HashSet<String> = snapshot.pools.iter().map(|p| escape(&p.name)).collect();
+    let servers: HashSet<(String, String)> = snapshot
+        .pools
+        .iter()
+        .flat_map(|p| p.upstreams.iter())
+        .map(|u| (escape(&u.key.pool), escape(&u.key.name)))
+        .collect();
+    let addrs: HashSet<String> =
+        snapshot.pools.iter().flat_map(|p| p.upstreams.iter()).map(|u| escape(&u.addr)).collect();
+    let live = |line: &str| {
+        let pool = label(line, "pool");
+        let server = label(line, "server");
+        if let Some(pool) = pool.filter(|p| *p != "none") {
+            if !pools.contains(pool) {
+                return false;
+            }
+            if let Some(server) = server.filter(|s| *s != "none") {
+                return servers.contains(&(pool.to_owned(), server.to_owned()));
+            }
+        }
+        label(line, "addr").is_none_or(|addr| addrs.contains(addr))
+    };
+    let mut out = String::with_capacity(text.len());
+    // One family at a time: its comment lines, then its samples; a family is kept only with samples.
+    let (mut family, mut comments, mut samples) = ("", String::new(), String::new());
+    let flush = |comments: &mut String, samples: &mut String, out: &mut String| {
+        if !samples.is_empty() {
+            out.push_str(comments);
+            out.push_str(samples);
+        }
+        comments.clear();
+        samples.clear();
+    };
+    for line in text.lines() {
+        if line.starts_with('#') {
+            // `# HELP name ...` and `# TYPE name ...` introduce the family `name`.
+            let name = line.split_whitespace().nth(2).unwrap_or("");
+            if name != family {
+                flush(&mut comments, &mut samples, &mut out);
+                family = name;
+            }
+            comments.push_str(line);
+            comments.push('\n');
+        } else if !line.is_empty() && live(line) {
+            samples.push_str(line);
+            samples.push('\n');
+        }
+    }
+    flush(&mut comments, &mut samples, &mut out);
+    out
+}
+
+/// A label value as the exporter writes it (backslash, quote and newline escaped).
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The (escaped) value of label `name` in one sample line, if it has that label.
+fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let labels = &line[line.find('{')? + 1..line.rfind('}')?];
+    let mut rest = labels;
+    while !rest.is_empty() {
+        let eq = rest.find("=\"")?;
+        let key = rest[..eq].trim_start_matches(',');
+        let value_start = eq + 2;
+        // The closing quote is the first one not escaped by a backslash.
+        let bytes = rest.as_bytes();
+        let mut i = value_start;
+        while i < bytes.len() && bytes[i] != b'"' {
+            i += if bytes[i] == b'\\' { 2 } else { 1 };
+        }
+        let value = rest.get(value_start..i)?;
+        if key == name {
+            return Some(value);
+        }
+        rest = rest.get(i + 1..)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod live_tests {
+    #[test]
+    fn families_without_samples_lose_their_comments() {
+        let text =
+            "# HELP a A.\n# TYPE a counter\na{pool=\"gone\"} 1\n\n# HELP b B.\n# TYPE b counter\nb 2\n";
+        let config = crate::config::Config::from_toml(
+            "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{ addr = \"127.0.0.1:1\" }]\n",
+        )
+        .unwrap();
+        let runtime = crate::runtime::Runtime::new(config);
+        let kept = super::live_only(text, &runtime.snapshot());
+        assert_eq!(kept, "# HELP b B.\n# TYPE b counter\nb 2\n");
+    }
+
+    #[test]
+    fn labels_are_read_with_their_escapes() {
+        let line = r#"lb_requests_total{class="2xx",pool="we\"b",server="a,b=\"c\""} 3"#;
+        assert_eq!(super::label(line, "pool"), Some(r#"we\"b"#));
+        assert_eq!(super::label(line, "server"), Some(r#"a,b=\"c\""#));
+        assert_eq!(super::label(line, "class"), Some("2xx"));
+        assert_eq!(super::label(line, "addr"), None);
+        assert_eq!(super::label("lb_config_generation 2", "pool"), None);
+    }
+}

@@ -56,6 +56,36 @@ async fn send(lb: SocketAddr, host: &str, path: &str, request_id: Option<&str>) 
     http::Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
 }
 
+/// `promtool check metrics` on `text` (required in CI through `LB_REQUIRE_PROMTOOL`).
+fn promtool_check(text: &str) {
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("LB_REQUIRE_PROMTOOL").is_none(),
+                "promtool required but not runnable: {e}"
+            );
+            eprintln!("promtool not installed: skipped the format check (apt-get install prometheus)");
+        }
+    }
+}
+
 #[tokio::test]
 async fn metrics_count_known_traffic_exactly_and_pass_promtool() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
@@ -103,32 +133,47 @@ async fn metrics_count_known_traffic_exactly_and_pass_promtool() {
     .await;
     assert!(text.contains("# HELP lb_requests_total"), "metrics are described");
 
-    match std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(mut child) => {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Err(e) => {
-            assert!(
-                std::env::var_os("LB_REQUIRE_PROMTOOL").is_none(),
-                "promtool required but not runnable: {e}"
-            );
-            eprintln!("promtool not installed: skipped the format check (apt-get install prometheus)");
-        }
+    promtool_check(&text);
+}
+
+/// A reload that removes a server removes its series (and those of its address) at the next scrape;
+/// the servers that stay keep theirs, and the exposition stays valid.
+#[tokio::test]
+async fn series_of_a_removed_server_disappear_after_the_reload() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let two = |servers: &str| {
+        format!("[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{servers}]\n[pools.old]\nservers = [{{ name = \"x\", addr = \"{}\" }}]\n[[routes]]\nhost = \"old.test\"\npool = \"old\"\n[[routes]]\npool = \"web\"\n", a.addr)
+    };
+    let both =
+        format!("{{ name = \"a\", addr = \"{}\" }}, {{ name = \"b\", addr = \"{}\" }}", a.addr, b.addr);
+    let lb = LbProcess::start(&two(&both));
+    for _ in 0..4 {
+        assert_eq!(send(lb.addr, "any.test", "/", None).await.status(), StatusCode::OK);
     }
+    let (_, before) = admin_get(lb.admin, "/metrics").await;
+    assert!(before.contains(r#"server="b""#), "{before}");
+    assert!(before.contains(&format!(r#"addr="{}""#, b.addr)), "{before}");
+    assert!(before.contains(r#"pool="old""#), "{before}");
+
+    // b and the pool `old` go away.
+    let only_a = format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{{ name = \"a\", addr = \"{}\" }}]\n",
+        a.addr
+    );
+    lb.replace_config(&only_a);
+    let admin = lb.admin;
+    eventually(std::time::Duration::from_secs(10), || async move {
+        parse_metrics(&admin_get(admin, "/metrics").await.1).get("lb_config_generation") == Some(&2.0)
+    })
+    .await;
+    let (_, after) = admin_get(lb.admin, "/metrics").await;
+    assert!(!after.contains(r#"server="b""#), "{after}");
+    assert!(!after.contains(&format!(r#"addr="{}""#, b.addr)), "{after}");
+    assert!(!after.contains(r#"pool="old""#), "{after}");
+    let m = parse_metrics(&after);
+    assert_eq!(m.get(r#"lb_requests_total{class="2xx",pool="web",server="a"}"#), Some(&2.0), "{after}");
+    assert_eq!(m.get(r#"lb_upstream_ready{pool="web",server="a"}"#), Some(&1.0), "{after}");
+    promtool_check(&after);
 }
 
 #[tokio::test]

@@ -136,10 +136,13 @@ async fn handle(admin: &Admin, local: SocketAddr, req: Request<Incoming>) -> Rep
         "/console.js" => console::script(),
         "/metrics" => match &admin.metrics {
             Some(handle) => {
-                crate::metrics::refresh(&admin.runtime.snapshot(), &admin.runtime.overrides());
+                let snapshot = admin.runtime.snapshot();
+                crate::metrics::refresh(&snapshot, &admin.runtime.overrides());
                 crate::metrics::request_buffers(admin.runtime.request_buffers().held());
                 handle.run_upkeep();
-                let mut resp = Response::new(Full::new(Bytes::from(handle.render())));
+                // Only the series of what the current config has (see `live_only`).
+                let text = crate::metrics::live_only(&handle.render(), &snapshot);
+                let mut resp = Response::new(Full::new(Bytes::from(text)));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     header::HeaderValue::from_static("text/plain; version=0.0.4"),
