@@ -116,9 +116,8 @@ fn announce(line: &str) {
 /// slow one: p99 315 ms against p50 81 ms at 1,024 connections. Handing out at most 48 wakes per
 /// busy poll (fewer than the 61 tasks run between two polls), and 192 when the worker was idle
 /// (less than the local queue holds), keeps every woken task in one FIFO: p99 112 ms, p50 73 ms,
-/// CPU per request unchanged at 1,024 connections; at 256 it costs about 9% more CPU per request than
-/// tokio's defaults (docs/performance.md, "Fair service" and "Upstream connections driven by the
-/// request").
+/// CPU per request unchanged (docs/performance.md, "Fair service"; at 256 connections too, within
+/// noise, in "Upstream connections driven by the request").
 const IO_EVENTS_PER_BUSY_TICK: usize = 48;
 /// See [`IO_EVENTS_PER_BUSY_TICK`].
 const IO_EVENTS_PER_TICK: usize = 192;
