@@ -407,6 +407,12 @@ async fn upstream_https_with_a_private_ca_works_over_h1_and_h2_and_a_wrong_ca_gi
     assert_eq!(head.version, http::Version::HTTP_2, "h2 chosen by ALPN");
     assert_eq!(head.headers["te"], "trailers", "kept for HTTP/2 upstreams, as gRPC needs");
     assert!(head.headers.get("host").is_none(), ":authority is the only host on HTTP/2");
+    // The server's one HTTP/2 connection carries every later request, concurrent ones too.
+    let opened = backend.connections();
+    let (c, url) = (client(), lb.url("/"));
+    let all = futures_util::future::join_all((0..5).map(|_| get(&c, &url))).await;
+    assert!(all.iter().all(|(s, _)| *s == StatusCode::OK), "{all:?}");
+    assert_eq!(backend.connections(), opened, "no new connection for them");
 
     let other = Pki::new("other");
     let wrong = format!("ca = {}", path(&other.ca_path));
