@@ -2,7 +2,7 @@
 """Load benchmark: lb against nginx and HAProxy, same upstreams, same load, interleaved rounds.
 
 Usage: python3 benches/load.py [--duration 10] [--connections 64] [--rounds 3] [--observability]
-                               [--routes N] [--lb-only]
+                               [--routes N] [--lb-only] [--pinned] [--scenario plain|slow|4k]
 
 Builds lb and the benchmark upstream (examples/upstream.rs) in release mode, starts three upstream
 servers on 127.0.0.1, then for each round runs every proxy in turn (lb, then nginx and HAProxy when
@@ -11,6 +11,14 @@ upstreams, X-Forwarded-For/Proto/Host set, access logs off, two worker threads/p
 each with HTTP/1.1 keep-alive. For each run it prints requests/s, p50 and p99 latency and the proxy's
 CPU time per request (user + system, all its processes and threads, from /proc). The summary is the
 median over rounds and the ratio of each peer to lb.
+
+With --pinned each proxy runs alone on CPU 1 with one worker (lb `TOKIO_WORKER_THREADS=1`, nginx
+`worker_processes 1`, HAProxy `nbthread 1`), and wrk (one thread) and the upstreams share CPU 0: the
+proxy's CPU per request is then not blurred by the load generator's. The summary prints lb's CPU per
+request against each peer's (lb/nginx, lb/HAProxy). --scenario picks the upstreams: `plain` (a short
+body), `slow` (the third upstream answers 10 ms later), `4k` (4 KiB bodies). E.g. the upstream issue's
+four cells: `--pinned --connections 64`, `--pinned --connections 256`, `--pinned --connections 256
+--scenario slow`, `--pinned --connections 64 --scenario 4k`.
 
 With --routes N it also runs lb with N exact-host routes (h0.bench.test .. h{N-1}.bench.test, all to
 the same pool) and wrk asking for the last host, so the routing table's size is the only difference
@@ -44,6 +52,10 @@ PORTS = {"lb": 18080, "nginx": 18081, "haproxy": 18082, "lb-nometrics": 18083, "
          "lb-routes": 18085,
          "lb-tls": 18443, "nginx-tls": 18444, "haproxy-tls": 18445}
 TICK = os.sysconf("SC_CLK_TCK")
+# Worker threads/processes per proxy (1 with --pinned), and the CPU prefixes for the proxy and for the
+# load generator and upstreams (empty unless --pinned).
+WORKERS = 2
+PROXY_CPU, LOAD_CPU = [], []
 # Host header wrk sends to a proxy, when not the default (127.0.0.1:port).
 HOSTS = {}
 
@@ -99,8 +111,8 @@ def lb_variant(name, extra):
         with open(path, "w") as f:
             f.write(f'[[listeners]]\naddr = "127.0.0.1:{PORTS[name]}"\n\n'
                     f'[pools.app]\nstrategy = "round_robin"\nservers = [{servers}]\n\n{extra}\n')
-        env = {"LB_LOG": "warn", "TOKIO_WORKER_THREADS": "2"}
-        return [os.path.join(ROOT, "target/release/lb"), "--config", path], env
+        env = {"LB_LOG": "warn", "TOKIO_WORKER_THREADS": str(WORKERS)}
+        return [*PROXY_CPU, os.path.join(ROOT, "target/release/lb"), "--config", path], env
     return make
 
 
@@ -111,7 +123,7 @@ def nginx_config(tmp):
     servers = "".join(f"    server {a};\n" for a in UPSTREAMS)
     path = os.path.join(tmp, "nginx.conf")
     with open(path, "w") as f:
-        f.write(f"""worker_processes 2;
+        f.write(f"""worker_processes {WORKERS};
 daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log error;
@@ -137,7 +149,7 @@ http {{
   }}
 }}
 """)
-    return ["nginx", "-c", path, "-p", tmp], {}
+    return [*PROXY_CPU, "nginx", "-c", path, "-p", tmp], {}
 
 
 def haproxy_config(tmp):
@@ -145,7 +157,7 @@ def haproxy_config(tmp):
     path = os.path.join(tmp, "haproxy.cfg")
     with open(path, "w") as f:
         f.write(f"""global
-  nbthread 2
+  nbthread {WORKERS}
   maxconn 4096
 defaults
   mode http
@@ -162,7 +174,7 @@ frontend fe
 backend be
   balance roundrobin
 {servers}""")
-    return ["haproxy", "-f", path, "-db"], {}
+    return [*PROXY_CPU, "haproxy", "-f", path, "-db"], {}
 
 
 def parse_wrk(text):
@@ -199,10 +211,12 @@ def run_one(name, make, tmp, args):
         url = f"http://127.0.0.1:{PORTS[name]}/"
         host = ["-H", f"Host: {HOSTS[name]}"] if name in HOSTS else []
         # Warm up connection pools, then measure.
-        subprocess.run(["wrk", "-t2", f"-c{args.connections}", "-d1s", *host, url], capture_output=True)
+        threads = "-t1" if LOAD_CPU else "-t2"
+        subprocess.run([*LOAD_CPU, "wrk", threads, f"-c{args.connections}", "-d1s", *host, url], capture_output=True)
         pids = process_tree(proc.pid)
         before = cpu_seconds(pids)
-        out = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s", "--latency", *host, url],
+        out = subprocess.run([*LOAD_CPU, "wrk", threads, f"-c{args.connections}", f"-d{args.duration}s", "--latency",
+                              *host, url],
                              capture_output=True, text=True, timeout=args.duration + 30).stdout
         cpu = cpu_seconds(pids) - before
     result = parse_wrk(out)
@@ -336,7 +350,16 @@ def main():
     ap.add_argument("--routes", type=int, default=0,
                     help="also run lb with this many exact-host routes, requesting the last host")
     ap.add_argument("--lb-only", action="store_true", help="skip nginx and HAProxy")
+    ap.add_argument("--pinned", action="store_true",
+                    help="proxy alone on CPU 1 with one worker; wrk and upstreams on CPU 0")
+    ap.add_argument("--scenario", choices=["plain", "slow", "4k"], default="plain",
+                    help="upstreams: short body (plain), third one 10 ms slower (slow), 4 KiB bodies (4k)")
     args = ap.parse_args()
+    global WORKERS, PROXY_CPU, LOAD_CPU
+    if args.pinned:
+        if not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
+            sys.exit("--pinned needs taskset and two CPUs")
+        WORKERS, PROXY_CPU, LOAD_CPU = 1, ["taskset", "-c", "1"], ["taskset", "-c", "0"]
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install -y wrk")
     subprocess.run(["cargo", "build", "--release", "--bin", "lb", "--example", "upstream"], cwd=ROOT, check=True)
@@ -355,7 +378,11 @@ def main():
             proxies.append((name, make))
         else:
             print(f"# {name} not installed: skipped")
-    upstream = subprocess.Popen([os.path.join(ROOT, "target/release/examples/upstream"), *UPSTREAMS],
+    served = list(UPSTREAMS)
+    if args.scenario == "slow":
+        served[-1] += "+10ms"
+    body = ["--body", "4096"] if args.scenario == "4k" else []
+    upstream = subprocess.Popen([*LOAD_CPU, os.path.join(ROOT, "target/release/examples/upstream"), *body, *served],
                                 stdout=subprocess.PIPE)
     upstream.stdout.readline()
     try:
@@ -370,7 +397,8 @@ def main():
     finally:
         upstream.terminate()
     print(f"\nmedian of {args.rounds} rounds, {args.connections} connections, {args.duration}s each, "
-          f"HTTP/1.1 keep-alive, {os.cpu_count()} cores")
+          f"HTTP/1.1 keep-alive, scenario {args.scenario}, "
+          + ("pinned: proxy alone on CPU 1 with one worker" if args.pinned else f"{os.cpu_count()} cores"))
     print(f"{'proxy':12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11} {'cpu vs lb':>10}")
     lb_cpu = statistics.median(r["cpu_us_per_req"] for r in results["lb"])
     for name, _ in proxies:
@@ -378,6 +406,10 @@ def main():
                for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
         print(f"{name:12} {med['rps']:>10.0f} {med['p50_ms']:>8.2f} {med['p99_ms']:>8.2f} "
               f"{med['cpu_us_per_req']:>11.1f} {med['cpu_us_per_req'] / lb_cpu:>9.2f}x")
+    for peer in ("nginx", "haproxy"):
+        if peer in results:
+            ratio = lb_cpu / statistics.median(r["cpu_us_per_req"] for r in results[peer])
+            print(f"lb / {peer}: {ratio:.2f}x CPU per request")
 
 
 if __name__ == "__main__":
