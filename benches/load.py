@@ -7,7 +7,8 @@ Usage: python3 benches/load.py [--duration 10] [--connections 64] [--rounds 3] [
 Builds lb and the benchmark upstream (examples/upstream.rs) in release mode, starts three upstream
 servers on 127.0.0.1, then for each round runs every proxy in turn (lb, then nginx and HAProxy when
 installed) with an equivalent config: round robin over the three servers, keep-alive to clients and
-upstreams, X-Forwarded-For/Proto/Host set, access logs off, two worker threads/processes. wrk drives
+upstreams (up to 1,024 idle upstream connections each), X-Forwarded-For/Proto/Host set, access logs
+off, two worker threads/processes. wrk drives
 each with HTTP/1.1 keep-alive. For each run it prints requests/s, p50 and p99 latency and the proxy's
 CPU time per request (user + system, all its processes and threads, from /proc). The summary is the
 median over rounds and the ratio of each peer to lb.
@@ -110,6 +111,8 @@ def lb_variant(name, extra):
         path = os.path.join(tmp, f"{name}.toml")
         with open(path, "w") as f:
             f.write(f'[[listeners]]\naddr = "127.0.0.1:{PORTS[name]}"\n\n'
+                    # As many idle upstream connections as nginx's `keepalive` below.
+                    f'[limits]\nupstream_idle_per_server = 1024\n\n'
                     f'[pools.app]\nstrategy = "round_robin"\nservers = [{servers}]\n\n{extra}\n')
         env = {"LB_LOG": "warn", "TOKIO_WORKER_THREADS": str(WORKERS)}
         return [*PROXY_CPU, os.path.join(ROOT, "target/release/lb"), "--config", path], env
@@ -133,7 +136,7 @@ http {{
   client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
   uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
   upstream app {{
-{servers}    keepalive 64;
+{servers}    keepalive 1024;
   }}
   server {{
     listen 127.0.0.1:{PORTS["nginx"]};
