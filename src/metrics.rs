@@ -127,15 +127,12 @@ pub fn describe() {
     describe_counter!(ACCESS_LOG_DROPPED, "Access-log lines dropped because the writer fell behind.");
 }
 
-/// The status class label of a status code.
-pub fn class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
+/// The status classes, as labels.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// `status`'s place in [`CLASSES`] (below 100 counts as 1xx, above 599 as 5xx).
+fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
 }
 
 /// One server's hot-path metric handles, registered when a snapshot is built. Each also feeds the
@@ -154,7 +151,7 @@ impl ServerMetrics {
     pub fn new(pool: &str, server: &str, stats: &Arc<UpstreamStats>) -> Self {
         let labels = |class: &'static str| counter!(REQUESTS, "pool" => pool.to_owned(), "server" => server.to_owned(), "class" => class);
         Self {
-            requests: [labels("1xx"), labels("2xx"), labels("3xx"), labels("4xx"), labels("5xx")],
+            requests: CLASSES.map(labels),
             ttfb: ResponseTime {
                 histogram: histogram!(UPSTREAM_TTFB, "pool" => pool.to_owned(), "server" => server.to_owned()),
                 stats: Arc::clone(stats),
@@ -165,8 +162,7 @@ impl ServerMetrics {
 
     /// Counts one answered request.
     pub fn answered(&self, status: u16) {
-        let i = (usize::from(status / 100)).clamp(1, 5) - 1;
-        self.requests[i].increment(1);
+        self.requests[class_index(status)].increment(1);
         self.stats.traffic.answered(status);
     }
 }
@@ -228,8 +224,7 @@ pub struct Unserved {
 impl Unserved {
     /// Counts one answer with `status` under `pool` (`"none"` outside any pool).
     pub fn answered(&self, pool: &str, status: u16) {
-        let i = (usize::from(status / 100)).clamp(1, 5) - 1;
-        let class = ["1xx", "2xx", "3xx", "4xx", "5xx"][i];
+        let (i, class) = (class_index(status), CLASSES[class_index(status)]);
         self.by_class[i]
             .get_or_init(
                 || counter!(REQUESTS, "pool" => pool.to_owned(), "server" => "none", "class" => class),

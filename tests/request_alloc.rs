@@ -46,21 +46,44 @@ async fn upstream() -> std::net::SocketAddr {
     addr
 }
 
-/// Sends one GET on `s` and reads its whole answer (lb's response: head with a few fields, 2-byte body).
-async fn one(s: &mut tokio::net::TcpStream, buf: &mut [u8; 4096]) {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: alloc-test\r\n\r\n").await.unwrap();
+/// Sends `request` on `s` and reads its whole answer (head, then `Content-Length` bytes), which must
+/// start with `status`. Allocates nothing: the text is read in place.
+async fn exchange(s: &mut tokio::net::TcpStream, buf: &mut [u8; 4096], request: &[u8], status: &str) {
+    s.write_all(request).await.unwrap();
     let mut have = 0;
     loop {
         let n = s.read(&mut buf[have..]).await.unwrap();
         assert!(n > 0, "lb closed the connection");
         have += n;
-        if let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-            if have >= end + 4 + 2 {
-                assert!(buf.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..have]));
+        let text = String::from_utf8_lossy(&buf[..have]);
+        const FIELD: &str = "content-length: ";
+        let length = text.lines().find_map(|l| {
+            let named = l.get(..FIELD.len()).is_some_and(|name| name.eq_ignore_ascii_case(FIELD));
+            named.then(|| l[FIELD.len()..].trim().parse::<usize>().ok()).flatten()
+        });
+        if let (Some(end), Some(len)) = (text.find("\r\n\r\n"), length) {
+            if have >= end + 4 + len {
+                assert!(text.starts_with(status), "{text:?}");
                 return;
             }
         }
     }
+}
+
+/// Allocations per exchange of `request` on one keep-alive connection to lb: 50 to warm up (the
+/// connection pair, metric handles, buffers that grow once), then the mean over 500.
+async fn allocations_per(lb: std::net::SocketAddr, request: &[u8], status: &str) -> f64 {
+    let mut s = tokio::net::TcpStream::connect(lb).await.unwrap();
+    let mut buf = [0u8; 4096];
+    for _ in 0..50 {
+        exchange(&mut s, &mut buf, request, status).await;
+    }
+    let n = 500;
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..n {
+        exchange(&mut s, &mut buf, request, status).await;
+    }
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -69,48 +92,15 @@ async fn a_proxied_request_stays_within_its_allocation_budget() {
     let addr = upstream().await;
     // The defaults, but no health checks and no access log: what every proxied request pays.
     let lb = common::Lb::start(&common::config_with(&[("a", addr)], "")).await;
-    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
-    let mut buf = [0u8; 4096];
-    // Warm up: the connection pair, metric handles, buffers that grow once.
-    for _ in 0..50 {
-        one(&mut s, &mut buf).await;
-    }
-    let n = 500;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..n {
-        one(&mut s, &mut buf).await;
-    }
-    let per_request = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64;
+    let request = b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: alloc-test\r\n\r\n";
+    let per_request = allocations_per(lb.addr, request, "HTTP/1.1 200").await;
     eprintln!("allocations per proxied request: {per_request:.2}");
-    // Measured 10.0 on 2026-11-27 (docs/performance.md). A regression of a few allocations per
+    // Measured 8.7 on 2026-11-27 (docs/performance.md). A regression of a few allocations per
     // request fails here.
     assert!(per_request <= BUDGET, "{per_request:.2} allocations per request, budget {BUDGET}");
 }
 
 const BUDGET: f64 = 12.0;
-
-/// Sends one GET for a host no route takes and reads the whole 404 answer.
-async fn refused(s: &mut tokio::net::TcpStream, buf: &mut [u8; 4096]) {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: nowhere.example\r\n\r\n").await.unwrap();
-    let mut have = 0;
-    loop {
-        let n = s.read(&mut buf[have..]).await.unwrap();
-        assert!(n > 0, "lb closed the connection");
-        have += n;
-        let text = String::from_utf8_lossy(&buf[..have]);
-        if let (Some(end), Some(len)) = (
-            text.find("\r\n\r\n"),
-            text.lines().find_map(|l| {
-                l.strip_prefix("content-length: ").and_then(|v| v.trim().parse::<usize>().ok())
-            }),
-        ) {
-            if have >= end + 4 + len {
-                assert!(text.starts_with("HTTP/1.1 404"), "{text:?}");
-                return;
-            }
-        }
-    }
-}
 
 /// A flood of requests no route takes costs a handful of allocations each (hyper's and the error
 /// page's), not label strings for the metric that counts them.
@@ -120,17 +110,8 @@ async fn a_refused_request_stays_within_its_allocation_budget() {
     let addr = upstream().await;
     let toml = common::config_with(&[("a", addr)], "[[routes]]\nhost = \"app.example\"\npool = \"web\"\n");
     let lb = common::Lb::start(&toml).await;
-    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
-    let mut buf = [0u8; 4096];
-    for _ in 0..50 {
-        refused(&mut s, &mut buf).await;
-    }
-    let n = 500;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..n {
-        refused(&mut s, &mut buf).await;
-    }
-    let per_request = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64;
+    let request = b"GET / HTTP/1.1\r\nHost: nowhere.example\r\n\r\n";
+    let per_request = allocations_per(lb.addr, request, "HTTP/1.1 404").await;
     eprintln!("allocations per refused request: {per_request:.2}");
     assert!(
         per_request <= REFUSED_BUDGET,
