@@ -57,6 +57,8 @@ pub const SENT_BYTES: &str = "lb_sent_bytes_total";
 pub const OPEN_CONNECTIONS: &str = "lb_open_connections";
 /// Requests in progress, by listener.
 pub const LISTENER_IN_FLIGHT: &str = "lb_listener_in_flight";
+/// Client connections waiting for their next request holding no request state, by listener.
+pub const IDLE_CONNECTIONS: &str = "lb_idle_connections";
 /// Client connections accepted, by listener.
 pub const CONNECTIONS: &str = "lb_connections_total";
 /// Configuration loads by outcome (`ok`, `error`).
@@ -117,6 +119,10 @@ pub fn describe() {
     describe_gauge!(OPEN_CONNECTIONS, "Open client connections.");
     describe_counter!(CONNECTIONS, "Client connections accepted.");
     describe_gauge!(LISTENER_IN_FLIGHT, "Requests in progress, by listener.");
+    describe_gauge!(
+        IDLE_CONNECTIONS,
+        "Client connections idle long enough to hold no request state, by listener."
+    );
     describe_counter!(CONFIG_RELOADS, "Configuration loads by outcome.");
     describe_gauge!(CONFIG_GENERATION, "Generation of the running configuration.");
     describe_gauge!(CONFIG_HASH, "First 48 bits of the running configuration's SHA-256.");

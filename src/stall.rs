@@ -29,6 +29,11 @@ impl Stall {
         self.armed = false;
     }
 
+    /// Whether the last operation was pending and none has progressed since.
+    pub fn is_armed(&self) -> bool {
+        self.armed
+    }
+
     /// The operation is pending: starts the clock if it is not running, and tells whether the limit
     /// has passed. Registers `cx` to be woken when it does.
     pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {

@@ -14,38 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// The allocation counter is process-wide: the tests here take turns.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-
-/// An upstream answering every request on a connection with `RESPONSE`, allocating nothing per
-/// request.
-async fn upstream() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 8192];
-                let mut have = 0;
-                loop {
-                    match s.read(&mut buf[have..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => have += n,
-                    }
-                    // Requests here have no body: each ends with an empty line.
-                    while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.copy_within(end + 4..have, 0);
-                        have -= end + 4;
-                        if s.write_all(RESPONSE).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// Sends `request` on `s` and reads its whole answer (head, then `Content-Length` bytes), which must
 /// start with `status`. Allocates nothing: the text is read in place.
 async fn exchange(s: &mut tokio::net::TcpStream, buf: &mut [u8; 4096], request: &[u8], status: &str) {
@@ -89,7 +57,7 @@ async fn allocations_per(lb: std::net::SocketAddr, request: &[u8], status: &str)
 #[tokio::test(flavor = "current_thread")]
 async fn a_proxied_request_stays_within_its_allocation_budget() {
     let _turn = SERIAL.lock().await;
-    let addr = upstream().await;
+    let addr = common::quiet_upstream().await;
     // The defaults, but no health checks and no access log: what every proxied request pays.
     let lb = common::Lb::start(&common::config_with(&[("a", addr)], "")).await;
     let request = b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: alloc-test\r\n\r\n";
@@ -107,7 +75,7 @@ const BUDGET: f64 = 12.0;
 #[tokio::test(flavor = "current_thread")]
 async fn a_refused_request_stays_within_its_allocation_budget() {
     let _turn = SERIAL.lock().await;
-    let addr = upstream().await;
+    let addr = common::quiet_upstream().await;
     let toml = common::config_with(&[("a", addr)], "[[routes]]\nhost = \"app.example\"\npool = \"web\"\n");
     let lb = common::Lb::start(&toml).await;
     let request = b"GET / HTTP/1.1\r\nHost: nowhere.example\r\n\r\n";

@@ -7,6 +7,9 @@
 //! * from the end of the last response until the next byte: `keepalive`;
 //! * never while a request is in flight (per-request timeouts govern that).
 //!
+//! The same timer tells an HTTP/1 connection that has idled for [`RELEASE_AFTER`] to give its hyper
+//! state back ([`Activity::take_release`], see `server::h1`).
+//!
 //! The deadline is re-evaluated lazily when its timer fires, so the request path only touches two
 //! atomics per request ([`ActiveRequest`]).
 
@@ -14,7 +17,7 @@ use pin_project_lite::pin_project;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,6 +26,19 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::Timeouts;
 use crate::stall::Stall;
+
+/// How long an HTTP/1 connection idles before it gives back its hyper state (read buffer, header
+/// map, in-flight slot) and waits for the next request with its socket alone. Long enough that a
+/// connection serving back-to-back requests never does it; short enough that a burst of new
+/// connections, each idle after one request, never holds much hyper state at once (the memory it
+/// frees is reused by the next ones instead of piling up).
+pub const RELEASE_AFTER: Duration = Duration::from_millis(100);
+
+/// How often the timer of a connection with a request in flight looks again. The release is
+/// decided by the timer every connection already has, never per request: a busy connection costs
+/// one timer firing per period, and one that goes idle is released within
+/// `RELEASE_AFTER + BUSY_LOOK`.
+const BUSY_LOOK: Duration = Duration::from_secs(1);
 
 /// Request activity of one client connection, shared by its service and its socket wrapper.
 #[derive(Debug)]
@@ -34,20 +50,53 @@ pub struct Activity {
     done: AtomicU64,
     /// Milliseconds since `start` when the last response finished.
     last_done_ms: AtomicU64,
+    /// Set by the socket's timer: the connection has idled for [`RELEASE_AFTER`].
+    release: AtomicBool,
     /// The connection's slot under `limits.max_connections`. Everything that uses the connection
     /// (its hyper task, its socket, an upgraded tunnel) holds this `Activity`, so the slot is
     /// returned only when the last of them is gone, and the shutdown drain waits for tunnels too.
     _slot: Option<crate::slots::Slot>,
-    /// The listener's open-connections gauge, decremented when the connection is really gone.
-    open: Option<metrics::Gauge>,
-    /// The listener's in-flight-requests gauge, moved by [`ActiveRequest`].
-    in_flight: Option<metrics::Gauge>,
+    /// The listener's gauges.
+    gauges: Option<ListenerGauges>,
+}
+
+/// A listener's connection gauges, which each of its connections moves.
+#[derive(Debug, Clone)]
+pub struct ListenerGauges {
+    /// Open connections: up from accept until the last user of the connection is gone.
+    pub open: metrics::Gauge,
+    /// Requests in progress, moved by [`ActiveRequest`].
+    pub in_flight: metrics::Gauge,
+    /// Connections waiting for a request with no hyper state held ([`Activity::idle`]).
+    pub idle: metrics::Gauge,
 }
 
 impl Drop for Activity {
     fn drop(&mut self) {
-        if let Some(open) = &self.open {
-            open.decrement(1.0);
+        if let Some(g) = &self.gauges {
+            g.open.decrement(1.0);
+        }
+    }
+}
+
+/// Counts its connection as idle (holding no hyper state) in the listener's gauge while it lives.
+#[derive(Debug)]
+pub struct Idle(Arc<Activity>);
+
+impl Idle {
+    /// Counts `activity`'s connection as idle until this is dropped.
+    pub fn new(activity: &Arc<Activity>) -> Self {
+        if let Some(g) = &activity.gauges {
+            g.idle.increment(1.0);
+        }
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0.gauges {
+            g.idle.decrement(1.0);
         }
     }
 }
@@ -55,29 +104,30 @@ impl Drop for Activity {
 impl Activity {
     /// Activity of a connection accepted now.
     pub fn new() -> Self {
-        Self::holding(None, None, None)
+        Self::holding(None, None)
     }
 
-    /// Activity of a connection accepted now, holding its connection slot and counted in `open`
-    /// (incremented here, decremented when the last user of the connection is gone); its requests
-    /// are counted in `in_flight` while active.
-    pub fn holding(
-        slot: Option<crate::slots::Slot>,
-        open: Option<metrics::Gauge>,
-        in_flight: Option<metrics::Gauge>,
-    ) -> Self {
-        if let Some(open) = &open {
-            open.increment(1.0);
+    /// Activity of a connection accepted now, holding its connection slot and counted in the
+    /// listener's `gauges` (open: from now until the last user of the connection is gone).
+    pub fn holding(slot: Option<crate::slots::Slot>, gauges: Option<ListenerGauges>) -> Self {
+        if let Some(g) = &gauges {
+            g.open.increment(1.0);
         }
         Self {
             start: Instant::now(),
             active: AtomicUsize::new(0),
             done: AtomicU64::new(0),
             last_done_ms: AtomicU64::new(0),
+            release: AtomicBool::new(false),
             _slot: slot,
-            open,
-            in_flight,
+            gauges,
         }
+    }
+
+    /// Whether the connection has idled for [`RELEASE_AFTER`] since this was last asked; clears it.
+    pub fn take_release(&self) -> bool {
+        // Asked on every poll of a busy connection: a load is cheaper than a swap.
+        self.release.load(Ordering::Acquire) && self.release.swap(false, Ordering::AcqRel)
     }
 
     fn since_start(&self, at: Instant) -> u64 {
@@ -103,8 +153,8 @@ impl ActiveRequest {
     /// Marks a request as started on this connection.
     pub fn begin(activity: &Arc<Activity>) -> Self {
         activity.active.fetch_add(1, Ordering::AcqRel);
-        if let Some(g) = &activity.in_flight {
-            g.increment(1.0);
+        if let Some(g) = &activity.gauges {
+            g.in_flight.increment(1.0);
         }
         Self(Arc::clone(activity))
     }
@@ -117,13 +167,11 @@ impl Drop for ActiveRequest {
         self.0.last_done_ms.fetch_max(now, Ordering::AcqRel);
         self.0.done.fetch_add(1, Ordering::AcqRel);
         self.0.active.fetch_sub(1, Ordering::AcqRel);
-        if let Some(g) = &self.0.in_flight {
-            g.decrement(1.0);
+        if let Some(g) = &self.0.gauges {
+            g.in_flight.decrement(1.0);
         }
     }
 }
-
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 pin_project! {
     /// A client socket that fails reads with `TimedOut` once the connection has been idle, or
@@ -143,7 +191,6 @@ pin_project! {
         head: Option<(u64, u64)>,
         // HTTP/2 multiplexes requests and pings: only the idle rule applies.
         h2: bool,
-        first_read: bool,
     }
 }
 
@@ -151,7 +198,9 @@ impl<T> IdleIo<T> {
     /// Wraps a freshly accepted socket; the first request head must arrive within `client_header`.
     pub fn new(io: T, activity: Arc<Activity>, timeouts: &Timeouts) -> Self {
         let (client_header, keepalive) = (timeouts.client_header, timeouts.keepalive);
-        let timer = Box::pin(tokio::time::sleep_until(activity.start + client_header));
+        // The first look comes at most RELEASE_AFTER in: a connection idle after one quick request
+        // is released then, not only when the header timeout would have been checked.
+        let timer = Box::pin(tokio::time::sleep_until(activity.start + client_header.min(RELEASE_AFTER)));
         Self {
             io,
             timer,
@@ -161,9 +210,26 @@ impl<T> IdleIo<T> {
             send: Stall::new(timeouts.client_send),
             head: Some((0, 0)),
             h2: false,
-            first_read: true,
         }
     }
+
+    /// Whether the connection speaks HTTP/2, as its server decided from its first bytes.
+    pub fn set_h2(&mut self, h2: bool) {
+        self.h2 = h2;
+    }
+}
+
+/// When an idle HTTP/1 connection should give its hyper state back, or `None` while a request
+/// or its head is under way.
+fn release_at(activity: &Activity, head: Option<(u64, u64)>) -> Option<Instant> {
+    if activity.active.load(Ordering::Acquire) > 0 {
+        return None;
+    }
+    let done = activity.done.load(Ordering::Acquire);
+    if head.is_some_and(|(epoch, _)| epoch == done) {
+        return None;
+    }
+    Some(activity.at(activity.last_done_ms.load(Ordering::Acquire)) + RELEASE_AFTER)
 }
 
 /// The moment the connection times out, or `None` while a request is in flight.
@@ -192,9 +258,6 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
         if let Poll::Ready(result) = this.io.poll_read(cx, buf) {
             let fresh = &buf.filled()[before..];
             if !fresh.is_empty() {
-                if std::mem::take(this.first_read) {
-                    *this.h2 = fresh.starts_with(H2_PREFACE);
-                }
                 let done = this.activity.done.load(Ordering::Acquire);
                 let idle = this.activity.active.load(Ordering::Acquire) == 0;
                 let head_is_new = this.head.is_none_or(|(epoch, _)| epoch != done);
@@ -214,17 +277,28 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
         while this.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             let due = deadline(this.activity, *this.head, *this.h2, *this.client_header, *this.keepalive);
-            match due {
+            let mut next = match due {
                 Some(due) if due <= now => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "client connection timed out",
                     )));
                 }
-                Some(due) => this.timer.as_mut().reset(due),
+                Some(due) => due,
                 // Busy: look again after one keep-alive period; the real deadline is always later.
-                None => this.timer.as_mut().reset(now + *this.keepalive),
+                None => now + *this.keepalive,
+            };
+            // HTTP/2: hyper keeps the idle connection.
+            if !*this.h2 {
+                match release_at(this.activity, *this.head) {
+                    Some(at) if at > now => next = next.min(at),
+                    // A write still blocked: the end of the last answer is in hyper's buffer.
+                    Some(_) if this.send.is_armed() => next = next.min(now + BUSY_LOOK),
+                    Some(_) => this.activity.release.store(true, Ordering::Release),
+                    None => next = next.min(now + BUSY_LOOK),
+                }
             }
+            this.timer.as_mut().reset(next);
         }
         Poll::Pending
     }
@@ -377,7 +451,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn http2_connections_only_get_the_idle_rule() {
-        let (io, mut peer, _) = wrap();
+        let (mut io, mut peer, _) = wrap();
+        io.set_h2(true);
         let mut io = Box::pin(io);
         peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];

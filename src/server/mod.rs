@@ -5,19 +5,21 @@
 //! response, HTTP/2 sends GOAWAY), and [`serve`] returns once all connections are gone or the drain
 //! timeout has passed.
 
+mod conn;
 mod idle;
 mod redirect;
+mod rewind;
 
-pub use idle::{ActiveRequest, Activity, IdleIo};
+pub use idle::{ActiveRequest, Activity, Idle, IdleIo, ListenerGauges, RELEASE_AFTER};
 
 use crate::config::{Config, Timeouts};
 use crate::proxy::{Proxy, Shared};
 use crate::runtime::Runtime;
-use crate::slots::{Slot, Slots};
+use crate::slots::Slots;
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulConnection;
+use conn::ClientConn;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,6 +35,8 @@ use tokio::sync::watch;
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -40,7 +44,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// accepted connection, so new settings reach new connections while open ones keep theirs.
 struct ServeCtx {
     shared: Arc<Shared>,
-    builder: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
     timeouts: Timeouts,
     /// Per listener (by configured address): TLS, redirect, HSTS.
     listeners: HashMap<SocketAddr, ListenerCtx>,
@@ -73,7 +78,8 @@ impl ServeCtx {
     fn new(runtime: &Arc<Runtime>, config: &Config, resumption: &crate::tls::Resumption) -> Self {
         Self {
             shared: Arc::new(Shared { runtime: Arc::clone(runtime) }),
-            builder: http_builder(config),
+            h1: http1_builder(config),
+            h2: http2_builder(config),
             timeouts: config.timeouts,
             listeners: config.listeners.iter().map(|l| (l.addr, ListenerCtx::new(l, resumption))).collect(),
         }
@@ -250,10 +256,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn http1_builder(config: &Config) -> http1::Builder {
+    let mut h1 = http1::Builder::new();
     let limits = &config.limits;
-    let mut h1 = builder.http1();
     // Header and idle timeouts are enforced by IdleIo; hyper's own timer would merge the two.
     h1.timer(TokioTimer::new())
         .header_read_timeout(None)
@@ -263,8 +268,13 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         // hyper keeps the default count on the stack; any other count costs a heap allocation.
         h1.max_headers(limits.max_headers);
     }
+    h1
+}
+
+fn http2_builder(config: &Config) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    let limits = &config.limits;
     builder
-        .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_streams)
         // Detects HTTP/2 peers that vanished without closing (the socket itself stays quiet).
@@ -286,8 +296,11 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
     let local = listener.local_addr().ok();
     let label = local.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
     let accepted_total = metrics::counter!(crate::metrics::CONNECTIONS, "listener" => label.clone());
-    let open = metrics::gauge!(crate::metrics::OPEN_CONNECTIONS, "listener" => label.clone());
-    let in_flight = metrics::gauge!(crate::metrics::LISTENER_IN_FLIGHT, "listener" => label.clone());
+    let gauges = ListenerGauges {
+        open: metrics::gauge!(crate::metrics::OPEN_CONNECTIONS, "listener" => label.clone()),
+        in_flight: metrics::gauge!(crate::metrics::LISTENER_IN_FLIGHT, "listener" => label.clone()),
+        idle: metrics::gauge!(crate::metrics::IDLE_CONNECTIONS, "listener" => label.clone()),
+    };
     loop {
         // Take a connection slot first: at the limit, clients wait in the kernel's backlog.
         let slot = tokio::select! {
@@ -307,18 +320,20 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = Conn {
+        let conn = Accepted {
             serve: ctx.serve.load_full(),
             stop: ctx.stop.clone(),
             listener: ctx.configured,
             label: label.clone(),
         };
         accepted_total.increment(1);
-        tokio::spawn(conn.serve(stream, peer, slot, (open.clone(), in_flight.clone())));
+        let activity = Arc::new(Activity::holding(Some(slot), Some(gauges.clone())));
+        conn.spawn(stream, peer, activity);
     }
 }
 
-struct Conn {
+/// A connection just accepted, with what serving it needs.
+struct Accepted {
     serve: Arc<ServeCtx>,
     stop: watch::Receiver<bool>,
     /// Configured address of the listener that accepted it.
@@ -327,25 +342,58 @@ struct Conn {
     label: String,
 }
 
-impl Conn {
-    async fn serve(
-        self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        slot: Slot,
-        (open, in_flight): (metrics::Gauge, metrics::Gauge),
-    ) {
-        let activity = Arc::new(Activity::holding(Some(slot), Some(open), Some(in_flight)));
+impl Accepted {
+    /// Spawns the connection's task. A plain connection's task is the connection's state machine
+    /// alone; a TLS one's also holds the handshake and the TLS session.
+    fn spawn(self, stream: TcpStream, peer: SocketAddr, activity: Arc<Activity>) {
         // A listener removed by the config this connection loaded: never serve it with defaults
         // (a TLS port would answer in the clear).
-        let Some(listener) = self.serve.listeners.get(&self.listener).cloned() else { return };
+        let Some(listener) = self.serve.listeners.get(&self.listener) else { return };
         match &listener.tls {
-            None => self.http(stream, peer, activity, &listener, false).await,
+            None => {
+                let io = IdleIo::new(stream, Arc::clone(&activity), &self.serve.timeouts);
+                match listener.redirect_https {
+                    Some(port) => {
+                        let service = redirect::service(port);
+                        tokio::spawn(self.conn(io, activity, peer, service));
+                    }
+                    None => {
+                        let service = self.proxy(peer, &activity, listener, false);
+                        tokio::spawn(self.conn(io, activity, peer, service));
+                    }
+                }
+            }
             Some(Err(())) => {}
-            // Boxed: a TLS session's state is several kilobytes, which a plain connection's task
-            // would otherwise carry too (an async fn is as large as its largest path).
-            Some(Ok(acceptor)) => Box::pin(self.tls(stream, peer, activity, acceptor, &listener)).await,
+            Some(Ok(acceptor)) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(self.tls(stream, peer, activity, acceptor));
+            }
         }
+    }
+
+    fn conn<I, S>(
+        &self,
+        io: IdleIo<I>,
+        activity: Arc<Activity>,
+        peer: SocketAddr,
+        service: S,
+    ) -> ClientConn<I, S>
+    where
+        S: hyper::service::HttpService<hyper::body::Incoming>,
+    {
+        ClientConn::new(Arc::clone(&self.serve), io, activity, self.stop.clone(), peer, service)
+    }
+
+    fn proxy(
+        &self,
+        peer: SocketAddr,
+        activity: &Arc<Activity>,
+        listener: &ListenerCtx,
+        tls: bool,
+    ) -> TowerToHyperService<Proxy> {
+        let proxy = Proxy::new(Arc::clone(&self.serve.shared), peer, Some(Arc::clone(activity)))
+            .behind(tls, listener.hsts.clone());
+        TowerToHyperService::new(proxy)
     }
 
     /// Completes the TLS handshake (within `client_header`), then serves HTTP over it.
@@ -354,8 +402,7 @@ impl Conn {
         stream: TcpStream,
         peer: SocketAddr,
         activity: Arc<Activity>,
-        acceptor: &tokio_rustls::TlsAcceptor,
-        listener: &ListenerCtx,
+        acceptor: tokio_rustls::TlsAcceptor,
     ) {
         // The handshake counts against the header timeout: a client that stalls it is gone.
         let limit = self.serve.timeouts.client_header;
@@ -367,56 +414,19 @@ impl Conn {
         };
         metrics::counter!(crate::metrics::TLS_HANDSHAKES, "listener" => self.label.clone(), "result" => result)
             .increment(1);
-        match handshake {
-            Ok(Ok(tls)) => self.http(tls, peer, activity, listener, true).await,
-            Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
-        }
-    }
-
-    /// Serves HTTP on `io` (plain or TLS) until the connection ends or the listener stops.
-    async fn http<I>(
-        mut self,
-        io: I,
-        peer: SocketAddr,
-        activity: Arc<Activity>,
-        listener: &ListenerCtx,
-        tls: bool,
-    ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let serve = Arc::clone(&self.serve);
-        let io = TokioIo::new(IdleIo::new(io, Arc::clone(&activity), &serve.timeouts));
-        let result = match listener.redirect_https {
-            Some(port) => {
-                let service = hyper::service::service_fn(move |req| redirect::to_https(req, port));
-                // Boxed, so the proxying path alone sizes this future (see `serve`).
-                Box::pin(drive(serve.builder.serve_connection_with_upgrades(io, service), &mut self.stop))
-                    .await
-            }
-            None => {
-                let proxy = Proxy::new(Arc::clone(&serve.shared), peer, Some(activity))
-                    .behind(tls, listener.hsts.clone());
-                let service = TowerToHyperService::new(proxy);
-                drive(serve.builder.serve_connection_with_upgrades(io, service), &mut self.stop).await
-            }
+        let tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!(client = %peer, "TLS handshake timed out"),
         };
-        if let Err(e) = result {
-            // Client-side connection errors (resets, timeouts, malformed heads) are routine.
-            tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-        }
-    }
-}
-
-/// Runs a connection to its end; when the listener stops, tells it to finish (HTTP/1: after the
-/// current response; HTTP/2: GOAWAY) and waits for that.
-async fn drive<C: GracefulConnection>(conn: C, stop: &mut watch::Receiver<bool>) -> Result<(), C::Error> {
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+        let Some(listener) = self.serve.listeners.get(&self.listener) else { return };
+        let io = IdleIo::new(tls, Arc::clone(&activity), &self.serve.timeouts);
+        match listener.redirect_https {
+            Some(port) => self.conn(io, activity, peer, redirect::service(port)).await,
+            None => {
+                let service = self.proxy(peer, &activity, listener, true);
+                self.conn(io, activity, peer, service).await;
+            }
         }
     }
 }

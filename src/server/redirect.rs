@@ -7,9 +7,28 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use std::convert::Infallible;
 
+/// The service of a redirect listener: every request answered with [`to_https`] on `port`.
+pub(super) fn service(port: u16) -> Redirect {
+    Redirect(port)
+}
+
+/// See [`service`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Redirect(u16);
+
+impl<B> hyper::service::Service<Request<B>> for Redirect {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        std::future::ready(Ok(to_https(&req, self.0)))
+    }
+}
+
 /// The redirect for `req` to https on `port` (omitted from the URL when 443). A request without a
 /// usable host gets 400: there is nowhere to send it.
-pub(super) async fn to_https<B>(req: Request<B>, port: u16) -> Result<Response<Full<Bytes>>, Infallible> {
+fn to_https<B>(req: &Request<B>, port: u16) -> Response<Full<Bytes>> {
     let host = req
         .uri()
         .host()
@@ -34,7 +53,7 @@ pub(super) async fn to_https<B>(req: Request<B>, port: u16) -> Result<Response<F
         }
         None => *resp.status_mut() = StatusCode::BAD_REQUEST,
     }
-    Ok(resp)
+    resp
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
@@ -54,7 +73,7 @@ mod tests {
         if let Some(h) = host {
             req = req.header(header::HOST, h);
         }
-        let resp = to_https(req.body(()).unwrap(), port).await.unwrap();
+        let resp = to_https(&req.body(()).unwrap(), port);
         let loc = resp.headers().get(header::LOCATION).map(|l| l.to_str().unwrap().to_owned());
         (resp.status(), loc)
     }

@@ -302,6 +302,38 @@ pub async fn closed_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+pub const QUIET_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// An upstream answering every request on a connection with [`QUIET_RESPONSE`], allocating nothing
+/// per request (for the tests that count lb's allocations).
+pub async fn quiet_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let mut have = 0;
+                loop {
+                    match s.read(&mut buf[have..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have += n,
+                    }
+                    // Requests here have no body: each ends with an empty line.
+                    while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.copy_within(end + 4..have, 0);
+                        have -= end + 4;
+                        if s.write_all(QUIET_RESPONSE).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// lb served in-process from TOML text; its first listener is `addr`.
 pub struct Lb {
     pub addr: SocketAddr,

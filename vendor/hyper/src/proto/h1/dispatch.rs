@@ -120,6 +120,16 @@ where
         })
     }
 
+    /// Run this dispatcher until HTTP says this connection is done, without
+    /// calling `Write::shutdown` on the underlying IO, and hand a pending
+    /// upgrade to the caller instead of failing it.
+    pub(crate) fn poll_catch_without_shutdown(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<crate::Result<Dispatched>> {
+        self.poll_catch(cx, false)
+    }
+
     fn poll_catch(
         &mut self,
         cx: &mut Context<'_>,

@@ -557,6 +557,39 @@ where
     pub fn into_parts(self) -> Option<Parts<I, S>> {
         self.inner.map(|conn| conn.into_parts())
     }
+
+    /// Poll the connection for completion, but without calling `shutdown`
+    /// on the underlying IO, as [`Connection::poll_without_shutdown`] does,
+    /// while fulfilling an HTTP upgrade as polling this future does.
+    ///
+    /// Once this is `Ready(Ok(()))`, [`into_parts`](Self::into_parts) gives
+    /// the IO back (`None` if the connection was upgraded). With
+    /// [`graceful_shutdown`](Self::graceful_shutdown) on an idle connection,
+    /// this lets a server keep a keep-alive connection's socket while it
+    /// drops the connection's buffers, and serve it again later.
+    pub fn poll_without_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<crate::Result<()>>
+    where
+        I: Send + 'static,
+    {
+        let Some(conn) = self.inner.as_mut() else {
+            // The connection was upgraded.
+            return Poll::Ready(Ok(()));
+        };
+        match ready!(conn.conn.poll_catch_without_shutdown(cx)) {
+            Ok(proto::Dispatched::Shutdown) => Poll::Ready(Ok(())),
+            Ok(proto::Dispatched::Upgrade(pending)) => {
+                let (io, buf, _) = self
+                    .inner
+                    .take()
+                    .expect("upgradeable server connection missing after upgrade")
+                    .conn
+                    .into_inner();
+                pending.fulfill(Upgraded::new(io, buf));
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
 }
 
 impl<I, B, S> Future for UpgradeableConnection<I, S>
