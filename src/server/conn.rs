@@ -122,10 +122,11 @@ where
         match &mut self.state {
             State::Http1 { conn, .. } => Pin::new(&mut **conn).graceful_shutdown(),
             State::Http2 { conn } => conn.as_mut().graceful_shutdown(),
-            State::Waiting { .. } => match std::mem::replace(&mut self.state, State::Done) {
-                State::Waiting { io, .. } => self.state = State::Closing { io },
-                _ => {}
-            },
+            State::Waiting { .. } => {
+                if let State::Waiting { io, .. } = std::mem::replace(&mut self.state, State::Done) {
+                    self.state = State::Closing { io };
+                }
+            }
             State::Closing { .. } | State::Done => {}
         }
     }

@@ -262,10 +262,12 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
                 let idle = this.activity.active.load(Ordering::Acquire) == 0;
                 let head_is_new = this.head.is_none_or(|(epoch, _)| epoch != done);
                 if idle && !*this.h2 && head_is_new {
-                    // A new request head starts: it must complete within client_header.
+                    // A new request head starts: it must complete within client_header, and the
+                    // timer must look again within BUSY_LOOK (after a release it was left at the
+                    // keep-alive deadline). Busy connections' timers are nearer: no reset for them.
                     let now = this.activity.since_start(Instant::now());
                     *this.head = Some((done, now));
-                    let due = this.activity.at(now) + *this.client_header;
+                    let due = this.activity.at(now) + (*this.client_header).min(BUSY_LOOK);
                     if due < this.timer.deadline() {
                         this.timer.as_mut().reset(due);
                     }
@@ -447,6 +449,86 @@ mod tests {
         };
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), SEND);
+    }
+
+    /// Reads (nothing arrives) until the connection is asked to give its hyper state back; how long
+    /// that took, or `None` if the read ended first.
+    async fn release_after(
+        io: &mut Pin<Box<IdleIo<tokio::io::DuplexStream>>>,
+        activity: &Activity,
+    ) -> Option<Duration> {
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        loop {
+            if let Ok(read) = tokio::time::timeout(Duration::from_millis(10), io.read(&mut buf)).await {
+                assert!(read.is_err(), "no data was sent");
+                return None;
+            }
+            if activity.take_release() {
+                return Some(start.elapsed());
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http1_connection_is_released_soon_after_its_last_answer_and_never_while_busy() {
+        let (io, mut peer, activity) = wrap();
+        let mut io = Box::pin(io);
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        let active = ActiveRequest::begin(&activity);
+        // A slow request: the timer looks every BUSY_LOOK and leaves it alone.
+        let waited = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf)).await;
+        assert!(waited.is_err());
+        assert!(!activity.take_release());
+        drop(active);
+        let idled = release_after(&mut io, &activity).await.unwrap();
+        assert!(idled >= RELEASE_AFTER && idled <= RELEASE_AFTER + BUSY_LOOK, "{idled:?}");
+        // The next request starts: released again RELEASE_AFTER after it, not at the keep-alive
+        // deadline the timer was left at.
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        drop(ActiveRequest::begin(&activity));
+        let idled = release_after(&mut io, &activity).await.unwrap();
+        assert!(idled <= RELEASE_AFTER + BUSY_LOOK, "{idled:?}");
+        // Released or not, the keep-alive timeout still counts from the last answer.
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_idles_after_one_quick_request_is_released_within_release_after() {
+        let (io, mut peer, activity) = wrap();
+        let mut io = Box::pin(io);
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        drop(ActiveRequest::begin(&activity));
+        let idled = release_after(&mut io, &activity).await.unwrap();
+        assert!(idled <= RELEASE_AFTER + Duration::from_millis(20), "{idled:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_with_a_blocked_write_or_speaking_http2_is_not_released() {
+        let (io, _peer, activity) = wrap();
+        let mut io = Box::pin(io);
+        // The peer stops reading: the last answer is stuck in the writer's buffer.
+        let chunk = [0u8; 4096];
+        while tokio::time::timeout(Duration::from_millis(1), io.write(&chunk)).await.is_ok() {}
+        drop(ActiveRequest::begin(&activity));
+        let released = tokio::time::timeout(Duration::from_secs(5), release_after(&mut io, &activity)).await;
+        assert!(released.is_err(), "released with a write pending");
+
+        let (mut io, mut peer, activity) = wrap();
+        io.set_h2(true);
+        let mut io = Box::pin(io);
+        peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        drop(ActiveRequest::begin(&activity));
+        // hyper keeps an HTTP/2 connection: it idles until the keep-alive timeout ends it.
+        assert_eq!(release_after(&mut io, &activity).await, None);
     }
 
     #[tokio::test(start_paused = true)]
