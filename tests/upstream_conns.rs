@@ -203,3 +203,30 @@ async fn a_response_the_client_abandoned_closes_its_connection() {
     assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::OK);
     assert_eq!(a.connections(), 2, "the abandoned connection was not reused");
 }
+
+/// A connection idle for a second is parked (hyper's buffers dropped, its socket kept): the next
+/// request still reuses it, and one its server closed or wrote on while it was parked is never used.
+#[tokio::test]
+async fn a_parked_connection_is_reused_unless_its_server_closed_it_or_wrote_on_it() {
+    for (keepalive, garbage) in
+        [(Duration::from_secs(60), false), (Duration::from_secs(3), false), (Duration::from_secs(3), true)]
+    {
+        let case = format!("server keep-alive {keepalive:?}, stray bytes {garbage}");
+        let (addr, raw) = raw_upstream(keepalive, garbage).await;
+        let lb = Lb::start(&config_with(&[("a", addr)], "")).await;
+        let client = client();
+        assert_eq!(get(&client, &lb.url("/")).await.0, StatusCode::OK, "{case}");
+        let server = Arc::clone(&lb.runtime.snapshot().pools[0].upstreams[0]);
+        eventually(Duration::from_secs(5), || async { server.stats.conns.parked_count() == 1 }).await;
+        if keepalive < Duration::from_secs(60) {
+            // The server closes it, or writes on it, while it is parked; lb's sweep closes it.
+            eventually(Duration::from_secs(10), || async { raw.closed.load(Ordering::SeqCst) == 1 }).await;
+            eventually(Duration::from_secs(5), || async { server.stats.conns.idle_count() == 0 }).await;
+        }
+        let (status, body) = get(&client, &lb.url("/")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"), "{case}");
+        let per_conn = raw.per_conn.lock().unwrap().clone();
+        let expected = if keepalive < Duration::from_secs(60) { vec![1, 1] } else { vec![2] };
+        assert_eq!(per_conn, expected, "{case}");
+    }
+}

@@ -32,7 +32,7 @@ use crate::stall::Stall;
 /// connection serving back-to-back requests never does it; short enough that a burst of new
 /// connections, each idle after one request, never holds much hyper state at once (the memory it
 /// frees is reused by the next ones instead of piling up).
-pub const RELEASE_AFTER: Duration = Duration::from_millis(100);
+pub const RELEASE_AFTER: Duration = Duration::from_millis(10);
 
 /// How often the timer of a connection with a request in flight looks again. The release is
 /// decided by the timer every connection already has, never per request: a busy connection costs

@@ -6,9 +6,10 @@
 //! pool key to hash, and a mutex held for a few instructions. Nobody drives an idle connection; its
 //! socket stays registered with tokio, so a peer that closed it (or wrote garbage on it) is found by
 //! polling it once, without waiting: at checkout, and by the runtime's sweep, which also closes what
-//! was idle longer than `timeouts.upstream_idle`.
+//! was idle longer than `timeouts.upstream_idle`, and parks what has idled for [`PARK_AFTER`]: hyper's
+//! state (an 8 KiB read buffer among it) is dropped and only the socket kept until a request takes it.
 
-use super::lease::H1;
+use super::lease::{Parked, H1};
 use crate::proxy::body::RequestBody;
 use crate::tls::ClientTls;
 use hyper::client::conn::http2;
@@ -29,12 +30,32 @@ pub struct ServerConns {
     returned: Notify,
 }
 
+/// An idle connection the sweep finds idle this long is parked. Longer than the gaps of a server
+/// under steady load (where a connection is taken again within milliseconds), short enough that a
+/// pool grown by a burst gives its memory back soon after.
+pub const PARK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// An HTTP/1.1 connection waiting for its next request.
 #[derive(Debug)]
 struct Idle {
-    // Boxed: moved at every checkout and checkin, and hyper's connection state is hundreds of bytes.
-    conn: Box<H1>,
+    conn: Waiting,
     since: Instant,
+}
+
+#[derive(Debug)]
+enum Waiting {
+    // Boxed: moved at every checkout and checkin, and hyper's connection state is hundreds of bytes.
+    Live(Box<H1>),
+    Parked(Parked),
+}
+
+impl Waiting {
+    fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        match self {
+            Waiting::Live(conn) => conn.tls(),
+            Waiting::Parked(parked) => parked.tls(),
+        }
+    }
 }
 
 /// The server's multiplexed HTTP/2 connection (driven by a task of its own: many requests share it).
@@ -91,9 +112,18 @@ impl ServerConns {
     pub fn checkout(&self, tls: Option<&Arc<ClientTls>>, max_idle: std::time::Duration) -> Option<Box<H1>> {
         loop {
             // Popped under the lock, checked outside it: a check reads the socket.
-            let Idle { mut conn, since } = self.idle().pop()?;
-            if since.elapsed() < max_idle && same_tls(conn.tls(), tls) && conn.usable() {
-                return Some(conn);
+            let Idle { conn, since } = self.idle().pop()?;
+            if since.elapsed() >= max_idle || !same_tls(conn.tls(), tls) {
+                continue;
+            }
+            let conn = match conn {
+                Waiting::Live(conn) => Some(conn),
+                Waiting::Parked(parked) => parked.resume(),
+            };
+            if let Some(mut conn) = conn {
+                if conn.usable() {
+                    return Some(conn);
+                }
             }
         }
     }
@@ -103,7 +133,7 @@ impl ServerConns {
     pub fn checkin(&self, conn: Box<H1>, cap: usize) {
         let mut idle = self.idle();
         if idle.len() < cap {
-            idle.push(Idle { conn, since: Instant::now() });
+            idle.push(Idle { conn: Waiting::Live(conn), since: Instant::now() });
         }
         drop(idle);
         if self.waiting.load(Ordering::SeqCst) > 0 {
@@ -121,6 +151,11 @@ impl ServerConns {
     /// Idle connections now.
     pub fn idle_count(&self) -> usize {
         self.idle().len()
+    }
+
+    /// Idle connections now that are parked (hyper's state dropped, the socket kept).
+    pub fn parked_count(&self) -> usize {
+        self.idle().iter().filter(|i| matches!(i.conn, Waiting::Parked(_))).count()
     }
 
     /// The shared HTTP/2 connection, if it is open and was opened under `tls`.
@@ -146,18 +181,35 @@ impl ServerConns {
     }
 
     /// Closes what was idle for `max_idle` or more, and idle connections whose peer closed them or
-    /// wrote on them. Returns how many are left idle.
+    /// wrote on them; parks what was idle for [`PARK_AFTER`]. Returns how many are left idle.
     pub fn sweep(&self, max_idle: std::time::Duration) -> usize {
         let mut idle = self.idle();
         // Dropped outside the lock: closing a TLS connection writes its close_notify.
         let mut closing: Vec<Idle> = Vec::new();
         let mut i = 0;
         while i < idle.len() {
-            if idle[i].since.elapsed() >= max_idle || !idle[i].conn.usable() {
+            let idled = idle[i].since.elapsed();
+            let keep = idled < max_idle
+                && match &mut idle[i].conn {
+                    Waiting::Live(conn) => conn.usable(),
+                    Waiting::Parked(parked) => parked.alive(),
+                };
+            if !keep {
                 closing.push(idle.swap_remove(i));
-            } else {
-                i += 1;
+                continue;
             }
+            if idled >= PARK_AFTER && matches!(idle[i].conn, Waiting::Live(_)) {
+                let Idle { conn, since } = idle.swap_remove(i);
+                if let Waiting::Live(conn) = conn {
+                    match conn.park() {
+                        Some(parked) => idle.push(Idle { conn: Waiting::Parked(parked), since }),
+                        None => continue,
+                    }
+                }
+                // Looked at again below the stack's end: swap_remove moved another one to `i`.
+                continue;
+            }
+            i += 1;
         }
         // Most recently used last again (swap_remove moved some).
         idle.sort_by_key(|c| c.since);

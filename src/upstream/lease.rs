@@ -64,6 +64,59 @@ impl H1 {
         self.drive(&mut Context::from_waker(Waker::noop()));
         !self.done && self.send.is_ready()
     }
+
+    /// Lets hyper's state go (its read buffer, request channel and connection state) and keeps the
+    /// socket, for a connection that idles on: `None` if it is not reusable as it is (closed,
+    /// failed, or bytes arrived while it idled).
+    pub fn park(mut self: Box<Self>) -> Option<Parked> {
+        if !self.usable() {
+            return None;
+        }
+        let H1 { send, conn, tls, .. } = *self;
+        drop(send);
+        let parts = conn.into_parts();
+        parts.read_buf.is_empty().then_some(Parked { io: parts.io, tls })
+    }
+}
+
+/// An idle HTTP/1.1 connection without hyper's state: its socket and the TLS settings it was opened
+/// under. [`Parked::resume`] gives it hyper again.
+#[derive(Debug)]
+pub struct Parked {
+    io: Counted,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Parked {
+    /// The TLS settings it was opened under.
+    pub fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tls.as_ref()
+    }
+
+    /// Whether its peer neither closed it nor wrote on it while it was parked: one read without
+    /// waiting tells (nothing to read is the only good answer).
+    pub fn alive(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let mut buf = hyper::rt::ReadBuf::uninit(&mut byte);
+        hyper::rt::Read::poll_read(Pin::new(&mut self.io), &mut cx, buf.unfilled()).is_pending()
+    }
+
+    /// A connection again, if it is still [`alive`](Self::alive).
+    pub fn resume(mut self) -> Option<Box<H1>> {
+        if !self.alive() {
+            return None;
+        }
+        // No I/O happens in an HTTP/1 handshake: it is ready at its first poll.
+        let mut cx = Context::from_waker(Waker::noop());
+        let handshake = pin!(http1::Builder::new().handshake(self.io));
+        match handshake.poll(&mut cx) {
+            std::task::Poll::Ready(Ok((send, conn))) => {
+                Some(Box::new(H1 { send, conn, done: false, tls: self.tls }))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Settings for one request's upstream connection, from the snapshot it runs on.
