@@ -373,6 +373,17 @@ mod tests {
         (IdleIo::new(ours, Arc::clone(&activity), &timeouts), theirs, activity)
     }
 
+    /// A wrapped connection whose first request head has been read.
+    async fn head_read() -> (Pin<Box<IdleIo<tokio::io::DuplexStream>>>, tokio::io::DuplexStream, Arc<Activity>)
+    {
+        let (io, mut peer, activity) = wrap();
+        let mut io = Box::pin(io);
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        (io, peer, activity)
+    }
+
     async fn read_err_after(io: &mut IdleIo<tokio::io::DuplexStream>) -> Duration {
         let start = Instant::now();
         let mut buf = [0u8; 64];
@@ -404,11 +415,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn busy_connections_never_time_out_and_idle_ones_get_keepalive() {
-        let (io, mut peer, activity) = wrap();
-        let mut io = Box::pin(io);
-        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let (mut io, _peer, activity) = head_read().await;
         let mut buf = [0u8; 64];
-        assert!(io.read(&mut buf).await.unwrap() > 0);
         let active = ActiveRequest::begin(&activity);
         // A slow request: nothing read for far longer than either timeout.
         let waited = tokio::time::timeout(Duration::from_secs(500), io.read(&mut buf)).await;
@@ -422,11 +430,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_done_within_the_accept_millisecond_still_earns_keepalive() {
-        let (io, mut peer, activity) = wrap();
-        let mut io = Box::pin(io);
-        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let (mut io, _peer, activity) = head_read().await;
         let mut buf = [0u8; 64];
-        assert!(io.read(&mut buf).await.unwrap() > 0);
         drop(ActiveRequest::begin(&activity));
         let start = Instant::now();
         let err = io.read(&mut buf).await.unwrap_err();
@@ -472,11 +477,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_http1_connection_is_released_soon_after_its_last_answer_and_never_while_busy() {
-        let (io, mut peer, activity) = wrap();
-        let mut io = Box::pin(io);
-        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let (mut io, mut peer, activity) = head_read().await;
         let mut buf = [0u8; 64];
-        assert!(io.read(&mut buf).await.unwrap() > 0);
         let active = ActiveRequest::begin(&activity);
         // A slow request: the timer looks every BUSY_LOOK and leaves it alone.
         let waited = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf)).await;
@@ -499,11 +501,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_idles_after_one_quick_request_is_released_within_release_after() {
-        let (io, mut peer, activity) = wrap();
-        let mut io = Box::pin(io);
-        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut buf = [0u8; 64];
-        assert!(io.read(&mut buf).await.unwrap() > 0);
+        let (mut io, _peer, activity) = head_read().await;
         drop(ActiveRequest::begin(&activity));
         let idled = release_after(&mut io, &activity).await.unwrap();
         assert!(idled <= RELEASE_AFTER + Duration::from_millis(20), "{idled:?}");
