@@ -229,7 +229,6 @@ where
     }
 
     pub(crate) fn poll_read_from_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.read_blocked = false;
         // Get the next amount to allocate, but make sure we don't go over
         // the max read buf size configured.
         let next = cmp::min(
@@ -238,6 +237,20 @@ where
                 .max()
                 .saturating_sub(self.read_buf.len()),
         );
+        self.poll_read_from_io_reserving(cx, next)
+    }
+
+    /// Like `poll_read_from_io`, but only reserves when the buffer has no
+    /// spare capacity at all: for reads that only look for EOF (or early
+    /// bytes) while a message is in flight. The buffer is then usually still
+    /// shared with that message's head, and reserving a full read size would
+    /// allocate a new buffer for every message.
+    pub(crate) fn poll_read_from_io_spare(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.poll_read_from_io_reserving(cx, 1)
+    }
+
+    fn poll_read_from_io_reserving(&mut self, cx: &mut Context<'_>, next: usize) -> Poll<io::Result<usize>> {
+        self.read_blocked = false;
         if self.read_buf_remaining_mut() < next {
             self.read_buf.reserve(next);
         }
