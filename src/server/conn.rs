@@ -8,7 +8,7 @@
 //! A busy connection never pays for this: the socket's idle timer, which runs anyway, decides the
 //! release, so nothing is done per request. hyper hands the socket back through
 //! `UpgradeableConnection::poll_without_shutdown` (a small patch to the vendored hyper, see
-//! docs/architecture.md): upgrades still work, and the socket is not shut down.
+//! docs/http.md): upgrades still work, and the socket is not shut down.
 //!
 //! [`ClientConn`] is written out as a state machine rather than an `async fn` so that an idle
 //! connection's task holds exactly its socket, its service and a few handles: an `async fn`
