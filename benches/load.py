@@ -21,6 +21,11 @@ body), `slow` (the third upstream answers 10 ms later), `4k` (4 KiB bodies). E.g
 four cells: `--pinned --connections 64`, `--pinned --connections 256`, `--pinned --connections 256
 --scenario slow`, `--pinned --connections 64 --scenario 4k`.
 
+Latency: wrk's p50 and p99, and p99.9 from wrk's own histogram (a `done` hook in Lua). With --rate R
+the load is open instead of closed: h2load (HTTP/1.1, the same connections) sends R requests per second
+in all whatever the answers' speed, so every proxy gets the same load, below all of their capacities,
+and p50/p99/p99.9 come from h2load's per-request log; pick R below the slowest proxy's req/s.
+
 With --routes N it also runs lb with N exact-host routes (h0.bench.test .. h{N-1}.bench.test, all to
 the same pool) and wrk asking for the last host, so the routing table's size is the only difference
 from the plain lb run (one route).
@@ -180,6 +185,10 @@ backend be
     return [*PROXY_CPU, "haproxy", "-f", path, "-db"], {}
 
 
+# Prints wrk's p99.9 (its histogram, in microseconds) after the run: wrk's --latency stops at p99.
+P999_LUA = 'done = function(summary, latency, requests) io.write(string.format("p99.9 %d\\n", latency:percentile(99.9))) end\n'
+
+
 def parse_wrk(text):
     def latency(label):
         m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
@@ -187,10 +196,12 @@ def parse_wrk(text):
             return float("nan")
         return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    p999 = re.search(r"^p99\.9 (\d+)$", text, re.M)
     socket_errors = re.search(r"Socket errors: (.*)", text)
     return {"requests": int(re.search(r"(\d+) requests in", text).group(1)),
             "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
             "p50_ms": latency("50"), "p99_ms": latency("99"),
+            "p999_ms": int(p999.group(1)) / 1e3 if p999 else float("nan"),
             "non2xx": int(errors.group(1)) if errors else 0,
             "socket_errors": socket_errors.group(1) if socket_errors else ""}
 
@@ -209,7 +220,40 @@ def running(name, make, tmp):
         proc.wait(timeout=30)
 
 
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p / 100))]
+
+
+def run_rate(name, make, tmp, args):
+    """h2load over HTTP/1.1 at a fixed total rate (--rate); latency from its per-request log."""
+    with running(name, make, tmp) as proc:
+        url = f"http://127.0.0.1:{PORTS[name]}/"
+        host = ["-H", f"host: {HOSTS[name]}"] if name in HOSTS else []
+        rps = max(1, round(args.rate / args.connections))
+        subprocess.run([*LOAD_CPU, "h2load", "--h1", "-t1", f"-c{args.connections}", "-D1", f"--rps={rps}", *host,
+                        url], capture_output=True)
+        log = os.path.join(tmp, f"{name}-h2load.log")
+        pids = process_tree(proc.pid)
+        before = cpu_seconds(pids)
+        subprocess.run([*LOAD_CPU, "h2load", "--h1", "-t1", f"-c{args.connections}", f"-D{args.duration}",
+                        f"--rps={rps}", f"--log-file={log}", *host, url],
+                       capture_output=True, text=True, timeout=args.duration + 30)
+        cpu = cpu_seconds(pids) - before
+    rows = [line.split("\t") for line in open(log).read().splitlines() if line.count("\t") >= 2]
+    ok = sorted(int(r[2]) / 1e3 for r in rows if r[1].startswith("2"))
+    return {"requests": len(rows), "rps": len(rows) / args.duration, "p50_ms": percentile(ok, 50),
+            "p99_ms": percentile(ok, 99), "p999_ms": percentile(ok, 99.9), "non2xx": len(rows) - len(ok),
+            "socket_errors": "", "cpu_us_per_req": cpu / max(len(rows), 1) * 1e6}
+
+
 def run_one(name, make, tmp, args):
+    if args.rate:
+        return run_rate(name, make, tmp, args)
+    lua = os.path.join(tmp, "p999.lua")
+    with open(lua, "w") as f:
+        f.write(P999_LUA)
     with running(name, make, tmp) as proc:
         url = f"http://127.0.0.1:{PORTS[name]}/"
         host = ["-H", f"Host: {HOSTS[name]}"] if name in HOSTS else []
@@ -219,7 +263,7 @@ def run_one(name, make, tmp, args):
         pids = process_tree(proc.pid)
         before = cpu_seconds(pids)
         out = subprocess.run([*LOAD_CPU, "wrk", threads, f"-c{args.connections}", f"-d{args.duration}s", "--latency",
-                              *host, url],
+                              "-s", lua, *host, url],
                              capture_output=True, text=True, timeout=args.duration + 30).stdout
         cpu = cpu_seconds(pids) - before
     result = parse_wrk(out)
@@ -355,6 +399,8 @@ def main():
     ap.add_argument("--lb-only", action="store_true", help="skip nginx and HAProxy")
     ap.add_argument("--pinned", action="store_true",
                     help="proxy alone on CPU 1 with one worker; wrk and upstreams on CPU 0")
+    ap.add_argument("--rate", type=int, default=0,
+                    help="open load: this many requests/s in all (h2load --rps), below every proxy's capacity")
     ap.add_argument("--scenario", choices=["plain", "slow", "4k"], default="plain",
                     help="upstreams: short body (plain), third one 10 ms slower (slow), 4 KiB bodies (4k)")
     args = ap.parse_args()
@@ -396,18 +442,20 @@ def main():
                 return
             results = run_rounds(proxies, run_one, tmp, args, lambda res: (
                 f"{res['rps']:>10.0f} req/s  p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms  "
+                f"p99.9 {res['p999_ms']:.2f} ms  "
                 f"cpu {res['cpu_us_per_req']:.1f} us/req  non-2xx {res['non2xx']} {res['socket_errors']}"))
     finally:
         upstream.terminate()
     print(f"\nmedian of {args.rounds} rounds, {args.connections} connections, {args.duration}s each, "
           f"HTTP/1.1 keep-alive, scenario {args.scenario}, "
+          + (f"fixed rate {args.rate} req/s (h2load), " if args.rate else "closed loop (wrk), ")
           + ("pinned: proxy alone on CPU 1 with one worker" if args.pinned else f"{os.cpu_count()} cores"))
-    print(f"{'proxy':12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11} {'cpu vs lb':>10}")
+    print(f"{'proxy':12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'cpu us/req':>11} {'cpu vs lb':>10}")
     lb_cpu = statistics.median(r["cpu_us_per_req"] for r in results["lb"])
     for name, _ in proxies:
         med = {k: statistics.median(r[k] for r in results[name])
-               for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")}
-        print(f"{name:12} {med['rps']:>10.0f} {med['p50_ms']:>8.2f} {med['p99_ms']:>8.2f} "
+               for k in ("rps", "p50_ms", "p99_ms", "p999_ms", "cpu_us_per_req")}
+        print(f"{name:12} {med['rps']:>10.0f} {med['p50_ms']:>8.2f} {med['p99_ms']:>8.2f} {med['p999_ms']:>9.2f} "
               f"{med['cpu_us_per_req']:>11.1f} {med['cpu_us_per_req'] / lb_cpu:>9.2f}x")
     for peer in ("nginx", "haproxy"):
         if peer in results:
