@@ -35,7 +35,8 @@ openssl, TLS 1.3, ALPN h2): h2load over HTTP/2 (64 connections, 10 streams each)
 CPU per request, and `openssl s_time -new` for full handshakes per second and the proxy's CPU per
 handshake (one client process; the proxy's CPU is what compares).
 
-Needs wrk (Debian: apt-get install wrk); --tls also needs h2load (nghttp2-client) and openssl. nginx
+Needs wrk (Debian: apt-get install wrk); --tls and --rate also need h2load (nghttp2-client), --tls
+openssl too. nginx
 and HAProxy are optional (apt-get install nginx-light haproxy). All traffic stays on 127.0.0.1;
 every run is bounded by --duration.
 """
