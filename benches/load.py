@@ -36,8 +36,7 @@ CPU per request, and `openssl s_time -new` for full handshakes per second and th
 handshake (one client process; the proxy's CPU is what compares).
 
 Needs wrk (Debian: apt-get install wrk); --tls and --rate also need h2load (nghttp2-client), --tls
-openssl too. nginx
-and HAProxy are optional (apt-get install nginx-light haproxy). All traffic stays on 127.0.0.1;
+openssl too. nginx and HAProxy are optional (apt-get install nginx-light haproxy). All traffic stays on 127.0.0.1;
 every run is bounded by --duration.
 """
 import argparse
