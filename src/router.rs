@@ -10,29 +10,33 @@
 //! The index is built once per snapshot:
 //! * every distinct host (exact name, or wildcard suffix such as `.example.com`) and the host-less
 //!   routes form a *group*, which holds the group's catch-all pool (`/` or no prefix);
-//! * exact names and wildcard suffixes sit in two hash tables keyed by a case-folding hash taken
-//!   label by label from the *last* label, so one pass over the request host yields the keys of
-//!   the whole host and of every dot-suffix (`.b.example.com`, `.example.com`, `.com`) at once;
+//! * exact names and wildcard suffixes sit in two hash tables whose slots *are* the groups, keyed
+//!   by a case-folding hash taken eight bytes at a time from the *end* of the name, so that one
+//!   backward pass over the request host yields the key of the whole host and of every dot-suffix
+//!   (`.b.example.com`, `.example.com`, `.com`) on the way;
 //! * each wildcard group links to the next shorter wildcard that also matches any host it matches,
 //!   so the fall-through order (longer wildcard first) needs no sorting or scratch space at lookup;
-//! * path prefixes of all groups share one hash table keyed by (group, prefix); a lookup hashes the
-//!   path forward once and probes at each `/` boundary, up to the group's longest prefix.
+//! * path prefixes of all groups share one hash table keyed by (group, prefix), whose slots are
+//!   the prefixes; a lookup hashes the path forward once and probes at each `/` boundary, up to the
+//!   group's longest prefix.
 //!
-//! A lookup therefore costs one pass over the host, at most one pass over the path per group tried
-//! (an exact host, its wildcards, the host-less group) and a few table probes, whatever the number
-//! of routes. It never allocates and never panics: hash hits are verified against the stored string
+//! A lookup therefore costs a pass over the host (two when no exact host answers: the second
+//! probes the wildcards), at most one pass over the path per group tried (an exact host, its
+//! wildcards, the host-less group) and a few table probes, whatever the number of routes. It never
+//! allocates and never panics: hash hits are verified against the stored string
 //! (case-insensitively for hosts, as the scan compares), so colliding keys only cost a probe.
 //!
-//! With 100,000 routes the tables outgrow the CPU caches, so the layout counts cache misses: the
-//! tables are flat open-addressing arrays (one miss to reach a key and its group number), and names
-//! and prefixes up to [`INLINE`] bytes live inside their group or prefix entry (one more miss),
-//! not behind a pointer.
+//! With 100,000 routes the tables outgrow the CPU's nearer caches, so the layout counts cache
+//! misses: a table slot is one 64-byte line holding the key, the entry's data and its name or
+//! prefix when it is up to [`INLINE`] bytes (most are), so reaching an exact host's group costs one
+//! miss, and a path prefix one more. The keys are cheap to compute for the same reason: an 8-byte
+//! word at a time, folded to lower case in one step ([`fold`]).
 //!
 //! Routes are expected as config validation makes them: exact names and wildcard suffixes in ASCII
 //! (compared case-insensitively), path prefixes either `/` or starting with `/` without a trailing
 //! `/`, no two routes with the same host and prefix (if there are, the first one given wins). A
-//! table holds fewer than `u32::MAX` groups and prefixes (4 billion routes would not fit in memory
-//! as config first).
+//! table holds fewer than `u32::MAX - 1` groups and prefixes, and answers (pools or route indexes)
+//! below `u32::MAX` (4 billion routes would not fit in memory as config first).
 
 use std::collections::HashMap;
 
@@ -43,50 +47,54 @@ mod scan;
 #[cfg(test)]
 mod tests;
 
-/// No group, no prefix, no wildcard link: an empty table slot or the end of a chain.
+/// No wildcard link: the end of a chain.
 const NIL: u32 = u32::MAX;
+/// A slot that holds no entry (in [`Group::shorter`] and [`Prefix::group`]).
+const VACANT: u32 = u32::MAX - 1;
 /// No pool.
-const NO_POOL: usize = usize::MAX;
+const NO_POOL: u32 = u32::MAX;
 
 /// The compiled routing table of one snapshot.
 #[derive(Clone)]
 pub struct Router {
     /// Exact host name key -> group.
-    exact: Table,
+    exact: Table<Group>,
     /// Wildcard suffix key (`.example.com`) -> group.
-    wildcard: Table,
+    wildcard: Table<Group>,
     /// Lengths of the wildcard suffixes, as a bit set: dot-suffixes of other lengths are not probed.
     wildcard_lens: Box<[u64]>,
-    /// The group of the routes without host, or [`NIL`].
-    any: u32,
-    /// Every group: exact hosts, wildcard suffixes and the host-less group.
-    groups: Box<[Group]>,
+    /// The group of the routes without host, if any.
+    any: Option<Box<Group>>,
     /// (group, path prefix) key -> prefix.
-    prefix_table: Table,
-    /// Every path prefix other than `/`.
-    prefixes: Box<[Prefix]>,
+    prefixes: Table<Prefix>,
     /// Lengths of all path prefixes, as a bit set: path boundaries of other lengths are not probed.
     prefix_lens: Box<[u64]>,
 }
 
-/// The routes of one host (or of no host).
+/// The routes of one host (or of no host). One cache line: its key, its name and what it answers.
 #[derive(Clone, Debug)]
+#[repr(align(64))]
 struct Group {
+    key: u64,
     /// Lower-case exact name, or wildcard suffix with its leading dot; empty for the host-less group.
     name: Name,
     /// Pool of the `/` prefix if any, else of the route without prefix; [`NO_POOL`] if neither.
-    fallback: usize,
-    /// Length of the longest prefix in [`Router::prefixes`] of this group; 0 if none.
+    fallback: u32,
+    /// Length of the longest prefix of this group in [`Router::prefixes`]; 0 if none.
     longest: u32,
-    /// Wildcard groups: the next shorter wildcard group that is a suffix of this one, or [`NIL`].
+    /// Wildcard groups: the slot of the next shorter wildcard group that is a suffix of this one,
+    /// or [`NIL`]; [`VACANT`] marks an empty slot.
     shorter: u32,
 }
 
-/// One path prefix of one group.
+/// One path prefix of one group. One cache line, as [`Group`].
 #[derive(Clone, Debug)]
+#[repr(align(64))]
 struct Prefix {
+    key: u64,
     path: Name,
-    pool: usize,
+    pool: u32,
+    /// The group's number ([`Router::group_id`]), or [`VACANT`] for an empty slot.
     group: u32,
 }
 
@@ -112,6 +120,7 @@ impl Name {
         }
     }
 
+    #[inline]
     fn bytes(&self) -> &[u8] {
         match self {
             Name::Short(len, inline) => inline.get(..usize::from(*len)).unwrap_or_default(),
@@ -120,85 +129,114 @@ impl Name {
     }
 }
 
-/// A hash table from keys (already mixed 64-bit hashes, see [`finish`]) to entry numbers: open
-/// addressing with linear probing in one flat array, at most half full, built once. Equal keys
-/// (hash collisions) simply take several slots; lookups compare the entries they point to.
+/// An entry that is its own table slot.
+trait Slot: Sized {
+    fn vacant() -> Self;
+    fn is_vacant(&self) -> bool;
+    fn key(&self) -> u64;
+}
+
+impl Slot for Group {
+    fn vacant() -> Self {
+        Group { key: 0, name: Name::new(b""), fallback: NO_POOL, longest: 0, shorter: VACANT }
+    }
+    #[inline]
+    fn is_vacant(&self) -> bool {
+        self.shorter == VACANT
+    }
+    #[inline]
+    fn key(&self) -> u64 {
+        self.key
+    }
+}
+
+impl Slot for Prefix {
+    fn vacant() -> Self {
+        Prefix { key: 0, path: Name::new(b""), pool: NO_POOL, group: VACANT }
+    }
+    #[inline]
+    fn is_vacant(&self) -> bool {
+        self.group == VACANT
+    }
+    #[inline]
+    fn key(&self) -> u64 {
+        self.key
+    }
+}
+
+/// A hash table of entries keyed by already mixed 64-bit hashes ([`finish`]): open addressing
+/// with linear probing in one flat array of the entries themselves, at most half full, built once.
+/// Equal keys (hash collisions) simply take several slots; lookups compare the entries.
 #[derive(Clone, Debug)]
-struct Table {
-    slots: Box<[Slot]>,
+struct Table<T> {
+    slots: Box<[T]>,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    key: u64,
-    /// Entry number, or [`NIL`] for an empty slot.
-    entry: u32,
-}
-
-impl Table {
-    fn new(entries: &[(u64, u32)]) -> Self {
+impl<T: Slot> Table<T> {
+    /// Places `entries`; answers the table and the slot each entry went to, in the order given.
+    fn build(entries: Vec<T>) -> (Self, Vec<u32>) {
         // At least one slot stays empty, which ends every probe sequence.
         let size = (entries.len() * 2).max(1).next_power_of_two();
-        let mut slots = vec![Slot { key: 0, entry: NIL }; size];
+        let mut slots: Vec<T> = std::iter::repeat_with(T::vacant).take(size).collect();
         let mask = size - 1;
-        for &(key, entry) in entries {
-            let mut i = key as usize & mask;
-            while slots.get(i).is_some_and(|s| s.entry != NIL) {
+        let mut placed = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let mut i = entry.key() as usize & mask;
+            while slots.get(i).is_some_and(|s| !s.is_vacant()) {
                 i = (i + 1) & mask;
             }
             if let Some(slot) = slots.get_mut(i) {
-                *slot = Slot { key, entry };
+                *slot = entry;
             }
+            placed.push(number(i));
         }
-        Self { slots: slots.into() }
+        (Self { slots: slots.into() }, placed)
     }
 
-    /// The first entry under `key` that `found` accepts.
+    /// The first entry under `key` that `found` accepts, and its slot.
     #[inline]
-    fn find(&self, key: u64, mut found: impl FnMut(u32) -> bool) -> Option<u32> {
+    fn find(&self, key: u64, found: impl Fn(&T) -> bool) -> Option<(u32, &T)> {
         let mask = self.slots.len().wrapping_sub(1);
         let mut i = key as usize & mask;
         // Bounded by the table size, although an empty slot always comes first.
         for _ in 0..self.slots.len() {
             let slot = self.slots.get(i)?;
-            if slot.entry == NIL {
+            if slot.is_vacant() {
                 return None;
             }
-            if slot.key == key && found(slot.entry) {
-                return Some(slot.entry);
+            if slot.key() == key && found(slot) {
+                return Some((number(i), slot));
             }
             i = (i + 1) & mask;
         }
         None
     }
 
+    #[inline]
+    fn get(&self, slot: u32) -> Option<&T> {
+        self.slots.get(slot as usize).filter(|s| !s.is_vacant())
+    }
+
+    fn size(&self) -> usize {
+        self.slots.len()
+    }
+
     fn len(&self) -> usize {
-        self.slots.iter().filter(|s| s.entry != NIL).count()
+        self.slots.iter().filter(|s| !s.is_vacant()).count()
     }
 }
 
-// Keys are built label by label (hosts, right to left) or segment by segment (paths, left to
-// right), eight bytes per multiply: the state after each label or segment is the key state of the
-// suffix or prefix that ends there, so one pass over a host or path gives the key of every
-// dot-suffix or `/`-prefix. Each label or segment starts with its length, so boundaries count.
+// Keys are FxHash steps over 8-byte words, then a murmur3 finaliser. Host keys take their words
+// from the end of the name (the last eight bytes first), so the key state after the words of a
+// suffix is shared by every longer name with that suffix: one backward pass gives the keys of all
+// dot-suffixes. Path keys take their words from the start, so one forward pass gives the keys of
+// all `/`-prefixes. A key ends with the leftover bytes (fewer than eight) and the length.
 const SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// One word into the state (FxHash's step).
 #[inline]
 fn mix(h: u64, word: u64) -> u64 {
     (h.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95)
-}
-
-/// A host label (ASCII letters folded to lower case) or a path segment (as is) into the state.
-#[inline]
-fn absorb(h: u64, part: &[u8], fold_case: bool) -> u64 {
-    part.chunks(8).fold(mix(h, part.len() as u64), |h, chunk| {
-        let word = chunk.iter().rev().fold(0, |w, &b| {
-            let b = if fold_case { b.to_ascii_lowercase() } else { b };
-            (w << 8) | u64::from(b)
-        });
-        mix(h, word)
-    })
 }
 
 /// The murmur3 64-bit finaliser: spreads the state over all bits (the table index uses the low
@@ -212,20 +250,95 @@ fn finish(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
-/// Key of a host name or wildcard suffix: its labels from the last to the first, case-folded.
-fn host_key(name: &[u8]) -> u64 {
-    finish(name.rsplit(|&b| b == b'.').fold(SEED, |h, label| absorb(h, label, true)))
-}
-
-/// Start state of the path hash in `group`, so that equal prefixes of different groups differ.
+/// The state after the last word: the leftover bytes, then the length.
 #[inline]
-fn prefix_seed(group: u32) -> u64 {
-    SEED ^ u64::from(group).wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+fn key_of(h: u64, leftover: &[u8], len: usize, fold_case: bool) -> u64 {
+    let word = if fold_case { fold(load(leftover)) } else { load(leftover) };
+    finish(mix(mix(h, word), len as u64))
 }
 
-/// Key of a path prefix in a group: its segments from the first to the last.
-fn prefix_key(group: u32, prefix: &[u8]) -> u64 {
-    finish(prefix.split(|&b| b == b'/').fold(prefix_seed(group), |h, segment| absorb(h, segment, false)))
+/// Up to eight bytes as a little-endian word, zero-filled. Two fixed-size loads that may overlap,
+/// not a copy into a buffer: a copy of a variable length is a call to `memcpy` and a stalled read
+/// of what it wrote, which cost more than the rest of a lookup.
+#[inline]
+fn load(bytes: &[u8]) -> u64 {
+    let n = bytes.len();
+    let (head, tail, at) = match n {
+        8.. => return word_at(bytes, 0),
+        4..=7 => (fixed::<4>(bytes, 0), fixed::<4>(bytes, n - 4), n - 4),
+        2..=3 => (fixed::<2>(bytes, 0), fixed::<2>(bytes, n - 2), n - 2),
+        1 => (fixed::<1>(bytes, 0), 0, 0),
+        0 => return 0,
+    };
+    // The bytes both loads hold are the same, so or-ing them is harmless.
+    head | tail << (8 * at)
+}
+
+/// The `N` bytes at `at` as a little-endian number (zero if they are not all there).
+#[inline]
+fn fixed<const N: usize>(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0; 8];
+    if let (Some(to), Some(from)) = (word.get_mut(..N), bytes.get(at..at + N)) {
+        to.copy_from_slice(from);
+    }
+    u64::from_le_bytes(word)
+}
+
+/// Eight bytes at `at` as a little-endian word (zero if they are not all there).
+#[inline]
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    bytes.get(at..at + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes)
+}
+
+/// The eight bytes of `word` with ASCII upper-case letters made lower case, all at once; other
+/// bytes, non-ASCII ones included, unchanged.
+#[inline]
+fn fold(word: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low7 = word & LOW7;
+    // Per byte, bit 7 of `from_a` is set when the low seven bits are >= b'A', of `past_z` when
+    // they are > b'Z'; neither sum carries into the next byte.
+    let from_a = low7 + 0x3f3f_3f3f_3f3f_3f3f;
+    let past_z = low7 + 0x2525_2525_2525_2525;
+    let upper = from_a & !past_z & !word & HIGH;
+    word | (upper >> 2)
+}
+
+/// Key of a host name or wildcard suffix, case-folded: its words from the end.
+fn host_key(name: &[u8]) -> u64 {
+    let mut h = SEED;
+    let mut end = name.len();
+    while end >= 8 {
+        h = mix(h, fold(word_at(name, end - 8)));
+        end -= 8;
+    }
+    key_of(h, name.get(..end).unwrap_or_default(), name.len(), true)
+}
+
+/// Start state of the path hash in group `id`, so that equal prefixes of different groups differ.
+#[inline]
+fn prefix_seed(id: u32) -> u64 {
+    SEED ^ u64::from(id).wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// Key of a path prefix in group `id`: its words from the start.
+fn prefix_key(id: u32, prefix: &[u8]) -> u64 {
+    let mut chunks = prefix.chunks_exact(8);
+    let h = chunks.by_ref().fold(prefix_seed(id), |h, word| mix(h, load(word)));
+    key_of(h, chunks.remainder(), prefix.len(), false)
+}
+
+/// Whether `host` is `lower` (a lower-case name) when ASCII letters are folded, eight bytes at a
+/// time.
+#[inline]
+fn eq_folded(lower: &[u8], host: &[u8]) -> bool {
+    if lower.len() != host.len() {
+        return false;
+    }
+    let (mut a, mut b) = (lower.chunks_exact(8), host.chunks_exact(8));
+    a.by_ref().zip(b.by_ref()).all(|(a, b)| load(a) == fold(load(b)))
+        && load(a.remainder()) == fold(load(b.remainder()))
 }
 
 #[inline]
@@ -242,17 +355,25 @@ fn add_len(set: &mut Vec<u64>, len: usize) {
     }
 }
 
-/// The group in `table` named `name` (case-insensitively).
-#[inline]
-fn find(table: &Table, groups: &[Group], key: u64, name: &[u8]) -> Option<u32> {
-    table.find(key, |g| {
-        groups.get(g as usize).is_some_and(|group| group.name.bytes().eq_ignore_ascii_case(name))
-    })
-}
-
 /// Entry numbers are `u32` (see the module docs).
 fn number(i: usize) -> u32 {
     u32::try_from(i).unwrap_or(NIL)
+}
+
+/// The group in `table` named `name` (case-insensitively), and its slot.
+#[inline]
+fn find<'t>(table: &'t Table<Group>, key: u64, name: &[u8]) -> Option<(u32, &'t Group)> {
+    table.find(key, |group| eq_folded(group.name.bytes(), name))
+}
+
+/// A group as the build collects it, before it has a slot.
+struct Draft {
+    name: String,
+    wildcard: bool,
+    /// Answer of the `/` prefix, of the route without prefix (the first one given wins).
+    slash: Option<u32>,
+    none: Option<u32>,
+    longest: u32,
 }
 
 impl Router {
@@ -265,190 +386,213 @@ impl Router {
     /// As [`Router::new`], but a match answers `target(index, route)` for the matching route: the
     /// runtime answers the route's own index, so a request finds its route's settings as well.
     pub fn with_targets(routes: &[RouteConfig], target: impl Fn(usize, &RouteConfig) -> usize) -> Self {
-        // Build-time maps by name; lookups use the flat tables built from them at the end.
-        let mut exact: HashMap<String, u32> = HashMap::new();
-        let mut wildcard: HashMap<String, u32> = HashMap::new();
-        let mut any = NIL;
-        let mut groups: Vec<Group> = Vec::new();
-        // Per group: pool of the `/` prefix, pool of the route without prefix (first given wins).
-        let mut catch_all: Vec<(Option<usize>, Option<usize>)> = Vec::new();
-        let mut by_prefix: HashMap<(u32, &str), u32> = HashMap::new();
-        let mut prefixes: Vec<Prefix> = Vec::new();
+        // Groups by (wildcard?, lower-case name); the host-less group is named "" among exact ones
+        // and taken out at the end.
+        let mut by_name: HashMap<(bool, String), usize> = HashMap::new();
+        let mut drafts: Vec<Draft> = Vec::new();
+        // (draft, path) -> answer; the first route given wins.
+        let mut by_prefix: HashMap<(usize, &str), u32> = HashMap::new();
+        let mut prefix_order: Vec<(usize, &str)> = Vec::new();
         for (index, route) in routes.iter().enumerate() {
-            let answer = target(index, route);
-            let g = match &route.host {
-                None => {
-                    if any == NIL {
-                        any = number(groups.len());
-                        groups.push(Group {
-                            name: Name::new(b""),
-                            fallback: NO_POOL,
-                            longest: 0,
-                            shorter: NIL,
-                        });
-                        catch_all.push((None, None));
-                    }
-                    any
-                }
-                Some(HostMatch::Exact(name) | HostMatch::Suffix(name)) => {
-                    let names = if matches!(route.host, Some(HostMatch::Exact(_))) {
-                        &mut exact
-                    } else {
-                        &mut wildcard
-                    };
-                    let name = name.to_ascii_lowercase();
-                    *names.entry(name).or_insert_with_key(|name| {
-                        groups.push(Group {
-                            name: Name::new(name.as_bytes()),
-                            fallback: NO_POOL,
-                            longest: 0,
-                            shorter: NIL,
-                        });
-                        catch_all.push((None, None));
-                        number(groups.len() - 1)
-                    })
-                }
+            let answer = u32::try_from(target(index, route)).unwrap_or(NO_POOL);
+            let (wildcard, name) = match &route.host {
+                None => (false, String::new()),
+                Some(HostMatch::Exact(name)) => (false, name.to_ascii_lowercase()),
+                Some(HostMatch::Suffix(name)) => (true, name.to_ascii_lowercase()),
             };
-            let Some((slash, none)) = catch_all.get_mut(g as usize) else { continue };
+            let d = *by_name.entry((wildcard, name)).or_insert_with_key(|(wildcard, name)| {
+                drafts.push(Draft { name: name.clone(), wildcard: *wildcard, slash: None, none: None, longest: 0 });
+                drafts.len() - 1
+            });
+            let Some(draft) = drafts.get_mut(d) else { continue };
             match route.path_prefix.as_deref() {
-                Some("/") => *slash = slash.or(Some(answer)),
-                None => *none = none.or(Some(answer)),
+                Some("/") => draft.slash = draft.slash.or(Some(answer)),
+                None => draft.none = draft.none.or(Some(answer)),
                 Some(path) => {
-                    by_prefix.entry((g, path)).or_insert_with(|| {
-                        prefixes.push(Prefix { path: Name::new(path.as_bytes()), pool: answer, group: g });
-                        number(prefixes.len() - 1)
+                    by_prefix.entry((d, path)).or_insert_with(|| {
+                        prefix_order.push((d, path));
+                        draft.longest = draft.longest.max(u32::try_from(path.len()).unwrap_or(u32::MAX));
+                        answer
                     });
                 }
             }
         }
-        for (group, (slash, none)) in groups.iter_mut().zip(catch_all) {
-            group.fallback = slash.or(none).unwrap_or(NO_POOL);
-        }
-        let mut prefix_lens = Vec::new();
-        for prefix in &prefixes {
-            let len = prefix.path.bytes().len();
-            add_len(&mut prefix_lens, len);
-            if let Some(group) = groups.get_mut(prefix.group as usize) {
-                group.longest = group.longest.max(u32::try_from(len).unwrap_or(u32::MAX));
+        let group = |draft: &Draft| Group {
+            key: host_key(draft.name.as_bytes()),
+            name: Name::new(draft.name.as_bytes()),
+            fallback: draft.slash.or(draft.none).unwrap_or(NO_POOL),
+            longest: draft.longest,
+            shorter: NIL,
+        };
+        let any_draft = by_name.get(&(false, String::new())).copied();
+        let kind = |wildcard: bool| {
+            let numbers: Vec<usize> = (0..drafts.len())
+                .filter(|&d| drafts.get(d).is_some_and(|g| g.wildcard == wildcard) && Some(d) != any_draft)
+                .collect();
+            let (table, slots) = Table::build(numbers.iter().filter_map(|&d| drafts.get(d)).map(group).collect());
+            (table, numbers.into_iter().zip(slots))
+        };
+        let (exact, exact_slots) = kind(false);
+        let (mut wildcard, wildcard_slots) = kind(true);
+        // Each draft's group number: exact slots, then wildcard slots, then the host-less group.
+        let mut ids = vec![NIL; drafts.len()];
+        for (d, slot) in exact_slots {
+            if let Some(id) = ids.get_mut(d) {
+                *id = slot;
             }
         }
+        let base = number(exact.size());
         let mut wildcard_lens = Vec::new();
-        for name in wildcard.keys() {
-            add_len(&mut wildcard_lens, name.len());
+        for (d, slot) in wildcard_slots {
+            if let Some(id) = ids.get_mut(d) {
+                *id = base.saturating_add(slot);
+            }
+            if let Some(draft) = drafts.get(d) {
+                add_len(&mut wildcard_lens, draft.name.len());
+            }
+        }
+        let any_id = base.saturating_add(number(wildcard.size()));
+        if let Some(d) = any_draft {
+            if let Some(id) = ids.get_mut(d) {
+                *id = any_id;
+            }
         }
         // Link each wildcard to the next shorter one it ends with: `.a.example.com` to
         // `.example.com` (if configured), which any host matching the first also matches.
-        for (name, &g) in &wildcard {
-            let dots = name.bytes().enumerate().skip(1).filter(|&(_, b)| b == b'.');
-            let shorter = dots.filter_map(|(i, _)| name.get(i..)).find_map(|suffix| wildcard.get(suffix));
-            if let (Some(&shorter), Some(group)) = (shorter, groups.get_mut(g as usize)) {
+        let links: Vec<(usize, u32)> = (0..wildcard.slots.len())
+            .filter_map(|slot| {
+                let group = wildcard.get(number(slot))?;
+                let name = group.name.bytes();
+                let dots = name.iter().enumerate().skip(1).filter(|&(_, &b)| b == b'.');
+                let shorter = dots
+                    .filter_map(|(i, _)| name.get(i..))
+                    .find_map(|suffix| find(&wildcard, host_key(suffix), suffix))?;
+                Some((slot, shorter.0))
+            })
+            .collect();
+        for (slot, shorter) in links {
+            if let Some(group) = wildcard.slots.get_mut(slot) {
                 group.shorter = shorter;
             }
         }
-        let keyed = |names: &HashMap<String, u32>| -> Vec<(u64, u32)> {
-            names.iter().map(|(name, &g)| (host_key(name.as_bytes()), g)).collect()
-        };
-        let prefix_keys: Vec<(u64, u32)> = prefixes
+        let mut prefix_lens = Vec::new();
+        let prefixes: Vec<Prefix> = prefix_order
             .iter()
-            .enumerate()
-            .map(|(i, p)| (prefix_key(p.group, p.path.bytes()), number(i)))
+            .filter_map(|&(d, path)| {
+                let group = *ids.get(d)?;
+                add_len(&mut prefix_lens, path.len());
+                Some(Prefix {
+                    key: prefix_key(group, path.as_bytes()),
+                    path: Name::new(path.as_bytes()),
+                    pool: *by_prefix.get(&(d, path))?,
+                    group,
+                })
+            })
             .collect();
+        let any = any_draft.and_then(|d| drafts.get(d)).map(|draft| Box::new(group(draft)));
         Self {
-            exact: Table::new(&keyed(&exact)),
-            wildcard: Table::new(&keyed(&wildcard)),
+            exact,
+            wildcard,
             wildcard_lens: wildcard_lens.into(),
             any,
-            groups: groups.into(),
-            prefix_table: Table::new(&prefix_keys),
-            prefixes: prefixes.into(),
+            prefixes: Table::build(prefixes).0,
             prefix_lens: prefix_lens.into(),
         }
+    }
+
+    /// The number of the host-less group: after every exact and wildcard slot.
+    fn any_id(&self) -> u32 {
+        number(self.exact.size()).saturating_add(number(self.wildcard.size()))
     }
 
     /// What the matching route answers (its pool, or what [`Router::with_targets`] chose) for a
     /// request with this host (may include a port) and path.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        let path = path.as_bytes();
         if let Some(host) = host {
-            let (exact, mut wildcard) = self.host_groups(strip_port(host).trim_end_matches('.').as_bytes());
-            if let Some(pool) = self.in_group(exact, path) {
-                return Some(pool);
+            let host = strip_port(host).trim_end_matches('.').as_bytes();
+            if let Some((slot, group)) = find(&self.exact, host_key(host), host) {
+                if let Some(pool) = self.in_group(group, slot, path) {
+                    return Some(pool);
+                }
             }
-            while let Some(group) = self.groups.get(wildcard as usize) {
-                if let Some(pool) = self.in_group(wildcard, path) {
+            let base = number(self.exact.size());
+            let mut wildcard = self.longest_wildcard(host);
+            while let Some(group) = self.wildcard.get(wildcard) {
+                if let Some(pool) = self.in_group(group, base.saturating_add(wildcard), path) {
                     return Some(pool);
                 }
                 wildcard = group.shorter;
             }
         }
-        self.in_group(self.any, path)
+        self.in_group(self.any.as_deref()?, self.any_id(), path)
     }
 
-    /// The exact group of `host` and its longest matching wildcard group ([`NIL`] for none), from
-    /// one pass over the host's labels, last to first.
-    fn host_groups(&self, host: &[u8]) -> (u32, u32) {
+    /// The slot of the longest wildcard matching `host`, or [`NIL`]: one backward pass over the
+    /// host, probing at each dot whose suffix has the length of some wildcard.
+    fn longest_wildcard(&self, host: &[u8]) -> u32 {
+        if self.wildcard_lens.is_empty() {
+            return NIL;
+        }
         let mut h = SEED;
-        let mut wildcard = NIL;
-        let mut end = host.len();
-        loop {
-            let label = host.get(..end).unwrap_or_default();
-            let Some(dot) = label.iter().rposition(|&b| b == b'.') else {
-                h = absorb(h, label, true);
-                break;
-            };
-            h = absorb(h, label.get(dot + 1..).unwrap_or_default(), true);
-            // `host[dot..]` is a candidate suffix: its key state is `h` and one empty label. A
-            // wildcard needs a longer host, so a dot at 0 is not one. Later (more left) matches
-            // are longer, so they win.
-            if dot > 0 && has_len(&self.wildcard_lens, host.len() - dot) {
+        // The words of host[words_from..] are in `h`.
+        let mut words_from = host.len();
+        let mut found = NIL;
+        let mut at = host.len();
+        // A wildcard needs a longer host, so a dot at 0 is not one. Later (more left) matches are
+        // longer, so they win.
+        while let Some(dot) = host.get(1..at).and_then(|h| h.iter().rposition(|&b| b == b'.')) {
+            let dot = dot + 1;
+            let len = host.len() - dot;
+            if has_len(&self.wildcard_lens, len) {
+                while words_from >= dot + 8 {
+                    h = mix(h, fold(word_at(host, words_from - 8)));
+                    words_from -= 8;
+                }
                 let suffix = host.get(dot..).unwrap_or_default();
-                if let Some(g) = find(&self.wildcard, &self.groups, finish(absorb(h, b"", true)), suffix) {
-                    wildcard = g;
+                let key = key_of(h, host.get(dot..words_from).unwrap_or_default(), len, true);
+                if let Some((slot, _)) = find(&self.wildcard, key, suffix) {
+                    found = slot;
                 }
             }
-            end = dot;
+            at = dot;
         }
-        let exact = find(&self.exact, &self.groups, finish(h), host).unwrap_or(NIL);
-        (exact, wildcard)
+        found
     }
 
-    /// The pool `group` gives `path`: its longest matching prefix, else its catch-all, else none.
-    fn in_group(&self, g: u32, path: &str) -> Option<usize> {
-        let group = self.groups.get(g as usize)?;
+    /// What group `group` (number `id`) gives `path`: its longest matching prefix, else its
+    /// catch-all, else none.
+    #[inline]
+    fn in_group(&self, group: &Group, id: u32, path: &[u8]) -> Option<usize> {
         if group.longest > 0 {
             let longest = group.longest as usize;
-            let bytes = path.as_bytes();
-            let mut h = prefix_seed(g);
+            let mut h = prefix_seed(id);
+            // The words of path[..words_to] are in `h`.
+            let mut words_to = 0;
             let mut best = None;
-            let mut start = 0;
-            // A prefix matches when it ends on a boundary (a `/` or the end of the path): after
-            // each segment, `h` is the key state of the path up to there. Later matches are longer,
-            // so they win.
-            while start <= longest {
-                let rest = bytes.get(start..).unwrap_or_default();
-                let end = rest.iter().position(|&b| b == b'/').map_or(bytes.len(), |i| start + i);
-                h = absorb(h, bytes.get(start..end).unwrap_or_default(), false);
-                if end <= longest && has_len(&self.prefix_lens, end) {
-                    best = self.prefix(finish(h), g, bytes.get(..end).unwrap_or_default()).or(best);
+            // A prefix matches when it ends on a boundary (a `/` or the end of the path). Later
+            // matches are longer, so they win.
+            let scan = path.get(1..=longest.min(path.len().saturating_sub(1))).unwrap_or_default();
+            let slashes = scan.iter().enumerate().filter(|&(_, &b)| b == b'/').map(|(i, _)| i + 1);
+            let ends = slashes.chain((path.len() <= longest).then_some(path.len()));
+            for end in ends {
+                if !has_len(&self.prefix_lens, end) {
+                    continue;
                 }
-                if end == bytes.len() {
-                    break;
+                while words_to + 8 <= end {
+                    h = mix(h, word_at(path, words_to));
+                    words_to += 8;
                 }
-                start = end + 1;
+                let prefix = path.get(..end).unwrap_or_default();
+                let key = key_of(h, path.get(words_to..end).unwrap_or_default(), end, false);
+                let hit = self.prefixes.find(key, |p| p.group == id && p.path.bytes() == prefix);
+                best = hit.map(|(_, p)| p.pool).or(best);
             }
-            if best.is_some() {
-                return best;
+            if let Some(pool) = best {
+                return Some(pool as usize);
             }
         }
-        (group.fallback != NO_POOL).then_some(group.fallback)
-    }
-
-    /// Pool of the prefix `path` of group `g`, if configured.
-    #[inline]
-    fn prefix(&self, key: u64, g: u32, path: &[u8]) -> Option<usize> {
-        let entry = self.prefix_table.find(key, |e| {
-            self.prefixes.get(e as usize).is_some_and(|p| p.group == g && p.path.bytes() == path)
-        })?;
-        self.prefixes.get(entry as usize).map(|p| p.pool)
+        (group.fallback != NO_POOL).then_some(group.fallback as usize)
     }
 }
 
@@ -458,7 +602,7 @@ impl std::fmt::Debug for Router {
         f.debug_struct("Router")
             .field("exact_hosts", &self.exact.len())
             .field("wildcards", &self.wildcard.len())
-            .field("any_host", &(self.any != NIL))
+            .field("any_host", &self.any.is_some())
             .field("prefixes", &self.prefixes.len())
             .finish()
     }

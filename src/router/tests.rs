@@ -90,16 +90,42 @@ fn prefixes_match_on_segment_boundaries_longest_first() {
 #[test]
 fn colliding_keys_are_told_apart_by_name() {
     // Every name under one key: lookups must still compare the names.
-    let group =
-        |name: &str| Group { name: Name::new(name.as_bytes()), fallback: 0, longest: 0, shorter: NIL };
-    let groups = [group("a.com"), group("b.com"), group(&"long.".repeat(20))];
-    let table = Table::new(&[(7, 0), (7, 1), (7, 2)]);
-    assert_eq!(find(&table, &groups, 7, b"A.COM"), Some(0));
-    assert_eq!(find(&table, &groups, 7, b"b.com"), Some(1));
-    assert_eq!(find(&table, &groups, 7, "LONG.".repeat(20).as_bytes()), Some(2));
-    assert_eq!(find(&table, &groups, 7, b"c.com"), None);
-    assert_eq!(find(&table, &groups, 8, b"a.com"), None);
-    assert_eq!(find(&Table::new(&[]), &groups, 7, b"a.com"), None);
+    let group = |name: &str| Group {
+        key: 7,
+        name: Name::new(name.as_bytes()),
+        fallback: 0,
+        longest: 0,
+        shorter: NIL,
+    };
+    let (table, slots) = Table::build(vec![group("a.com"), group("b.com"), group(&"long.".repeat(20))]);
+    let found = |key, name: &[u8]| find(&table, key, name).map(|(slot, _)| slot);
+    assert_eq!(found(7, b"A.COM"), slots.first().copied());
+    assert_eq!(found(7, b"b.com"), slots.get(1).copied());
+    assert_eq!(found(7, "LONG.".repeat(20).as_bytes()), slots.get(2).copied());
+    assert_eq!(found(7, b"c.com"), None);
+    assert_eq!(found(8, b"a.com"), None);
+    assert!(find(&Table::build(Vec::new()).0, 7, b"a.com").is_none());
+}
+
+#[test]
+fn folds_ascii_letters_and_nothing_else() {
+    for b in 0..=255u8 {
+        let word = u64::from_le_bytes([b, b'Q', 0xc3, b, b'@', b'[', b'`', b'{']);
+        let want = u64::from_le_bytes([b.to_ascii_lowercase(), b'q', 0xc3, b.to_ascii_lowercase(), b'@', b'[', b'`', b'{']);
+        assert_eq!(fold(word), want, "byte {b:#x}");
+    }
+    assert!(eq_folded(b"a-long-host.example.com", b"A-Long-Host.EXAMPLE.com"));
+    assert!(!eq_folded(b"a-long-host.example.com", b"a-long-host.example.co"));
+    assert!(!eq_folded(b"a\xc3", b"A\xe3"));
+}
+
+#[test]
+fn a_suffix_key_taken_on_the_way_is_the_key_of_the_suffix() {
+    let routes = [r(wild(".b.example-with-long-labels.com"), None, 1), r(wild(".com"), None, 2)];
+    let r = Router::new(&routes);
+    assert_eq!(r.route(Some("A.B.Example-With-Long-Labels.COM"), "/"), Some(1));
+    assert_eq!(r.route(Some("ab.example-with-long-labels.com"), "/"), Some(2));
+    assert_eq!(r.route(Some("com"), "/"), None);
 }
 
 #[test]
