@@ -111,7 +111,16 @@ fn colliding_keys_are_told_apart_by_name() {
 fn folds_ascii_letters_and_nothing_else() {
     for b in 0..=255u8 {
         let word = u64::from_le_bytes([b, b'Q', 0xc3, b, b'@', b'[', b'`', b'{']);
-        let want = u64::from_le_bytes([b.to_ascii_lowercase(), b'q', 0xc3, b.to_ascii_lowercase(), b'@', b'[', b'`', b'{']);
+        let want = u64::from_le_bytes([
+            b.to_ascii_lowercase(),
+            b'q',
+            0xc3,
+            b.to_ascii_lowercase(),
+            b'@',
+            b'[',
+            b'`',
+            b'{',
+        ]);
         assert_eq!(fold(word), want, "byte {b:#x}");
     }
     assert!(eq_folded(b"a-long-host.example.com", b"A-Long-Host.EXAMPLE.com"));
