@@ -27,10 +27,12 @@
 //! (case-insensitively for hosts, as the scan compares), so colliding keys only cost a probe.
 //!
 //! With 100,000 routes the tables outgrow the CPU's nearer caches, so the layout counts cache
-//! misses: a table slot is one 64-byte line holding the key, the entry's data and its name or
-//! prefix when it is up to [`INLINE`] bytes (most are), so reaching an exact host's group costs one
-//! miss, and a path prefix one more. The keys are cheap to compute for the same reason: an 8-byte
-//! word at a time, folded to lower case in one step ([`fold`]).
+//! misses: a group's table slot is one 64-byte line holding the key, what the group answers and
+//! its name when it is up to [`INLINE`] bytes (most are), so reaching an exact host's group costs
+//! one miss. A path prefix's slot (two lines, fetched together) also holds its host's name and is
+//! keyed by the host's key, so a request for an exact host with a matching prefix needs that slot
+//! alone. The keys are cheap to compute: an 8-byte word at a time, folded to lower case in one
+//! step ([`fold`]).
 //!
 //! Routes are expected as config validation makes them: exact names and wildcard suffixes in ASCII
 //! (compared case-insensitively), path prefixes either `/` or starting with `/` without a trailing
@@ -93,11 +95,14 @@ struct Group {
     shorter: u32,
 }
 
-/// One path prefix of one group. One cache line, as [`Group`].
+/// One path prefix of one group, with the group's name: a request for an exact host finds its
+/// prefix from this entry alone, without the group's line. Two cache lines, fetched together.
 #[derive(Clone, Debug)]
-#[repr(align(64))]
+#[repr(align(128))]
 struct Prefix {
     key: u64,
+    /// The group's name, as in [`Group::name`].
+    host: Name,
     path: Name,
     pool: u32,
     /// The group's number ([`Router::group_id`]), or [`VACANT`] for an empty slot.
@@ -158,7 +163,7 @@ impl Slot for Group {
 
 impl Slot for Prefix {
     fn vacant() -> Self {
-        Prefix { key: 0, path: Name::new(b""), pool: NO_POOL, group: VACANT }
+        Prefix { key: 0, host: Name::new(b""), path: Name::new(b""), pool: NO_POOL, group: VACANT }
     }
     #[inline]
     fn is_vacant(&self) -> bool {
@@ -219,12 +224,6 @@ impl<T: Slot> Table<T> {
             i = (i + 1) & mask;
         }
         None
-    }
-
-    /// Reads the key of the slot a probe for `key` starts at, so that its line is on its way.
-    #[inline]
-    fn touch(&self, key: u64) -> u64 {
-        self.slots.get(key as usize & self.slots.len().wrapping_sub(1)).map_or(0, T::key)
     }
 
     #[inline]
@@ -330,8 +329,8 @@ fn host_key(name: &[u8]) -> u64 {
 
 /// Start state of the path hash in the group whose name has key `group_key`, so that equal
 /// prefixes of different groups differ (mostly: prefix entries also name their group). It needs
-/// the host's key only, not the group, so a lookup can start loading a prefix's table line before
-/// the group's has arrived.
+/// the host's key only, not the group, so a request for an exact host can find its prefix before,
+/// and instead of, its group.
 #[inline]
 fn prefix_seed(group_key: u64) -> u64 {
     mix(SEED, group_key)
@@ -541,9 +540,10 @@ impl Router {
             .filter_map(|&(d, path)| {
                 let group = *ids.get(d)?;
                 add_len(&mut prefix_lens, path.len());
-                let group_key = host_key(drafts.get(d)?.name.as_bytes());
+                let name = drafts.get(d)?.name.as_bytes();
                 Some(Prefix {
-                    key: prefix_key(group_key, path.as_bytes()),
+                    key: prefix_key(host_key(name), path.as_bytes()),
+                    host: Name::new(name),
                     path: Name::new(path.as_bytes()),
                     pool: *by_prefix.get(&(d, path))?,
                     group,
@@ -577,16 +577,13 @@ impl Router {
         if let Some(host) = host {
             let host = strip_port(host).trim_end_matches('.').as_bytes();
             let key = host_key(host);
-            // Start loading the table line of the longest prefix the path may have under this
-            // host before waiting on the host's own line: with many routes each is a likely
-            // cache miss, and this way they overlap (150 -> 130 ns with 100,000 routes). The
-            // host's line is not loaded ahead: a host served by a wildcard needs not wait for it.
-            let mut longest = None;
-            self.prefix_keys(prefix_seed(key), path, self.longest_prefix, |key, _| longest = Some(key));
-            if let Some(prefix) = longest {
-                std::hint::black_box(self.prefixes.touch(prefix));
+            let maybe_exact = self.exact_filter.may_hold(key);
+            if maybe_exact {
+                if let Some(pool) = self.exact_prefix(key, host, path) {
+                    return Some(pool);
+                }
             }
-            let exact = if self.exact_filter.may_hold(key) { find(&self.exact, key, host) } else { None };
+            let exact = if maybe_exact { find(&self.exact, key, host) } else { None };
             if let Some((slot, group)) = exact {
                 if let Some(pool) = self.in_group(group, slot, path) {
                     return Some(pool);
@@ -602,6 +599,36 @@ impl Router {
             }
         }
         self.in_group(self.any.as_deref()?, self.any_id(), path)
+    }
+
+    /// The answer of the longest prefix of `path` configured for the exact host `host` (whose key
+    /// is `key`), from the prefix table alone: with many routes, the exact host's own table line
+    /// is a likely cache miss, which a request with a matching prefix then never waits for. None
+    /// also when the path has more candidate prefixes than are kept; the group's own lookup
+    /// ([`Router::in_group`]) then decides.
+    #[inline]
+    fn exact_prefix(&self, key: u64, host: &[u8], path: &[u8]) -> Option<usize> {
+        const KEPT: usize = 8;
+        let mut ends = [(0u64, 0usize); KEPT];
+        let mut found = 0;
+        self.prefix_keys(prefix_seed(key), path, self.longest_prefix, |key, end| {
+            if let Some(slot) = ends.get_mut(found) {
+                *slot = (key, end);
+            }
+            found += 1;
+        });
+        let exact_groups = number(self.exact.size());
+        // Longest first: the first match is the answer.
+        for &(key, end) in ends.get(..found)?.iter().rev() {
+            let prefix = path.get(..end).unwrap_or_default();
+            let hit = self.prefixes.find(key, |p| {
+                p.group < exact_groups && p.path.bytes() == prefix && eq_folded(p.host.bytes(), host)
+            });
+            if let Some((_, p)) = hit {
+                return Some(p.pool as usize);
+            }
+        }
+        None
     }
 
     /// The slot of the longest wildcard matching `host`, or [`NIL`]: one backward pass over the

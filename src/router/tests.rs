@@ -138,6 +138,28 @@ fn a_suffix_key_taken_on_the_way_is_the_key_of_the_suffix() {
 }
 
 #[test]
+fn a_path_with_more_candidate_prefixes_than_kept_still_finds_the_longest() {
+    // Prefixes `/a`, `/a/a`, ... of one exact host: a long path of `/a` segments has more candidate
+    // ends than the exact host's shortcut keeps, and the group's own lookup must answer.
+    let mut routes: Vec<_> = (1..=12).map(|n| r(exact("h.example.com"), Some(&"/a".repeat(n)), n)).collect();
+    routes.push(r(exact("h.example.com"), None, 99));
+    routes.push(r(wild(".example.com"), Some("/a"), 100));
+    let index = Router::new(&routes);
+    order_routes(&mut routes);
+    let scan = ScanRouter::new(&routes);
+    for (host, path) in [
+        ("h.example.com", "/a/a/a/a/a/a/a/a/a/a/a/a/a/b"),
+        ("H.Example.COM:80", "/a/a/a/a/a/a/a/a/a/a"),
+        ("h.example.com", "/a/a/b"),
+        ("h.example.com", "/b"),
+        ("x.example.com", "/a/a"),
+    ] {
+        assert_eq!(index.route(Some(host), path), scan.route(Some(host), path), "{host} {path}");
+    }
+    assert_eq!(index.route(Some("h.example.com"), "/a/a/a/a/a/a/a/a/a/a/a/a/a/b"), Some(12));
+}
+
+#[test]
 fn many_routes_route_like_few() {
     let routes: Vec<_> = (0..10_000).map(|i| r(exact(&format!("h{i}.example.com")), None, i)).collect();
     let r = Router::new(&routes);
