@@ -147,6 +147,14 @@ trait Slot: Sized {
     fn key(&self) -> u64;
 }
 
+impl Group {
+    /// The pool of the group's `/` prefix or route without prefix, if it has one.
+    #[inline]
+    fn fallback(&self) -> Option<usize> {
+        (self.fallback != NO_POOL).then_some(self.fallback as usize)
+    }
+}
+
 impl Slot for Group {
     fn vacant() -> Self {
         Group { key: 0, name: Name::new(b""), fallback: NO_POOL, longest: 0, shorter: VACANT }
@@ -579,16 +587,19 @@ impl Router {
         if let Some(host) = host {
             let host = strip_port(host).trim_end_matches('.').as_bytes();
             let key = host_key(host);
-            let maybe_exact = self.exact_filter.may_hold(key);
-            if maybe_exact {
-                if let Some(pool) = self.exact_prefix(key, host, path) {
+            if self.exact_filter.may_hold(key) {
+                // `None`: more candidate prefixes than the shortcut keeps.
+                let prefix = self.exact_prefix(key, host, path);
+                if let Some(Some(pool)) = prefix {
                     return Some(pool);
                 }
-            }
-            let exact = if maybe_exact { find(&self.exact, key, host) } else { None };
-            if let Some((slot, group)) = exact {
-                if let Some(pool) = self.in_group(group, slot, path) {
-                    return Some(pool);
+                if let Some((slot, group)) = find(&self.exact, key, host) {
+                    // When the shortcut tried every candidate, no prefix of this host matched.
+                    let pool =
+                        if prefix.is_some() { group.fallback() } else { self.in_group(group, slot, path) };
+                    if pool.is_some() {
+                        return pool;
+                    }
                 }
             }
             let base = number(self.exact.size());
@@ -605,11 +616,11 @@ impl Router {
 
     /// The answer of the longest prefix of `path` configured for the exact host `host` (whose key
     /// is `key`), from the prefix table alone: with many routes, the exact host's own table line
-    /// is a likely cache miss, which a request with a matching prefix then never waits for. None
-    /// also when the path has more candidate prefixes than are kept; the group's own lookup
-    /// ([`Router::in_group`]) then decides.
+    /// is a likely cache miss, which a request with a matching prefix then never waits for.
+    /// `Some(None)`: no prefix of this host matches. `None`: the path has more candidate prefixes
+    /// than are kept, and the group's own lookup ([`Router::in_group`]) must decide.
     #[inline]
-    fn exact_prefix(&self, key: u64, host: &[u8], path: &[u8]) -> Option<usize> {
+    fn exact_prefix(&self, key: u64, host: &[u8], path: &[u8]) -> Option<Option<usize>> {
         const KEPT: usize = 8;
         let mut ends = [(0u64, 0usize); KEPT];
         let mut found = 0;
@@ -627,10 +638,10 @@ impl Router {
                 p.group < exact_groups && p.path.bytes() == prefix && eq_folded(p.host.bytes(), host)
             });
             if let Some((_, p)) = hit {
-                return Some(p.pool as usize);
+                return Some(Some(p.pool as usize));
             }
         }
-        None
+        Some(None)
     }
 
     /// The slot of the longest wildcard matching `host`, or [`NIL`]: one backward pass over the
@@ -676,7 +687,7 @@ impl Router {
             // Later matches are longer, so they win.
             best = hit.map(|(_, p)| p.pool as usize).or(best);
         });
-        best.or((group.fallback != NO_POOL).then_some(group.fallback as usize))
+        best.or(group.fallback())
     }
 
     /// Calls `each(key, end)` for every prefix `path[..end]` that ends on a boundary (a `/` or the
