@@ -59,6 +59,9 @@ fn raise_fd_limit() -> u64 {
 /// in about one run in eight here with another process busy), so the test could not tell the two
 /// apart. With the millisecond, 36 runs out of 36 under the same load gave 17 to 23, and lb built
 /// without its I/O batching limits (src/main.rs) still fails every run (13 or 14 fewest).
+///
+/// Chance still failed one clean CI run in four, so a run that misses the bar is repeated, up to
+/// three runs in all: unfair scheduling misses it in every run, chance rarely in three at once.
 #[test]
 fn a_thousand_clients_on_one_worker_are_each_served_their_share() {
     let fds = raise_fd_limit();
@@ -73,11 +76,18 @@ fn a_thousand_clients_on_one_worker_are_each_served_their_share() {
         ["a", "b", "c"].map(|name| Backend::start_with_delay(name, Duration::from_millis(1))),
     ));
     let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    client_rt.block_on(served_their_share(&backends, fds));
-    drop(backends);
+    let mut misses = Vec::new();
+    for _ in 0..3 {
+        match client_rt.block_on(served_their_share(&backends, fds)) {
+            Ok(()) => return,
+            Err(miss) => misses.push(miss),
+        }
+    }
+    panic!("every run missed the bar: {misses:?}");
 }
 
-async fn served_their_share(backends: &[Backend], fds: u64) {
+/// One run: a fresh lb, the clients, and whether every client got its share (else why not).
+async fn served_their_share(backends: &[Backend], fds: u64) -> Result<(), String> {
     let servers: Vec<(&str, std::net::SocketAddr)> =
         backends.iter().map(|b| (b.name.as_str(), b.addr)).collect();
     let lb = LbProcess::start_pinned(&config_with(&servers, "[limits]\nupstream_idle_per_server = 1024\n"));
@@ -100,6 +110,11 @@ async fn served_their_share(backends: &[Backend], fds: u64) {
     eprintln!("answers per client: fewest {fewest}, 10th percentile {p10}, median {median}, most {most} (mean {mean})");
     // Served in turn, every client gets 17 to 23 here; the runtime's default I/O batching gave
     // 10 to 14 to the fewest-served and 29 to 42 to the most-served (src/main.rs).
-    assert!(fewest as f64 >= 0.75 * mean, "a client got {fewest} answers (mean {mean}, tenth {p10})");
-    assert!(most as f64 <= 1.5 * mean, "a client got {most} answers (mean {mean}, median {median})");
+    if (fewest as f64) < 0.75 * mean {
+        return Err(format!("a client got {fewest} answers (mean {mean}, tenth {p10})"));
+    }
+    if most as f64 > 1.5 * mean {
+        return Err(format!("a client got {most} answers (mean {mean}, median {median})"));
+    }
+    Ok(())
 }
