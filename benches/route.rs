@@ -20,6 +20,7 @@ fn table(n: usize) -> Vec<RouteConfig> {
         path_prefix: prefix.map(str::to_owned),
         pool,
         max_body_size: None,
+        policy: None,
     };
     let mut routes = Vec::with_capacity(n + n / 4 + 1);
     for i in 0..n / 2 {

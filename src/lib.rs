@@ -13,6 +13,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod control;
+pub mod edge;
 pub mod health;
 pub mod launch;
 pub mod metrics;

@@ -75,6 +75,8 @@ pub const CONFIG_LAST_RELOAD_TIME: &str = "lb_config_last_reload_success_timesta
 pub const TLS_HANDSHAKES: &str = "lb_tls_handshakes_total";
 /// When each listener certificate expires (Unix time of its notAfter).
 pub const CERT_EXPIRY: &str = "lb_tls_certificate_expiry_timestamp_seconds";
+/// PROXY protocol headers on client connections, by listener and result (`ok` or why refused).
+pub const PROXY_HEADERS: &str = "lb_proxy_protocol_headers_total";
 /// Access-log lines dropped because the writer fell behind.
 pub const ACCESS_LOG_DROPPED: &str = "lb_access_log_dropped_total";
 
@@ -130,6 +132,7 @@ pub fn describe() {
     describe_gauge!(CONFIG_LAST_RELOAD_TIME, Unit::Seconds, "Unix time of the last reload that worked.");
     describe_counter!(TLS_HANDSHAKES, "TLS handshakes by listener and result (ok, or why they failed).");
     describe_gauge!(CERT_EXPIRY, Unit::Seconds, "Unix time when each listener certificate expires.");
+    describe_counter!(PROXY_HEADERS, "PROXY protocol headers by listener and result (ok, or why refused).");
     describe_counter!(ACCESS_LOG_DROPPED, "Access-log lines dropped because the writer fell behind.");
 }
 

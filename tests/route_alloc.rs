@@ -16,6 +16,7 @@ fn routing_does_not_allocate() {
         path_prefix: prefix.map(str::to_owned),
         pool,
         max_body_size: None,
+        policy: None,
     };
     let mut routes = Vec::new();
     for i in 0..1000 {

@@ -6,6 +6,7 @@
 //! See docs/configuration.md for every key and its default.
 
 mod duration;
+mod edge;
 mod health;
 mod locate;
 mod raw;
@@ -53,6 +54,8 @@ pub struct Config {
     pub access_log: AccessLog,
     /// How lb notices edits of its config file.
     pub reload: ReloadConfig,
+    /// `[client_address]`: whose `X-Forwarded-For` or `Forwarded` names the client. Default: nobody's.
+    pub client_address: crate::edge::client_addr::ClientAddress,
     /// Runtime worker threads (`workers`); `0`, the default, means one per core lb may run on. Read
     /// at start only.
     pub workers: usize,
@@ -174,6 +177,9 @@ pub struct ListenerConfig {
     /// `redirect_https = true`: every request is answered 308 to the same URL over https on this
     /// port (`https_port`, default 443), and nothing is proxied.
     pub redirect_https: Option<u16>,
+    /// `proxy_protocol = true`: every connection starts with a PROXY protocol header (v1 or v2) that
+    /// names the client, and only peers in these ranges (`proxy_protocol_from`) may connect.
+    pub proxy_protocol: Option<crate::edge::cidr::CidrList>,
 }
 
 /// A listener's TLS: certificates by SNI, optional client certificates, optional HSTS.
@@ -508,7 +514,12 @@ pub struct RouteConfig {
     pub pool: usize,
     /// `max_body_size` for this route's requests, instead of `limits.max_body_size` (`0`: none).
     pub max_body_size: Option<u64>,
+    /// Access lists, auth, redirect, rewrite and header rules; `None` when the route has none.
+    pub policy: Option<std::sync::Arc<crate::edge::policy::RoutePolicy>>,
 }
+
+/// [`RouteConfig::pool`] of a route that answers a redirect itself and has no pool.
+pub const NO_POOL: usize = usize::MAX;
 
 /// How a route matches the request's host.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -581,9 +592,14 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Every certificate, key and CA file the listeners read, with the SHA-256 of its content (a
-    /// chain and its key share one).
-    pub fn tls_files(&self) -> impl Iterator<Item = (&str, [u8; 32])> + '_ {
+    /// Every certificate, key and CA file the listeners and pools read, and every htpasswd file the
+    /// routes read, with the SHA-256 of its content (a chain and its key share one).
+    pub fn read_files(&self) -> impl Iterator<Item = (&str, [u8; 32])> + '_ {
+        let auth = self
+            .routes
+            .iter()
+            .filter_map(|r| r.policy.as_ref()?.auth.as_ref())
+            .map(|a| (a.path.as_str(), a.digest));
         let upstream = self
             .pools
             .iter()
@@ -600,15 +616,16 @@ impl Config {
                 certs.chain(tls.client_ca.iter().map(|ca| (ca.path.as_str(), ca.digest)))
             })
             .chain(upstream)
+            .chain(auth)
     }
 
-    /// Whether the file at `path` and every certificate, key and CA file this config read still
+    /// Whether the file at `path` and every certificate, key, CA and htpasswd file this config read still
     /// hold the bytes they held when it was loaded, so that loading again would give the same
     /// [`Config::digest`]; checked without parsing. Blocking reads; an unreadable file counts as
     /// changed.
     pub fn unchanged_on_disk(&self, path: &Path) -> bool {
         let Ok(text) = std::fs::read(path) else { return false };
-        let files: Vec<(&str, [u8; 32])> = self.tls_files().collect();
+        let files: Vec<(&str, [u8; 32])> = self.read_files().collect();
         // Each entry's digest is of its file alone (CA bundles), or of a certificate chain and its
         // key together (listed one after the other with the same digest). Either way, a match
         // means the same bytes.
@@ -662,7 +679,7 @@ impl Config {
         let mut config = validate::validate(raw, &mut issues);
         if issues.is_empty() {
             // Certificate, key and CA files count: replacing one is a change to reload.
-            let files: Vec<[u8; 32]> = config.tls_files().map(|(_, digest)| digest).collect();
+            let files: Vec<[u8; 32]> = config.read_files().map(|(_, digest)| digest).collect();
             let mut parts: Vec<&[u8]> = vec![src.as_bytes()];
             parts.extend(files.iter().map(|d| &d[..]));
             config.digest = Digest::of(&parts);

@@ -27,7 +27,15 @@ pub(crate) struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub reload: RawReload,
+    #[serde(default)]
+    pub client_address: RawClientAddress,
     pub workers: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawClientAddress {
+    pub trusted_proxies: Option<Vec<String>>,
+    pub header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +80,8 @@ pub(crate) struct RawListener {
     pub tls: Option<RawTls>,
     pub redirect_https: Option<bool>,
     pub https_port: Option<i64>,
+    pub proxy_protocol: Option<bool>,
+    pub proxy_protocol_from: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,6 +207,35 @@ pub(crate) struct RawRoute {
     pub path_prefix: Option<String>,
     pub pool: Option<String>,
     pub max_body_size: Option<RawSize>,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+    pub auth: Option<RawAuth>,
+    pub redirect: Option<RawRedirect>,
+    pub prefix_rewrite: Option<String>,
+    pub request_headers: Option<RawHeaderRules>,
+    pub response_headers: Option<RawHeaderRules>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAuth {
+    pub htpasswd: Option<String>,
+    pub realm: Option<String>,
+    pub forward: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRedirect {
+    pub to: Option<String>,
+    pub status: Option<i64>,
+    pub keep_path: Option<bool>,
+    pub keep_query: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawHeaderRules {
+    pub set: Option<BTreeMap<String, String>>,
+    pub add: Option<BTreeMap<String, String>>,
+    pub remove: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -24,7 +24,10 @@ fn minimal_config_gets_defaults_and_an_implicit_default_route() {
     assert_eq!(c.pools[0].servers[0].name, "127.0.0.1:9001");
     assert_eq!(c.pools[0].servers[0].weight, 1);
     assert_eq!(c.pools[0].servers[1].weight, 3);
-    assert_eq!(c.routes, vec![RouteConfig { host: None, path_prefix: None, pool: 0, max_body_size: None }]);
+    assert_eq!(
+        c.routes,
+        vec![RouteConfig { host: None, path_prefix: None, pool: 0, max_body_size: None, policy: None }]
+    );
 }
 
 #[test]

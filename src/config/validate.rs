@@ -51,6 +51,7 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
         debounce: positive("reload.debounce", raw.reload.debounce.as_deref(), d.debounce, &mut out),
     };
     let workers = count("workers", raw.workers, (0, 1024), 0, &mut out);
+    let client_address = super::edge::client_address(&raw.client_address, &mut out);
     Config {
         listeners,
         workers,
@@ -64,6 +65,7 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
         admin_token,
         access_log,
         reload,
+        client_address,
         digest: Digest::default(),
     }
 }
@@ -90,7 +92,8 @@ fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
                 let base = format!("listeners[{i}]");
                 let tls = l.tls.as_ref().map(|t| super::tls::listener(&format!("{base}.tls"), t, out));
                 let redirect_https = redirect(&base, l, tls.is_some(), out);
-                result.push(ListenerConfig { addr, tls: tls.flatten(), redirect_https });
+                let proxy_protocol = super::edge::proxy_protocol(&base, l, out);
+                result.push(ListenerConfig { addr, tls: tls.flatten(), redirect_https, proxy_protocol });
             }
             Err(_) => out.push(path, format!("{text:?} is not an IP:port address (e.g. \"0.0.0.0:8080\")")),
         }
@@ -446,7 +449,13 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
         if pools.len() > 1 {
             out.push("routes", "required when more than one pool is defined: which pool gets which request?");
         }
-        return vec![RouteConfig { host: None, path_prefix: None, pool: 0, max_body_size: None }];
+        return vec![RouteConfig {
+            host: None,
+            path_prefix: None,
+            pool: 0,
+            max_body_size: None,
+            policy: None,
+        }];
     }
     let mut seen = HashSet::new();
     let mut result = Vec::new();
@@ -460,7 +469,9 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
         let host = r.host.as_deref().and_then(|h| host_match(h, &format!("{path}.host"), out));
         let prefix =
             r.path_prefix.as_deref().and_then(|p| path_prefix(p, &format!("{path}.path_prefix"), out));
+        let policy = super::edge::policy(&path, r, prefix.as_deref(), out);
         let pool = match &r.pool {
+            None if super::edge::redirects(r) => super::NO_POOL,
             None => {
                 out.push(format!("{path}.pool"), "is required");
                 continue;
@@ -477,7 +488,7 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
             .max_body_size
             .as_ref()
             .map(|v| size(&format!("{path}.max_body_size"), Some(v), u64::MAX, 0, out));
-        let route = RouteConfig { host, path_prefix: prefix, pool, max_body_size };
+        let route = RouteConfig { host, path_prefix: prefix, pool, max_body_size, policy };
         if !seen.insert((route.host.clone(), route.path_prefix.clone())) {
             out.push(path, "matches the same host and path prefix as an earlier route");
             continue;

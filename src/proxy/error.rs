@@ -13,6 +13,8 @@ pub enum Source {
     Upstream,
     /// lb's own configuration left no answer (no route, no ready server).
     Config,
+    /// The route's edge policy refused the client (access list, credentials).
+    Policy,
 }
 
 /// A failed request.
@@ -36,6 +38,17 @@ pub enum ProxyError {
     /// `CONNECT`: lb does not open tunnels to arbitrary destinations.
     #[error("CONNECT is not supported")]
     MethodNotAllowed,
+    /// The route's access lists refuse the client's address.
+    #[error("client address refused by the route's access rules")]
+    Forbidden,
+    /// The route asks for basic auth and the request has no valid credentials.
+    #[error("{}", if *wrong { "wrong user or password" } else { "no credentials" })]
+    Unauthorized {
+        /// `WWW-Authenticate` of the answer.
+        challenge: HeaderValue,
+        /// Credentials were sent but are wrong (logged; a missing header is a browser's first try).
+        wrong: bool,
+    },
     /// No route matches the request's host and path.
     #[error("no route for this host and path")]
     NoRoute,
@@ -97,6 +110,8 @@ impl ProxyError {
         match self {
             Self::BadRequest(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownTransferCoding => StatusCode::NOT_IMPLEMENTED,
@@ -120,6 +135,7 @@ impl ProxyError {
             | Self::UnknownTransferCoding
             | Self::MethodNotAllowed => Source::Client,
             Self::NoRoute | Self::NoReadyServer { .. } => Source::Config,
+            Self::Forbidden | Self::Unauthorized { .. } => Source::Policy,
             Self::Connect { .. }
             | Self::Timeout { .. }
             | Self::Upstream { .. }
@@ -141,6 +157,9 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     if err.source() == Source::Client {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let ProxyError::Unauthorized { challenge, .. } = err {
+        headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
     }
     resp
 }

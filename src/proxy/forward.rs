@@ -4,6 +4,7 @@
 use super::body::{BodyRules, RequestBody, ResponseBody, Upload};
 use super::error::ProxyError;
 use super::{headers, syntax, tunnel, Shared, Trace, X_REQUEST_ID};
+use crate::edge::header_rules::Vars;
 use crate::health::passive::Outcome;
 use crate::metrics;
 use crate::runtime::{Choice, NoServer, Pool, Snapshot};
@@ -56,8 +57,17 @@ pub(super) async fn forward(
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let route_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
     let route = snap.config.routes.get(route_index).ok_or(ProxyError::NoRoute)?;
-    let pool = snap.pools.get(route.pool).ok_or(ProxyError::NoRoute)?;
-    trace.pool = Some(route.pool);
+    // `None` for a route that only redirects.
+    let pool = snap.pools.get(route.pool);
+    trace.pool = pool.map(|_| route.pool);
+    let policy = route.policy.as_deref();
+    if let Some(policy) = policy {
+        // Boxed: only routes with a policy pay for its future.
+        if let Some(answer) = Box::pin(super::edge::admit(policy, client.ip(), &mut parts)).await? {
+            return Ok(answer);
+        }
+    }
+    let pool = pool.ok_or(ProxyError::NoRoute)?;
     let max_body_size = route.max_body_size.unwrap_or(snap.config.limits.max_body_size);
     let (body, upload, whole) = intake(shared, snap, pool, max_body_size, body).await?;
     // A reserved slot on the chosen server (its in-flight guard), or a wait in the pool's queue.
@@ -69,6 +79,9 @@ pub(super) async fn forward(
     let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
     let client_upgrade =
         upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    if let Some(policy) = policy {
+        super::edge::rewrite_path(policy, route.path_prefix.as_deref(), &mut parts);
+    }
     rewrite(
         &mut parts,
         snap,
@@ -77,6 +90,12 @@ pub(super) async fn forward(
         host.as_ref(),
         upgrade.as_deref().filter(|_| client_upgrade.is_some()),
     );
+    // The operator's header rules have the last word, after lb's own (but cannot touch framing).
+    let request_id = policy.and_then(|_| parts.headers.get(&X_REQUEST_ID).cloned());
+    let vars = Vars { client: client.ip(), request_id: request_id.as_ref(), host: host.as_ref(), tls };
+    if let Some(policy) = policy.filter(|p| !p.request_headers.is_empty()) {
+        policy.request_headers.apply(&mut parts.headers, &vars);
+    }
     let target = std::mem::take(&mut parts.uri);
 
     // A failed attempt may be retried on another server (see `may_retry`); the head is kept for that
@@ -101,7 +120,11 @@ pub(super) async fn forward(
     };
     let (resp, guard, lease, choice) =
         send_with_retries(&exchange, parts, body, choice, guard, trace).await?;
-    client_response(snap, pool, tls, resp, guard, lease, choice, client_upgrade, active)
+    let mut resp = client_response(snap, pool, tls, resp, guard, lease, choice, client_upgrade, active)?;
+    if let Some(policy) = policy.filter(|p| !p.response_headers.is_empty()) {
+        policy.response_headers.apply(resp.headers_mut(), &vars);
+    }
+    Ok(resp)
 }
 
 /// The request head as the upstream gets it: lb's sticky cookie out (and HTTP/2's split `cookie`

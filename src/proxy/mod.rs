@@ -7,6 +7,7 @@
 pub mod access;
 pub mod access_writer;
 pub mod body;
+mod edge;
 pub mod error;
 mod forward;
 pub mod headers;
@@ -91,6 +92,8 @@ impl tower::Service<Request<Incoming>> for Proxy {
         Box::pin(async move {
             let snap = shared.runtime.snapshot();
             let (mut parts, body) = req.into_parts();
+            // Behind a trusted proxy, the address it names; every use below sees this one.
+            let client = snap.config.client_address.resolve(client, &parts.headers);
             let request_id = request_id(&parts.headers);
             parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
             let format = snap.config.access_log;
@@ -231,6 +234,12 @@ fn log_failure(e: &ProxyError, client: SocketAddr) {
     match e.source() {
         // Anyone can send any host or a malformed request: not worth a warning each time.
         error::Source::Client => tracing::debug!(%client, status, error = %e, "request refused"),
+        // A wrong password is worth a line (repeated ones are how guessing shows); the rest of
+        // what policies refuse is routine.
+        error::Source::Policy if matches!(e, ProxyError::Unauthorized { wrong: true, .. }) => {
+            tracing::info!(%client, status, error = %e, "request refused")
+        }
+        error::Source::Policy => tracing::debug!(%client, status, error = %e, "request refused"),
         _ if matches!(e, ProxyError::NoRoute) => {
             tracing::debug!(%client, status, error = %e, "request refused")
         }

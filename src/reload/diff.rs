@@ -20,6 +20,17 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             if o.tls != l.tls || o.redirect_https != l.redirect_https {
                 out.push(format!("~ listener {}: {}", l.addr, listener_change(o, l)));
             }
+            if o.proxy_protocol != l.proxy_protocol {
+                let show = |p: &Option<crate::edge::cidr::CidrList>| {
+                    p.as_ref().map_or_else(|| "off".to_owned(), |from| format!("from {from}"))
+                };
+                out.push(format!(
+                    "~ listener {}: proxy_protocol {} -> {}",
+                    l.addr,
+                    show(&o.proxy_protocol),
+                    show(&l.proxy_protocol)
+                ));
+            }
         }
     }
     for l in &old.listeners {
@@ -49,6 +60,12 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     settings("limits", &old.limits, &new.limits, &mut out);
     settings("http", &old.http, &new.http, &mut out);
     settings("reload", &old.reload, &new.reload, &mut out);
+    if old.client_address != new.client_address {
+        let show = |c: &crate::edge::client_addr::ClientAddress| {
+            format!("trusted_proxies {} ({:?})", c.trusted_proxies, c.header)
+        };
+        out.push(format!("~ client_address: {} -> {}", show(&old.client_address), show(&new.client_address)));
+    }
     if old.access_log != new.access_log {
         out.push(format!("~ log.access: {:?} -> {:?}", old.access_log, new.access_log));
     }
@@ -197,7 +214,8 @@ fn route_changes(old: &[String], new: &[String], out: &mut Vec<String>) {
     }
 }
 
-/// Routes as `host/prefix -> pool`, with a route's own body limit, in the order they are tried.
+/// Routes as `host/prefix -> pool`, with a route's own body limit and edge policy, in the order
+/// they are tried.
 fn routes(config: &Config) -> Vec<String> {
     config
         .routes
@@ -208,10 +226,15 @@ fn routes(config: &Config) -> Vec<String> {
                 Some(crate::config::HostMatch::Exact(h)) => h.clone(),
                 Some(crate::config::HostMatch::Suffix(s)) => format!("*{s}"),
             };
-            let pool = config.pools.get(r.pool).map_or("?", |p| p.name.as_str());
-            // A route's own body limit is part of it: a change shows in the diff.
+            let pool = match config.pools.get(r.pool) {
+                Some(p) => p.name.as_str(),
+                None if r.pool == crate::config::NO_POOL => "(redirect)",
+                None => "?",
+            };
+            // A route's own body limit and edge policy are part of it: a change shows in the diff.
             let limit = r.max_body_size.map(|n| format!(" (max_body_size {n})")).unwrap_or_default();
-            format!("{host}{} -> {pool}{limit}", r.path_prefix.as_deref().unwrap_or(""))
+            let policy = r.policy.as_ref().map(|p| format!(" [{p}]")).unwrap_or_default();
+            format!("{host}{} -> {pool}{limit}{policy}", r.path_prefix.as_deref().unwrap_or(""))
         })
         .collect()
 }

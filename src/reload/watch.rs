@@ -46,7 +46,7 @@ struct Targets {
 /// The config file (and its symlink target) and every TLS file the running config reads.
 fn targets(config: &Path, running: &crate::config::Config) -> Targets {
     let mut t = Targets { dirs: Vec::new(), names: Vec::new() };
-    let files = std::iter::once(config.to_owned()).chain(running.tls_files().map(|(p, _)| PathBuf::from(p)));
+    let files = std::iter::once(config.to_owned()).chain(running.read_files().map(|(p, _)| PathBuf::from(p)));
     for file in files {
         let resolved = std::fs::canonicalize(&file).ok();
         for path in std::iter::once(file).chain(resolved) {

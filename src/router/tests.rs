@@ -8,7 +8,7 @@ use super::*;
 use crate::config::order_routes;
 
 fn r(host: Option<HostMatch>, prefix: Option<&str>, pool: usize) -> RouteConfig {
-    RouteConfig { host, path_prefix: prefix.map(str::to_owned), pool, max_body_size: None }
+    RouteConfig { host, path_prefix: prefix.map(str::to_owned), pool, max_body_size: None, policy: None }
 }
 
 fn exact(name: &str) -> Option<HostMatch> {
@@ -199,6 +199,7 @@ fn route() -> impl Strategy<Value = RouteConfig> {
         path_prefix,
         pool,
         max_body_size: None,
+        policy: None,
     })
 }
 

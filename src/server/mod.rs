@@ -61,6 +61,8 @@ struct ListenerCtx {
     redirect_https: Option<u16>,
     /// `Strict-Transport-Security` for responses on this (TLS) listener.
     hsts: Option<http::HeaderValue>,
+    /// Connections start with a PROXY protocol header, from peers in these ranges only.
+    proxy_from: Option<crate::edge::cidr::CidrList>,
 }
 
 impl ListenerCtx {
@@ -70,7 +72,12 @@ impl ListenerCtx {
                 tracing::error!(listener = %l.addr, error = %e, "TLS config unusable: refusing connections");
             })
         });
-        Self { tls, redirect_https: l.redirect_https, hsts: l.tls.as_ref().and_then(|t| t.hsts.clone()) }
+        Self {
+            tls,
+            redirect_https: l.redirect_https,
+            hsts: l.tls.as_ref().and_then(|t| t.hsts.clone()),
+            proxy_from: l.proxy_protocol.clone(),
+        }
     }
 }
 
@@ -348,6 +355,39 @@ impl Accepted {
     fn spawn(self, stream: TcpStream, peer: SocketAddr, activity: Arc<Activity>) {
         // A listener removed by the config this connection loaded: never serve it with defaults
         // (a TLS port would answer in the clear).
+        let Some(listener) = self.serve.listeners.get(&self.listener) else { return };
+        if listener.proxy_from.is_some() {
+            tokio::spawn(self.proxied(stream, peer, activity));
+            return;
+        }
+        self.start(stream, peer, activity);
+    }
+
+    /// Reads the PROXY protocol header (within `client_header`, before TLS), then serves the
+    /// connection as coming from the client it names. A peer outside `proxy_protocol_from`, or a
+    /// missing or bad header, closes the connection: its bytes cannot be trusted to say who sent them.
+    async fn proxied(self, mut stream: TcpStream, peer: SocketAddr, activity: Arc<Activity>) {
+        let Some(from) = self.serve.listeners.get(&self.listener).and_then(|l| l.proxy_from.as_ref()) else {
+            return;
+        };
+        let result = if from.contains(peer.ip()) {
+            let limit = self.serve.timeouts.client_header;
+            crate::edge::proxy_protocol::read_header(&mut stream, peer, limit).await
+        } else {
+            Err(crate::edge::proxy_protocol::HeaderError::Untrusted)
+        };
+        let reason = result.as_ref().map_or_else(|e| e.reason(), |_| "ok");
+        metrics::counter!(crate::metrics::PROXY_HEADERS, "listener" => self.label.clone(), "result" => reason)
+            .increment(1);
+        match result {
+            Ok(client) => self.start(stream, client, activity),
+            // Debug only: anyone can open connections, and the metric counts them by reason.
+            Err(e) => tracing::debug!(%peer, listener = %self.label, error = %e, "connection refused"),
+        }
+    }
+
+    /// Serves a connection whose client is `peer`: plain HTTP, or TLS first.
+    fn start(self, stream: TcpStream, peer: SocketAddr, activity: Arc<Activity>) {
         let Some(listener) = self.serve.listeners.get(&self.listener) else { return };
         match &listener.tls {
             None => {
