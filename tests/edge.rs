@@ -51,19 +51,22 @@ async fn exchange(mut s: TcpStream, bytes: &[u8]) -> String {
 const GET_CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
 fn proxy_listener(from: &str) -> String {
-    format!(
-        "[[listeners]]\naddr = \"127.0.0.1:0\"\nproxy_protocol = true\nproxy_protocol_from = [{from}]\n"
-    )
+    format!("[[listeners]]\naddr = \"127.0.0.1:0\"\nproxy_protocol = true\nproxy_protocol_from = [{from}]\n")
 }
 
 fn pool_and_route(b: &Backend, route_extra: &str) -> String {
-    format!("[pools.web]\nservers = [{{ addr = \"{}\" }}]\n[[routes]]\npool = \"web\"\n{route_extra}\n", b.addr)
+    format!(
+        "[pools.web]\nservers = [{{ addr = \"{}\" }}]\n[[routes]]\npool = \"web\"\n{route_extra}\n",
+        b.addr
+    )
 }
 
 #[tokio::test]
 async fn a_proxy_header_names_the_client_and_only_trusted_peers_may_send_one() {
     let b = Backend::start("b").await;
-    let lb = Lb::start(&format!("{}{}", proxy_listener("\"127.0.0.2/32\""), pool_and_route(&b, CLIENT_HEADER))).await;
+    let lb =
+        Lb::start(&format!("{}{}", proxy_listener("\"127.0.0.2/32\""), pool_and_route(&b, CLIENT_HEADER)))
+            .await;
 
     // v1 from the trusted balancer: the upstream sees the client the header names.
     let mut bytes = b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 80\r\n".to_vec();
@@ -77,7 +80,10 @@ async fn a_proxy_header_names_the_client_and_only_trusted_peers_may_send_one() {
     let header = ppp::v2::Builder::with_addresses(
         ppp::v2::Version::Two | ppp::v2::Command::Proxy,
         ppp::v2::Protocol::Stream,
-        ("[2001:db8::9]:5000".parse::<SocketAddr>().unwrap(), "[2001:db8::1]:80".parse::<SocketAddr>().unwrap()),
+        (
+            "[2001:db8::9]:5000".parse::<SocketAddr>().unwrap(),
+            "[2001:db8::1]:80".parse::<SocketAddr>().unwrap(),
+        ),
     )
     .build()
     .unwrap();
@@ -140,11 +146,22 @@ async fn the_proxy_header_comes_before_tls() {
 #[tokio::test]
 async fn curl_haproxy_protocol_is_understood() {
     let b = Backend::start("b").await;
-    let lb = Lb::start(&format!("{}{}", proxy_listener("\"127.0.0.0/8\""), pool_and_route(&b, CLIENT_HEADER))).await;
+    let lb =
+        Lb::start(&format!("{}{}", proxy_listener("\"127.0.0.0/8\""), pool_and_route(&b, CLIENT_HEADER)))
+            .await;
     let url = lb.url("/");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("curl")
-            .args(["-sS", "--haproxy-protocol", "--interface", "127.0.0.3", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args([
+                "-sS",
+                "--haproxy-protocol",
+                "--interface",
+                "127.0.0.3",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
             .arg(&url)
             .output()
     })
@@ -186,7 +203,10 @@ impl Haproxy {
         {
             Ok(c) => c,
             Err(e) => {
-                assert!(std::env::var_os("LB_REQUIRE_HAPROXY").is_none(), "haproxy required but not runnable: {e}");
+                assert!(
+                    std::env::var_os("LB_REQUIRE_HAPROXY").is_none(),
+                    "haproxy required but not runnable: {e}"
+                );
                 eprintln!("haproxy not installed: skipped (apt-get install haproxy)");
                 return None;
             }
@@ -208,7 +228,9 @@ impl Drop for Haproxy {
 #[tokio::test]
 async fn haproxy_send_proxy_v1_and_v2_reach_lb_with_the_real_client() {
     let b = Backend::start("b").await;
-    let lb = Lb::start(&format!("{}{}", proxy_listener("\"127.0.0.1/32\""), pool_and_route(&b, CLIENT_HEADER))).await;
+    let lb =
+        Lb::start(&format!("{}{}", proxy_listener("\"127.0.0.1/32\""), pool_and_route(&b, CLIENT_HEADER)))
+            .await;
     for send in ["send-proxy", "send-proxy-v2"] {
         let Some(haproxy) = Haproxy::start(lb.addr, send).await else { return };
         // The client connects to HAProxy from 127.0.0.4; HAProxy reaches lb from 127.0.0.1.
@@ -296,7 +318,8 @@ async fn access_lists_deny_first_then_allow() {
          [client_address]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
     );
     let lb = Lb::start(&toml).await;
-    let status = |ip: &'static str| async move { send(lb.addr, "/", &[("x-forwarded-for", ip)]).await.status() };
+    let status =
+        |ip: &'static str| async move { send(lb.addr, "/", &[("x-forwarded-for", ip)]).await.status() };
     assert_eq!(status("203.0.113.5").await, StatusCode::OK);
     assert_eq!(status("203.0.113.66").await, StatusCode::FORBIDDEN, "deny wins");
     assert_eq!(status("198.51.100.1").await, StatusCode::FORBIDDEN, "not in the allow list");
@@ -320,7 +343,13 @@ async fn header_rules_reach_the_upstream_and_the_client() {
     let resp = send(
         lb.addr,
         "/",
-        &[("host", "site.test"), ("x-env", "dev"), ("x-tag", "client"), ("x-debug", "1"), ("x-request-id", "rid-7")],
+        &[
+            ("host", "site.test"),
+            ("x-env", "dev"),
+            ("x-tag", "client"),
+            ("x-debug", "1"),
+            ("x-request-id", "rid-7"),
+        ],
     )
     .await;
     let head = b.last_head();
