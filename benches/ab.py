@@ -9,7 +9,8 @@ upstream`) and wrk -t1 run on CPU 0, lb alone on CPU 1 (one runtime worker), as 
 harness's pinned mode. Each round runs every build once (order rotated): a fresh lb, 2 s of warm-up,
 then DURATION seconds of wrk with CONNS keep-alive connections. Prints lb's CPU per request (user +
 system from /proc), req/s and wrk's p50/p99 per run, then the median (min-max) over rounds.
-Needs wrk and taskset; all traffic stays on 127.0.0.1 and every run is bounded by DURATION."""
+Needs wrk and taskset; all traffic stays on 127.0.0.1 and every run is bounded by DURATION.
+AB_ROUTE_EXTRA, when set, is appended to the one route's keys (e.g. an edge policy), for every build."""
 import os, re, subprocess, sys, time, socket, statistics, signal, tempfile
 TICK = os.sysconf("SC_CLK_TCK")
 rounds, dur, conns, path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -34,6 +35,7 @@ strategy = "round_robin"
 servers = [{ name = "b1", addr = "127.0.0.1:18081" }, { name = "b2", addr = "127.0.0.1:18082" }, { name = "b3", addr = "127.0.0.1:18083" }]
 [[routes]]
 pool = "backends"
+''' + os.environ.get("AB_ROUTE_EXTRA", "") + '''
 [admin]
 addr = "127.0.0.1:19901"
 [reload]

@@ -175,7 +175,8 @@ impl Eq for BasicAuth {}
 
 impl fmt::Display for BasicAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "basic auth {} ({} users", self.path, self.users.len())?;
+        let short: String = self.digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        write!(f, "basic auth {} ({} users, file {short}", self.path, self.users.len())?;
         if self.forward {
             f.write_str(", forwarded")?;
         }

@@ -276,6 +276,43 @@ mod tests {
     }
 
     #[test]
+    fn edge_policies_show_in_their_route_and_listener_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users");
+        let with = |route: &str, hash: &str| {
+            std::fs::write(&users, format!("alice:{hash}\n")).unwrap();
+            let text = format!(
+                "[[listeners]]\naddr = \"127.0.0.1:0\"\n{}\n[pools.web]\nservers = [{{ addr = \"127.0.0.1:1\" }}]\n\
+                 [[routes]]\npath_prefix = \"/admin\"\npool = \"web\"\nauth = {{ htpasswd = \"{}\" }}\n{route}\n\
+                 [[routes]]\npool = \"web\"\n",
+                if route.is_empty() { "" } else { "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\"]" },
+                users.display()
+            );
+            Config::from_toml(&text).unwrap()
+        };
+        let (h1, h2) = ("$2y$04$abcdefghijklmnopqrstuu", "$2y$04$abcdefghijklmnopqrstuv");
+        let old = with("", h1);
+        let new = with(
+            "allow = [\"10.0.0.0/8\"]\nresponse_headers = { set = { \"X-Frame-Options\" = \"DENY\" } }",
+            h1,
+        );
+        let lines = diff(&old, &new);
+        let auth = old.routes[0].policy.as_ref().unwrap().auth.as_ref().unwrap().to_string();
+        assert!(auth.starts_with(&format!("basic auth {} (1 users, file ", users.display())), "{auth}");
+        assert_eq!(
+            lines,
+            [
+                "~ listener 127.0.0.1:0: proxy_protocol off -> from [10.0.0.0/8]".to_owned(),
+                format!("~ routes: */admin -> web [allow [10.0.0.0/8]; {auth}; response headers x-frame-options=DENY], * -> web"),
+            ]
+        );
+        // The htpasswd file is part of the config: new content is a change, and a reload reads it.
+        let rehashed = with("", h2);
+        assert_ne!(old.digest, rehashed.digest);
+        assert_eq!(diff(&old, &rehashed).len(), 1, "{:?}", diff(&old, &rehashed));
+    }
+
+    #[test]
     fn a_change_of_workers_waits_for_a_restart() {
         let with = |workers: &str| {
             let text = format!("{workers}\n[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{{ addr = \"127.0.0.1:1\" }}]\n");
