@@ -19,6 +19,7 @@ pub mod launch;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod router;
 pub mod runtime;

@@ -109,6 +109,23 @@ pub fn status_with(
             })
         })
         .collect();
+    let rate_limits: Vec<serde_json::Value> = snap
+        .rate_limits
+        .rules
+        .iter()
+        .map(|a| {
+            let r = &a.rule;
+            serde_json::json!({
+                "name": &*r.name,
+                "rule": r.to_string(),
+                "count": r.count,
+                "period_s": r.period.as_secs(),
+                "burst": r.quota.burst,
+                "store": if matches!(r.store, crate::ratelimit::Store::Redis(_)) { "redis" } else { "local" },
+                "local_keys": a.local.keys(),
+            })
+        })
+        .collect();
     serde_json::json!({
         "generation": snap.generation,
         "now_unix_ms": now_ms,
@@ -116,6 +133,7 @@ pub fn status_with(
         "latency_bounds_ms": crate::traffic::BOUNDS_MS,
         "certificates": certificates,
         "pools": pools,
+        "rate_limits": rate_limits,
     })
 }
 

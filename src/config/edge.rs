@@ -70,6 +70,7 @@ pub(super) fn policy(
     path: &str,
     r: &RawRoute,
     prefix: Option<&str>,
+    rules: &[crate::ratelimit::RateLimitRule],
     out: &mut Issues<'_>,
 ) -> Option<Arc<RoutePolicy>> {
     let allow = cidrs(&format!("{path}.allow"), r.allow.as_deref().unwrap_or(&[]), out);
@@ -143,8 +144,30 @@ pub(super) fn policy(
     });
     let request_headers = header_ops(&format!("{path}.request_headers"), r.request_headers.as_ref(), out);
     let response_headers = header_ops(&format!("{path}.response_headers"), r.response_headers.as_ref(), out);
-    let policy =
-        RoutePolicy { allow, deny, auth, redirect, prefix_rewrite, request_headers, response_headers };
+    let (mut rate_limits, mut rate_limit_names) = (Vec::new(), Vec::new());
+    for (i, name) in r.rate_limits.iter().flatten().enumerate() {
+        match rules.iter().position(|rule| &*rule.name == name) {
+            Some(index) => {
+                rate_limits.push(index);
+                rate_limit_names.push(name.clone());
+            }
+            None => out.push(
+                format!("{path}.rate_limits[{i}]"),
+                format!("no [[rate_limits]] rule is named {name:?}"),
+            ),
+        }
+    }
+    let policy = RoutePolicy {
+        allow,
+        deny,
+        auth,
+        redirect,
+        prefix_rewrite,
+        request_headers,
+        response_headers,
+        rate_limits,
+        rate_limit_names,
+    };
     (policy != RoutePolicy::default()).then(|| Arc::new(policy))
 }
 

@@ -9,6 +9,7 @@ mod duration;
 mod edge;
 mod health;
 mod locate;
+mod rate_limit;
 mod raw;
 mod tls;
 mod validate;
@@ -56,6 +57,10 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// `[client_address]`: whose `X-Forwarded-For` or `Forwarded` names the client. Default: nobody's.
     pub client_address: crate::edge::client_addr::ClientAddress,
+    /// `[[rate_limits]]`, in config order.
+    pub rate_limits: Vec<crate::ratelimit::RateLimitRule>,
+    /// `[redis]`: where rules with `store = "redis"` keep their buckets.
+    pub redis: Option<crate::ratelimit::redis::RedisConfig>,
     /// Runtime worker threads (`workers`); `0`, the default, means one per core lb may run on. Read
     /// at start only.
     pub workers: usize,

@@ -29,7 +29,41 @@ pub(crate) struct RawConfig {
     pub reload: RawReload,
     #[serde(default)]
     pub client_address: RawClientAddress,
+    #[serde(default)]
+    pub rate_limits: Vec<RawRateLimit>,
+    pub redis: Option<RawRedis>,
     pub workers: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRateLimit {
+    pub name: Option<String>,
+    pub rate: Option<RawRate>,
+    pub burst: Option<i64>,
+    pub key: Option<String>,
+    pub store: Option<String>,
+    pub on_redis_error: Option<String>,
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub headers: Option<String>,
+    pub max_keys: Option<i64>,
+    pub ipv6_prefix: Option<i64>,
+}
+
+/// A rate: `"10/s"`, or a number of requests per second.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawRate {
+    Number(i64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRedis {
+    pub nodes: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub breaker: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +248,7 @@ pub(crate) struct RawRoute {
     pub prefix_rewrite: Option<String>,
     pub request_headers: Option<RawHeaderRules>,
     pub response_headers: Option<RawHeaderRules>,
+    pub rate_limits: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -31,7 +31,15 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
     let limits = limits(&raw.limits, &mut out);
     let http = http(&raw.http, &mut out);
     let pools: Vec<PoolConfig> = raw.pools.iter().map(|(name, p)| pool(name, p, &mut out)).collect();
-    let routes = routes(&raw.routes, &pools, &mut out);
+    let redis = super::rate_limit::redis(raw.redis.as_ref(), &mut out);
+    let mut rate_limits = super::rate_limit::rules(&raw.rate_limits, redis.as_ref(), &mut out);
+    let routes = routes(&raw.routes, &pools, &rate_limits, &mut out);
+    // A rule that a route names applies on its routes only.
+    for i in routes.iter().filter_map(|r| r.policy.as_ref()).flat_map(|p| p.rate_limits.iter()) {
+        if let Some(rule) = rate_limits.get_mut(*i) {
+            rule.by_route = true;
+        }
+    }
     tls_per_address(&pools, &mut out);
     let sticky_secret = sticky_secret(&raw.sticky, &mut out);
     let admin = admin(&raw.admin, &listeners, &mut out);
@@ -66,6 +74,8 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
         access_log,
         reload,
         client_address,
+        rate_limits,
+        redis,
         digest: Digest::default(),
     }
 }
@@ -425,7 +435,7 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
 }
 
 /// A server address is `host:port`: an IP literal or a DNS name, a port, nothing else.
-fn check_authority(addr: &str) -> Result<(), String> {
+pub(super) fn check_authority(addr: &str) -> Result<(), String> {
     if addr.parse::<SocketAddr>().is_ok() {
         return Ok(());
     }
@@ -440,7 +450,12 @@ fn check_authority(addr: &str) -> Result<(), String> {
     }
 }
 
-fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<RouteConfig> {
+fn routes(
+    raw: &[RawRoute],
+    pools: &[PoolConfig],
+    rules: &[crate::ratelimit::RateLimitRule],
+    out: &mut Issues<'_>,
+) -> Vec<RouteConfig> {
     if pools.is_empty() {
         out.push("pools", "at least one pool is required, e.g. [pools.web] with servers");
         return Vec::new();
@@ -469,7 +484,7 @@ fn routes(raw: &[RawRoute], pools: &[PoolConfig], out: &mut Issues<'_>) -> Vec<R
         let host = r.host.as_deref().and_then(|h| host_match(h, &format!("{path}.host"), out));
         let prefix =
             r.path_prefix.as_deref().and_then(|p| path_prefix(p, &format!("{path}.path_prefix"), out));
-        let policy = super::edge::policy(&path, r, prefix.as_deref(), out);
+        let policy = super::edge::policy(&path, r, prefix.as_deref(), rules, out);
         let pool = match &r.pool {
             None if super::edge::redirects(r) => super::NO_POOL,
             None => {
@@ -512,7 +527,7 @@ pub(crate) fn order_routes(routes: &mut [RouteConfig]) {
     });
 }
 
-fn host_match(host: &str, path: &str, out: &mut Issues<'_>) -> Option<HostMatch> {
+pub(super) fn host_match(host: &str, path: &str, out: &mut Issues<'_>) -> Option<HostMatch> {
     let lower = host.to_ascii_lowercase();
     let (suffix, name) = match lower.strip_prefix("*.") {
         Some(rest) => (true, rest),
@@ -532,7 +547,7 @@ fn host_match(host: &str, path: &str, out: &mut Issues<'_>) -> Option<HostMatch>
     Some(if suffix { HostMatch::Suffix(format!(".{name}")) } else { HostMatch::Exact(lower) })
 }
 
-fn path_prefix(prefix: &str, path: &str, out: &mut Issues<'_>) -> Option<String> {
+pub(super) fn path_prefix(prefix: &str, path: &str, out: &mut Issues<'_>) -> Option<String> {
     if !prefix.starts_with('/') || prefix.contains(['?', '#', ' ']) {
         out.push(path, format!("{prefix:?} must start with '/' and hold no query, fragment or space"));
         return None;
@@ -610,7 +625,7 @@ fn hash_options(
 
 const KEY_FORMS: &str = "\"client_ip\", \"path\", \"header:NAME\", \"cookie:NAME\" or \"query:NAME\"";
 
-fn parse_hash_key(text: &str) -> Result<HashKey, String> {
+pub(super) fn parse_hash_key(text: &str) -> Result<HashKey, String> {
     let named = |kind: &str, name: &str| -> Result<String, String> {
         if name.is_empty() || !name.bytes().all(is_token_byte) {
             return Err(format!("{text:?}: the {kind} name must be a non-empty token"));

@@ -27,6 +27,10 @@ pub struct RoutePolicy {
     pub request_headers: HeaderOps,
     /// Rules for the server's response headers.
     pub response_headers: HeaderOps,
+    /// Indices of the `[[rate_limits]]` rules this route names (they apply here only).
+    pub rate_limits: Vec<usize>,
+    /// Their names, for `lb check --diff`.
+    pub rate_limit_names: Vec<String>,
 }
 
 impl RoutePolicy {
@@ -117,6 +121,9 @@ impl fmt::Display for RoutePolicy {
         }
         if !self.response_headers.is_empty() {
             parts.push(format!("response headers {}", self.response_headers));
+        }
+        if !self.rate_limits.is_empty() {
+            parts.push(format!("rate limits {}", self.rate_limit_names.join(", ")));
         }
         f.write_str(&parts.join("; "))
     }

@@ -33,6 +33,8 @@ pub struct AccessRecord {
     pub server: Option<(Arc<str>, Arc<str>)>,
     /// Upstream time to response head.
     pub upstream_time: Option<Duration>,
+    /// The `[[rate_limits]]` rule that refused the request, if one did.
+    pub rate_limit: Option<Arc<str>>,
 }
 
 fn text(v: Option<&HeaderValue>) -> &str {
@@ -66,6 +68,8 @@ struct JsonLine<'a> {
     request_id: &'a str,
     referer: &'a str,
     user_agent: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<&'a str>,
 }
 
 impl AccessRecord {
@@ -90,6 +94,7 @@ impl AccessRecord {
             status: 0,
             server: None,
             upstream_time: None,
+            rate_limit: None,
         }
     }
 
@@ -112,9 +117,10 @@ impl AccessRecord {
             AccessLog::Off => {}
             AccessLog::Text => {
                 let upstream = upstream_ms.map_or_else(|| "-".to_owned(), |ms| format!("{:.3}", ms / 1000.0));
+                let limit = self.rate_limit.as_deref().map(|r| format!(" limit={r}")).unwrap_or_default();
                 tracing::info!(
                     target: TARGET,
-                    "{} - - [{time}] \"{} {} {protocol}\" {} {bytes} \"{}\" \"{}\" rt={:.3} urt={upstream} server={server} host={} rid={}",
+                    "{} - - [{time}] \"{} {} {protocol}\" {} {bytes} \"{}\" \"{}\" rt={:.3} urt={upstream} server={server} host={} rid={}{limit}",
                     self.client.ip(),
                     self.method,
                     quoted(path),
@@ -142,6 +148,7 @@ impl AccessRecord {
                     request_id,
                     referer: text(self.referer.as_ref()),
                     user_agent: text(self.user_agent.as_ref()),
+                    rate_limit: self.rate_limit.as_deref(),
                 };
                 if let Ok(json) = serde_json::to_string(&line) {
                     tracing::info!(target: TARGET, "{json}");

@@ -49,6 +49,9 @@ pub enum ProxyError {
         /// Credentials were sent but are wrong (logged; a missing header is a browser's first try).
         wrong: bool,
     },
+    /// Over a `[[rate_limits]]` rule's limit.
+    #[error("over rate limit {}", .0.rule)]
+    RateLimited(Box<crate::ratelimit::Limited>),
     /// No route matches the request's host and path.
     #[error("no route for this host and path")]
     NoRoute,
@@ -112,6 +115,7 @@ impl ProxyError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownTransferCoding => StatusCode::NOT_IMPLEMENTED,
@@ -135,7 +139,7 @@ impl ProxyError {
             | Self::UnknownTransferCoding
             | Self::MethodNotAllowed => Source::Client,
             Self::NoRoute | Self::NoReadyServer { .. } => Source::Config,
-            Self::Forbidden | Self::Unauthorized { .. } => Source::Policy,
+            Self::Forbidden | Self::Unauthorized { .. } | Self::RateLimited(_) => Source::Policy,
             Self::Connect { .. }
             | Self::Timeout { .. }
             | Self::Upstream { .. }
@@ -160,6 +164,10 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
     }
     if let ProxyError::Unauthorized { challenge, .. } = err {
         headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
+    }
+    if let ProxyError::RateLimited(limited) = err {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after));
+        limited.headers.apply(headers);
     }
     resp
 }

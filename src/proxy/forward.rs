@@ -67,6 +67,16 @@ pub(super) async fn forward(
             return Ok(answer);
         }
     }
+    // Counted before the body is read or a server chosen: a refused request costs no upstream work.
+    let mut limit_headers = None;
+    if !snap.rate_limits.is_empty() {
+        let request = crate::ratelimit::Request { client, parts: &parts, host: host_str, route: route_index };
+        let route_rules = policy.map_or(&[][..], |p| &p.rate_limits[..]);
+        match Box::pin(snap.rate_limits.check(request, route_rules)).await {
+            Ok(headers) => limit_headers = headers,
+            Err(limited) => return Err(ProxyError::RateLimited(Box::new(limited))),
+        }
+    }
     let pool = pool.ok_or(ProxyError::NoRoute)?;
     let max_body_size = route.max_body_size.unwrap_or(snap.config.limits.max_body_size);
     let (body, upload, whole) = intake(shared, snap, pool, max_body_size, body).await?;
@@ -123,6 +133,9 @@ pub(super) async fn forward(
     let mut resp = client_response(snap, pool, tls, resp, guard, lease, choice, client_upgrade, active)?;
     if let Some(policy) = policy.filter(|p| !p.response_headers.is_empty()) {
         policy.response_headers.apply(resp.headers_mut(), &vars);
+    }
+    if let Some(limit) = limit_headers {
+        limit.apply(resp.headers_mut());
     }
     Ok(resp)
 }

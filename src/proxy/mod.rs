@@ -113,6 +113,9 @@ impl tower::Service<Request<Incoming>> for Proxy {
                 Ok(resp) => resp,
                 Err(e) => {
                     log_failure(&e, client);
+                    if let (ProxyError::RateLimited(limited), Some(record)) = (&e, access.as_mut()) {
+                        record.rate_limit = Some(Arc::clone(&limited.rule));
+                    }
                     error::error_response(&e)
                 }
             };

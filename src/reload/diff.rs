@@ -60,6 +60,23 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     settings("limits", &old.limits, &new.limits, &mut out);
     settings("http", &old.http, &new.http, &mut out);
     settings("reload", &old.reload, &new.reload, &mut out);
+    let rules = |c: &Config| -> Vec<String> { c.rate_limits.iter().map(ToString::to_string).collect() };
+    let (was, is) = (rules(old), rules(new));
+    for r in was.iter().filter(|r| !is.contains(r)) {
+        out.push(format!("- rate limit {r}"));
+    }
+    for r in is.iter().filter(|r| !was.contains(r)) {
+        out.push(format!("+ rate limit {r}"));
+    }
+    if old.redis != new.redis {
+        let show = |r: &Option<crate::ratelimit::redis::RedisConfig>| {
+            r.as_ref().map_or_else(
+                || "none".to_owned(),
+                |r| format!("{} (timeout {:?}, breaker {:?})", r.nodes.join(", "), r.timeout, r.breaker),
+            )
+        };
+        out.push(format!("~ redis: {} -> {}", show(&old.redis), show(&new.redis)));
+    }
     if old.client_address != new.client_address {
         let show = |c: &crate::edge::client_addr::ClientAddress| {
             format!("trusted_proxies {} ({:?})", c.trusted_proxies, c.header)

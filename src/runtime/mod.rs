@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub sticky_cookies: Box<[String]>,
     /// Answers to requests no pool took (no route, refused before routing).
     pub unrouted: crate::metrics::Unserved,
+    /// `[[rate_limits]]` with their buckets.
+    pub rate_limits: crate::ratelimit::RateLimits,
 }
 
 /// Holds the current snapshot and the registry of per-server state.
@@ -89,6 +91,11 @@ struct Registry {
     checks: Option<Checks>,
     /// The idle-connection sweep, once started.
     sweep: Option<tokio::task::JoinHandle<()>>,
+    /// Each rate-limit rule's in-process buckets, by rule name: a reload that keeps a rule's rate,
+    /// burst and size keeps its buckets.
+    buckets: HashMap<Arc<str>, Arc<crate::ratelimit::gcra::LocalBuckets>>,
+    /// The Redis store of `[redis]`, kept while its settings stay (connections included).
+    redis: Option<Arc<crate::ratelimit::redis::RedisStore>>,
 }
 
 impl Runtime {
@@ -379,6 +386,7 @@ fn build(
         .collect();
     let sticky_cookies =
         config.pools.iter().filter_map(|p| p.sticky.as_ref().map(|s| s.cookie.clone())).collect();
+    let rate_limits = rate_limits(&config, registry);
     let snapshot = Snapshot {
         generation,
         // The router answers the route's index: the route names the pool and its own limits.
@@ -387,8 +395,35 @@ fn build(
         config: Arc::new(config),
         sticky_cookies,
         unrouted: crate::metrics::Unserved::default(),
+        rate_limits,
     };
     (snapshot, arrived)
+}
+
+/// The config's rate-limit rules, with the buckets and Redis store of the previous snapshot where
+/// their settings did not change.
+fn rate_limits(config: &Config, registry: &mut Registry) -> crate::ratelimit::RateLimits {
+    use crate::ratelimit::{gcra::LocalBuckets, redis::RedisStore};
+    let store = config.redis.as_ref().map(|settings| match &registry.redis {
+        Some(s) if s.config() == settings => Arc::clone(s),
+        _ => Arc::new(RedisStore::new(settings.clone())),
+    });
+    registry.redis = store.clone();
+    let mut kept = HashMap::new();
+    let limits = crate::ratelimit::RateLimits::new(
+        &config.rate_limits,
+        |rule| {
+            let buckets = match registry.buckets.get(&rule.name) {
+                Some(b) if b.quota() == rule.quota && b.max_keys() == rule.max_keys => Arc::clone(b),
+                _ => Arc::new(LocalBuckets::new(rule.quota, rule.max_keys)),
+            };
+            kept.insert(Arc::clone(&rule.name), Arc::clone(&buckets));
+            buckets
+        },
+        store,
+    );
+    registry.buckets = kept;
+    limits
 }
 
 #[cfg(test)]
