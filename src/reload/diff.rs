@@ -330,6 +330,24 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_rules_and_redis_show_by_name() {
+        let with =
+            |rules: &str| config(&format!("[pools.web]\nservers = [{{ addr = \"127.0.0.1:1\" }}]\n{rules}"));
+        let old = with("[[rate_limits]]\nname = \"api\"\nrate = \"10/s\"\n");
+        let new = with(
+            "[redis]\nnodes = [\"127.0.0.1:6379\"]\n[[rate_limits]]\nname = \"api\"\nrate = \"20/s\"\nburst = 5\nstore = \"redis\"\n",
+        );
+        assert_eq!(
+            diff(&old, &new),
+            [
+                "- rate limit api: 10/1s burst 10 by client_ip (local)",
+                "+ rate limit api: 20/1s burst 5 by client_ip (redis, on error local)",
+                "~ redis: none -> 127.0.0.1:6379 (timeout 50ms, breaker 1s)",
+            ]
+        );
+    }
+
+    #[test]
     fn a_change_of_workers_waits_for_a_restart() {
         let with = |workers: &str| {
             let text = format!("{workers}\n[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{{ addr = \"127.0.0.1:1\" }}]\n");
