@@ -337,7 +337,8 @@ async fn header_rules_reach_the_upstream_and_the_client() {
         "[[routes]]\npool = \"web\"\n\
          request_headers = { set = { \"X-Env\" = \"prod\", \"X-Who\" = \"${client_addr} via ${scheme}://${host} (${request_id})\" }, \
          add = { \"X-Tag\" = \"lb\" }, remove = [\"X-Debug\"] }\n\
-         response_headers = { set = { \"X-Frame-Options\" = \"DENY\" }, add = { \"X-Served-By\" = \"lb\" }, remove = [\"X-Backend-Hop\", \"Keep-Alive-Not\"] }\n",
+         response_headers = { set = { \"X-Frame-Options\" = \"DENY\" }, add = { \"X-Served-By\" = \"lb\" }, remove = [\"X-Powered-By\"] }\n\
+         [[routes]]\npath_prefix = \"/plain\"\npool = \"web\"\n",
     );
     let lb = Lb::start(&toml).await;
     let resp = send(
@@ -359,7 +360,12 @@ async fn header_rules_reach_the_upstream_and_the_client() {
     assert_eq!(head.headers["x-who"], "127.0.0.1 via http://site.test (rid-7)");
     assert_eq!(resp.headers()["x-frame-options"], "DENY");
     assert_eq!(resp.headers()["x-served-by"], "lb");
+    assert!(resp.headers().get("x-powered-by").is_none(), "removed from the response");
     assert_eq!(resp.status(), StatusCode::OK);
+    let plain = send(lb.addr, "/plain", &[("x-debug", "1")]).await;
+    assert_eq!(plain.headers()["x-powered-by"], "backend", "another route keeps it");
+    assert!(plain.headers().get("x-frame-options").is_none());
+    assert_eq!(b.last_head().headers["x-debug"], "1");
 }
 
 #[tokio::test]

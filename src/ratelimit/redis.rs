@@ -113,6 +113,8 @@ impl RedisStore {
         let result = tokio::time::timeout(self.config.timeout, self.ask(node, key, quota)).await;
         let outcome = match result {
             Ok(Ok(v)) => return Ok(v),
+            // The connection's own timers (set to the same timeout) may fire first.
+            Ok(Err(e)) if e.is_timeout() => Failure::Timeout,
             Ok(Err(e)) => {
                 tracing::debug!(node = %node.addr, error = %e, "redis rate-limit decision failed");
                 Failure::Error
@@ -173,6 +175,41 @@ fn jump(mut key: u64, n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A "Redis" that accepts connections and never answers, as a stopped one does.
+    async fn silent() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_redis_costs_one_timeout_then_the_breaker_answers_at_once() {
+        let timeout = Duration::from_millis(100);
+        let store = RedisStore::new(RedisConfig {
+            nodes: vec![silent().await],
+            timeout,
+            breaker: Duration::from_secs(1),
+        });
+        let quota = Quota { interval: Duration::from_millis(100), burst: 1 };
+        let start = tokio::time::Instant::now();
+        assert_eq!(store.take("k", 1, quota).await, Err(Failure::Timeout));
+        assert_eq!(start.elapsed(), timeout, "held exactly as long as the timeout");
+        let again = tokio::time::Instant::now();
+        assert_eq!(store.take("k", 1, quota).await, Err(Failure::Breaker));
+        assert_eq!(again.elapsed(), Duration::ZERO, "the breaker answers without waiting");
+        // Once the breaker lapses, Redis is asked again (and here times out again).
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let later = tokio::time::Instant::now();
+        assert_eq!(store.take("k", 1, quota).await, Err(Failure::Timeout));
+        assert_eq!(later.elapsed(), timeout);
+    }
 
     #[test]
     fn jump_hash_is_stable_and_moves_little() {

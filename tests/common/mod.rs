@@ -264,6 +264,8 @@ async fn handle(
             resp.headers_mut().insert("connection", "x-backend-hop".parse().unwrap());
             resp.headers_mut().insert("x-backend-hop", "secret".parse().unwrap());
             resp.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+            // An end-to-end field a response header rule can remove.
+            resp.headers_mut().insert("x-powered-by", "backend".parse().unwrap());
             resp
         }
     };
