@@ -17,6 +17,8 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
     // First of all: a SIGHUP from now on is queued for the reloader, never the default action
     // (which would terminate the process).
     let hup = reload::hangups();
+    // Likewise SIGUSR2 (an upgrade), whose default action would terminate the process too.
+    let usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2());
     // Metrics are recorded only when the admin listener can serve them, and the recorder must exist
     // before the runtime registers its handles.
     let metrics = match config.admin {
@@ -27,16 +29,32 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
     metrics::gauge!(crate::metrics::CONFIG_LAST_RELOAD_OK).set(1.0);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     metrics::gauge!(crate::metrics::CONFIG_LAST_RELOAD_TIME).set(now.as_secs_f64());
+    // Started by an upgrade: the old process's sockets, taken before anything binds.
+    let mut handoff = crate::upgrade::Handoff::receive()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot take over from the running lb: {e}")))?;
     // Every socket is bound before any serves, so a taken admin port fails the start cleanly.
-    let admin_listener =
-        match config.admin {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen on {addr} (admin.addr): {e}"))
-            })?),
-            None => None,
-        };
+    let admin_listener = match config.admin {
+        Some(addr) => Some(
+            match handoff.as_mut().and_then(|h| h.take_admin(addr)) {
+                Some(socket) => {
+                    socket.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(socket))
+                }
+                None => tokio::net::TcpListener::bind(addr).await,
+            }
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr} (admin.addr): {e}")))?,
+        ),
+        None => None,
+    };
+    let config_admin = config.admin;
     let runtime = Arc::new(Runtime::new(config));
-    let server = Server::start(Arc::clone(&runtime)).await?;
+    let inherited = match handoff.as_mut() {
+        Some(h) => {
+            runtime.hold_down(&h.down);
+            h.take_listeners()
+        }
+        None => Default::default(),
+    };
+    let server = Server::start_inheriting(Arc::clone(&runtime), inherited).await?;
     let reloader = Reloader::new(path, runtime, Arc::clone(&server));
     let on_hup = hup.map(|hup| reload::on_sighup(Arc::clone(&reloader), hup));
     let watch = reload::watch::start(Arc::clone(&reloader));
@@ -44,6 +62,13 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
     // (free when it did not).
     let _ = reloader.reload(reload::Trigger::File).await;
     let ready = Arc::new(AtomicBool::new(true));
+    let admin_handoff = match (&admin_listener, config_admin) {
+        (Some(l), Some(addr)) => {
+            use std::os::fd::AsFd;
+            l.as_fd().try_clone_to_owned().ok().map(|fd| (addr, std::net::TcpListener::from(fd)))
+        }
+        _ => None,
+    };
     let admin_task = admin_listener.map(|listener| {
         let admin = crate::admin::Admin {
             runtime: Arc::clone(reloader.runtime()),
@@ -65,8 +90,24 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
         }
     }
     crate::notify::ready(&format!("serving generation {}", reloader.runtime().snapshot().generation));
-    server::shutdown_signal().await;
-    crate::notify::stopping();
+    if let Some(h) = handoff {
+        // The service manager follows the new process; the old one now stops accepting.
+        crate::notify::send(&format!("MAINPID={}", std::process::id()));
+        if let Err(e) = h.ready() {
+            tracing::warn!(error = %e, "could not tell the previous lb it was replaced");
+        }
+    }
+    let admin_socket = admin_task.as_ref().and_then(|_| admin_handoff);
+    let upgraded = tokio::select! {
+        () = server::shutdown_signal() => false,
+        () = upgrades(usr2, &server, reloader.runtime(), admin_socket) => true,
+    };
+    if upgraded {
+        tracing::info!("replaced by a new lb process: no new connections here, draining");
+        server::drain_for_replacement();
+    } else {
+        crate::notify::stopping();
+    }
     ready.store(false, Ordering::Relaxed);
     // No reload may start listeners or swap configs while draining.
     reloader.close().await;
@@ -79,6 +120,38 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
         task.abort();
     }
     Ok(())
+}
+
+/// Waits for SIGUSR2 and hands this process's sockets to a new one; returns once one took over. A
+/// new process that fails leaves this one serving, and the next SIGUSR2 tries again.
+async fn upgrades(
+    usr2: io::Result<tokio::signal::unix::Signal>,
+    server: &Arc<Server>,
+    runtime: &Arc<Runtime>,
+    admin: Option<(std::net::SocketAddr, std::net::TcpListener)>,
+) {
+    let mut usr2 = match usr2 {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGUSR2: upgrades are off");
+            return std::future::pending().await;
+        }
+    };
+    while usr2.recv().await.is_some() {
+        tracing::info!("SIGUSR2: starting a new lb process to take over");
+        let listeners = server.handoff_sockets();
+        let admin = admin.as_ref().and_then(|(a, l)| Some((*a, l.try_clone().ok()?)));
+        let down = runtime.held_down();
+        match tokio::task::spawn_blocking(move || crate::upgrade::hand_over(listeners, admin, down)).await {
+            Ok(Ok(pid)) => {
+                tracing::info!(pid, "the new lb process serves");
+                return;
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "upgrade failed: this process keeps serving"),
+            Err(e) => tracing::error!(error = %e, "upgrade failed: this process keeps serving"),
+        }
+    }
+    std::future::pending().await
 }
 
 /// How long readiness waits for the admin listener's first answer.

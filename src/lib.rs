@@ -29,4 +29,5 @@ pub mod stall;
 pub mod sticky;
 pub mod tls;
 pub mod traffic;
+pub mod upgrade;
 pub mod upstream;

@@ -34,6 +34,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything else: an upgrade starts this same path again (see `lb::upgrade`).
+    lb::upgrade::record_start();
     let cli = Cli::parse();
     let _flush_access_log_on_exit = init_logging();
     let config = match Config::load(&cli.config) {

@@ -128,6 +128,7 @@ pub fn status_with(
         .collect();
     serde_json::json!({
         "generation": snap.generation,
+        "pid": std::process::id(),
         "now_unix_ms": now_ms,
         "config": { "generation": snap.generation, "hash": snap.config.digest.to_string() },
         "latency_bounds_ms": crate::traffic::BOUNDS_MS,

@@ -116,6 +116,31 @@ impl Runtime {
         }
     }
 
+    /// Servers that active checks hold down, as (pool, server): what an upgrade hands over.
+    pub fn held_down(&self) -> Vec<(String, String)> {
+        let snap = self.snapshot();
+        snap.pools
+            .iter()
+            .flat_map(|p| p.upstreams.iter())
+            .filter(|u| u.checked && u.stats.health.is_down())
+            .map(|u| (u.key.pool.to_string(), u.key.name.to_string()))
+            .collect()
+    }
+
+    /// Starts these servers down (a process taking over from one whose checks held them down):
+    /// their own checks bring them back once they pass `rise` times.
+    pub fn hold_down(&self, servers: &[(String, String)]) {
+        let snap = self.snapshot();
+        for (pool, name) in servers {
+            let found = snap.pools.iter().filter(|p| &*p.name == pool).flat_map(|p| p.upstreams.iter());
+            for u in found.filter(|u| &*u.key.name == name && u.checked) {
+                if u.stats.health.set_down(true) {
+                    crate::health::went_away(&u.stats);
+                }
+            }
+        }
+    }
+
     /// The process-wide account of request-buffer memory (`limits.request_buffer_total`).
     pub fn request_buffers(&self) -> &Arc<BufferBudget> {
         &self.request_buffers

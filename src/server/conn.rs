@@ -43,6 +43,9 @@ where
     /// sends GOAWAY, an idle connection closes.
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
     stopping: bool,
+    /// Stopping for a replacement process (see [`super::drain_for_replacement`]), and this HTTP/1
+    /// connection has not yet been told to close after a request: it will be, at its next one.
+    close_at_next: bool,
     peer: SocketAddr,
     state: State<I, S>,
 }
@@ -87,7 +90,7 @@ impl<I, S: HttpService<Incoming>> ClientConn<I, S> {
             let _ = stop.changed().await;
         });
         let state = State::Waiting { io, got: Bytes::new(), service, first: true, _idle: None };
-        Self { ctx, activity, stop, stopping: false, peer, state }
+        Self { ctx, activity, stop, stopping: false, close_at_next: false, peer, state }
     }
 }
 
@@ -117,8 +120,23 @@ where
     }
 
     /// The listener stops: a connection with a request in progress finishes it first.
+    ///
+    /// When a new process takes over, an idle HTTP/1 connection is not closed: a client may be
+    /// sending its next request on it at that very moment, and would see the connection close with
+    /// no answer. It stays open until that next request, which is answered with `Connection: close`
+    /// (or until its keep-alive timeout or the drain ends), so the client moves to the new process
+    /// without a failed request.
     fn stop(&mut self) {
         self.stopping = true;
+        let idle_http1 = match &self.state {
+            State::Waiting { .. } => true,
+            State::Http1 { .. } => self.activity.active() == 0,
+            _ => false,
+        };
+        if idle_http1 && super::replaced() {
+            self.close_at_next = true;
+            return;
+        }
         match &mut self.state {
             State::Http1 { conn, .. } => Pin::new(&mut **conn).graceful_shutdown(),
             State::Http2 { conn } => conn.as_mut().graceful_shutdown(),
@@ -182,6 +200,12 @@ where
             this.stop();
         }
         loop {
+            if this.close_at_next && matches!(this.state, State::Http1 { .. }) && this.activity.active() > 0 {
+                this.close_at_next = false;
+                if let State::Http1 { conn, .. } = &mut this.state {
+                    Pin::new(&mut **conn).graceful_shutdown();
+                }
+            }
             match &mut this.state {
                 State::Http1 { conn, releasing } => match conn.poll_without_shutdown(cx) {
                     Poll::Pending => {

@@ -124,6 +124,11 @@ impl Activity {
         }
     }
 
+    /// Requests of this connection in progress now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
     /// Whether the connection has idled for [`RELEASE_AFTER`] since this was last asked; clears it.
     pub fn take_release(&self) -> bool {
         // Asked on every poll of a busy connection: a load is cheaper than a swap.

@@ -109,6 +109,9 @@ pub struct Server {
     listening: Mutex<Listening>,
     /// TLS session tickets and cache, kept across reloads so clients resume after one too.
     resumption: crate::tls::Resumption,
+    /// Sockets handed over by the process this one replaced (`crate::upgrade`), by configured
+    /// address: the first config's listeners serve on them instead of binding.
+    inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
 }
 
 #[derive(Default)]
@@ -124,6 +127,9 @@ struct Listener {
     local: SocketAddr,
     /// `true` stops the accept loop and drains the listener's connections.
     stop: watch::Sender<bool>,
+    /// A second descriptor of the socket, to hand to a new binary at an upgrade; dropped with the
+    /// listener, so a removed listener stops listening.
+    handoff: Option<std::net::TcpListener>,
 }
 
 /// Sockets bound for a config but not yet accepting.
@@ -140,6 +146,15 @@ impl Server {
     /// Binds every listener of the runtime's config and starts accepting, and starts the health
     /// checks. Fails fast on a taken port.
     pub async fn start(runtime: Arc<Runtime>) -> io::Result<Arc<Self>> {
+        Self::start_inheriting(runtime, HashMap::new()).await
+    }
+
+    /// As [`Server::start`], serving on `inherited` sockets (by configured address) where the config
+    /// has their address, and binding the rest.
+    pub async fn start_inheriting(
+        runtime: Arc<Runtime>,
+        inherited: HashMap<SocketAddr, std::net::TcpListener>,
+    ) -> io::Result<Arc<Self>> {
         let snap = runtime.snapshot();
         let resumption = crate::tls::Resumption::new();
         let server = Arc::new(Self {
@@ -148,8 +163,11 @@ impl Server {
             slots: Slots::new(snap.config.limits.max_connections),
             listening: Mutex::default(),
             runtime,
+            inherited: Mutex::new(inherited),
         });
         let bound = server.prepare(&snap.config).await?;
+        // Sockets the new config has no listener for close here (the old process drains them).
+        server.inherited.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
         server.runtime.start_health_checks();
         server.runtime.start_conn_sweep();
         server.commit(bound);
@@ -170,9 +188,13 @@ impl Server {
         let running: Vec<SocketAddr> = self.lock().by_addr.iter().map(|l| l.configured).collect();
         let mut bound = Bound::default();
         for l in config.listeners.iter().filter(|l| !running.contains(&l.addr)) {
-            let listener = TcpListener::bind(l.addr)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.addr)))?;
+            let inherited =
+                self.inherited.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&l.addr);
+            let listener = match inherited {
+                Some(socket) => socket.set_nonblocking(true).and_then(|()| TcpListener::from_std(socket)),
+                None => TcpListener::bind(l.addr).await,
+            }
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.addr)))?;
             bound.0.push((l.addr, listener));
         }
         Ok(bound)
@@ -201,10 +223,21 @@ impl Server {
         for (configured, listener) in bound.0 {
             let local = listener.local_addr().unwrap_or(configured);
             tracing::info!(%local, "listener started");
+            let handoff = handoff_of(&listener);
             let (stop, stop_rx) = watch::channel(false);
-            listening.by_addr.push(Listener { configured, local, stop });
+            listening.by_addr.push(Listener { configured, local, stop, handoff });
             tokio::spawn(accept_loop(listener, self.accept_ctx(configured, stop_rx)));
         }
+    }
+
+    /// A second descriptor of every listening socket, by configured address, for an upgrade.
+    pub fn handoff_sockets(&self) -> Vec<(SocketAddr, std::net::TcpListener)> {
+        let listening = self.lock();
+        listening
+            .by_addr
+            .iter()
+            .filter_map(|l| Some((l.configured, l.handoff.as_ref()?.try_clone().ok()?)))
+            .collect()
     }
 
     fn accept_ctx(&self, configured: SocketAddr, stop: watch::Receiver<bool>) -> AcceptCtx {
@@ -235,6 +268,26 @@ impl Server {
             tracing::warn!(open = self.slots.open(), "drain timeout: closing remaining connections");
         }
     }
+}
+
+/// A second descriptor of the listener's socket, to hand over at an upgrade (`None` if it could not
+/// be duplicated, e.g. out of descriptors: an upgrade then leaves that address to be bound anew).
+fn handoff_of(listener: &TcpListener) -> Option<std::net::TcpListener> {
+    use std::os::fd::AsFd;
+    listener.as_fd().try_clone_to_owned().ok().map(std::net::TcpListener::from)
+}
+
+/// Set once a new process took this one's sockets: draining connections then close gently.
+static REPLACED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this process as replaced by a new one (an upgrade), before [`Server::shutdown`]: idle HTTP/1
+/// connections then close after their next request instead of at once (see `conn.rs`).
+pub fn drain_for_replacement() {
+    REPLACED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn replaced() -> bool {
+    REPLACED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Serves the runtime's config until `shutdown` completes, then drains (the whole life of a server
