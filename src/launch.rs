@@ -69,12 +69,14 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
         }
         _ => None,
     };
+    let admin_open = Arc::new(());
     let admin_task = admin_listener.map(|listener| {
         let admin = crate::admin::Admin {
             runtime: Arc::clone(reloader.runtime()),
             metrics,
             ready: Arc::clone(&ready),
             reloader: Some(Arc::clone(&reloader)),
+            open: Arc::clone(&admin_open),
         };
         (listener.local_addr(), tokio::spawn(crate::admin::serve(listener, admin)))
     });
@@ -105,6 +107,10 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
     if upgraded {
         tracing::info!("replaced by a new lb process: no new connections here, draining");
         server::drain_for_replacement();
+        // The new process answers the admin address from now on.
+        if let Some((_, task)) = &admin_task {
+            task.abort();
+        }
     } else {
         crate::notify::stopping();
     }
@@ -118,6 +124,13 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
     server.shutdown().await;
     if let Some((_, task)) = admin_task {
         task.abort();
+    }
+    if upgraded {
+        // Admin requests this process accepted before the new one took over are answered.
+        let deadline = tokio::time::Instant::now() + ADMIN_DRAIN;
+        while Arc::strong_count(&admin_open) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
     Ok(())
 }
@@ -153,6 +166,10 @@ async fn upgrades(
     }
     std::future::pending().await
 }
+
+/// How long a replaced process waits for its last admin connections (a scraper's keep-alive
+/// connection may idle this long; its next request then goes to the new process).
+const ADMIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long readiness waits for the admin listener's first answer.
 const ADMIN_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

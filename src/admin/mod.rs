@@ -43,6 +43,9 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
     /// Serves `POST /reload` and the reload and listener parts of `/status`; `None` without a file.
     pub reloader: Option<Arc<Reloader>>,
+    /// Held by every admin connection (each holds a clone of `Admin`): a process handing over to a
+    /// new one waits for its admin connections to end.
+    pub open: Arc<()>,
 }
 
 /// Largest config accepted by `POST /diff`.
