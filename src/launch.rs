@@ -99,7 +99,7 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
             tracing::warn!(error = %e, "could not tell the previous lb it was replaced");
         }
     }
-    let admin_socket = admin_task.as_ref().and_then(|_| admin_handoff);
+    let admin_socket = admin_task.as_ref().and(admin_handoff);
     let upgraded = tokio::select! {
         () = server::shutdown_signal() => false,
         () = upgrades(usr2, &server, reloader.runtime(), admin_socket) => true,
