@@ -185,6 +185,9 @@ pub struct ListenerConfig {
     /// `proxy_protocol = true`: every connection starts with a PROXY protocol header (v1 or v2) that
     /// names the client, and only peers in these ranges (`proxy_protocol_from`) may connect.
     pub proxy_protocol: Option<crate::edge::cidr::CidrList>,
+    /// `freebind = true`: bind even when the address is not (yet) on this host (`IP_FREEBIND`), as a
+    /// keepalived backup does for the virtual IP it may take over.
+    pub freebind: bool,
 }
 
 /// A listener's TLS: certificates by SNI, optional client certificates, optional HSTS.

@@ -116,6 +116,7 @@ pub(crate) struct RawListener {
     pub https_port: Option<i64>,
     pub proxy_protocol: Option<bool>,
     pub proxy_protocol_from: Option<Vec<String>>,
+    pub freebind: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

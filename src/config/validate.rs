@@ -103,7 +103,8 @@ fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
                 let tls = l.tls.as_ref().map(|t| super::tls::listener(&format!("{base}.tls"), t, out));
                 let redirect_https = redirect(&base, l, tls.is_some(), out);
                 let proxy_protocol = super::edge::proxy_protocol(&base, l, out);
-                result.push(ListenerConfig { addr, tls: tls.flatten(), redirect_https, proxy_protocol });
+                let freebind = l.freebind.unwrap_or(false);
+                result.push(ListenerConfig { addr, tls: tls.flatten(), redirect_https, proxy_protocol, freebind });
             }
             Err(_) => out.push(path, format!("{text:?} is not an IP:port address (e.g. \"0.0.0.0:8080\")")),
         }

@@ -20,6 +20,12 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             if o.tls != l.tls || o.redirect_https != l.redirect_https {
                 out.push(format!("~ listener {}: {}", l.addr, listener_change(o, l)));
             }
+            if o.freebind != l.freebind {
+                out.push(format!(
+                    "! listener {}: freebind {} -> {} takes effect when the address is bound again (restart)",
+                    l.addr, o.freebind, l.freebind
+                ));
+            }
             if o.proxy_protocol != l.proxy_protocol {
                 let show = |p: &Option<crate::edge::cidr::CidrList>| {
                     p.as_ref().map_or_else(|| "off".to_owned(), |from| format!("from {from}"))

@@ -192,7 +192,7 @@ impl Server {
                 self.inherited.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&l.addr);
             let listener = match inherited {
                 Some(socket) => socket.set_nonblocking(true).and_then(|()| TcpListener::from_std(socket)),
-                None => TcpListener::bind(l.addr).await,
+                None => bind(l.addr, l.freebind),
             }
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.addr)))?;
             bound.0.push((l.addr, listener));
@@ -268,6 +268,22 @@ impl Server {
             tracing::warn!(open = self.slots.open(), "drain timeout: closing remaining connections");
         }
     }
+}
+
+/// Listens on `addr` (address reuse on, a backlog of 1,024, as tokio's `bind`), with
+/// `IP_FREEBIND` / `IPV6_FREEBIND` when asked: the address need not be on the host yet.
+fn bind(addr: SocketAddr, freebind: bool) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    if freebind {
+        if addr.is_ipv4() {
+            rustix::net::sockopt::set_ip_freebind(&socket, true)?;
+        } else {
+            rustix::net::sockopt::set_ipv6_freebind(&socket, true)?;
+        }
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// A second descriptor of the listener's socket, to hand over at an upgrade (`None` if it could not
