@@ -104,7 +104,13 @@ fn listeners(raw: &RawConfig, out: &mut Issues<'_>) -> Vec<ListenerConfig> {
                 let redirect_https = redirect(&base, l, tls.is_some(), out);
                 let proxy_protocol = super::edge::proxy_protocol(&base, l, out);
                 let freebind = l.freebind.unwrap_or(false);
-                result.push(ListenerConfig { addr, tls: tls.flatten(), redirect_https, proxy_protocol, freebind });
+                result.push(ListenerConfig {
+                    addr,
+                    tls: tls.flatten(),
+                    redirect_https,
+                    proxy_protocol,
+                    freebind,
+                });
             }
             Err(_) => out.push(path, format!("{text:?} is not an IP:port address (e.g. \"0.0.0.0:8080\")")),
         }

@@ -273,7 +273,8 @@ impl Server {
 /// Listens on `addr` (address reuse on, a backlog of 1,024, as tokio's `bind`), with
 /// `IP_FREEBIND` / `IPV6_FREEBIND` when asked: the address need not be on the host yet.
 fn bind(addr: SocketAddr, freebind: bool) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     if freebind {
         if addr.is_ipv4() {
