@@ -82,3 +82,54 @@ async fn lb_notifies_ready_reloading_and_stopping() {
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn an_upgrade_hands_the_service_to_the_new_process() {
+    let backend = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&socket).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let config = dir.path().join("lb.toml");
+    let toml = format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{{ addr = \"{}\" }}]\n",
+        backend.addr
+    );
+    std::fs::write(&config, with_test_admin(&toml)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &socket)
+        .env("LB_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(next(&sock).lines().any(|l| l == "READY=1"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGUSR2)
+        .unwrap();
+    // The new process: ready, then the service's main pid is its own. The old one then exits
+    // without STOPPING=1 (the service is not stopping).
+    assert!(next(&sock).lines().any(|l| l == "READY=1"));
+    let main = next(&sock);
+    let new_pid: i32 =
+        main.strip_prefix("MAINPID=").unwrap_or_else(|| panic!("{main:?}")).trim().parse().unwrap();
+    assert_ne!(new_pid, child.id() as i32);
+    let _reap = KillOnDrop(new_pid);
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 256];
+    let after = sock.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    assert!(after.is_err(), "nothing more from either process: {after:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(new_pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    sock.set_nonblocking(false).unwrap();
+    assert!(next(&sock).starts_with("STOPPING=1"), "the new process stops as the service");
+}
+
+/// Kills a process this test did not start itself (the upgrade's new lb), whatever happens.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+    }
+}
