@@ -28,14 +28,34 @@ fn running(pid: u32) -> bool {
         .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
 }
 
-/// Kills the processes an upgrade started (the test's own child is killed by `LbProcess`).
-struct Reap(Mutex<Vec<u32>>);
+/// Kills every process an upgrade started from this test's config file (the test's own child is
+/// killed by `LbProcess`), whatever the test saw of them.
+struct Reap(std::path::PathBuf);
 
 impl Drop for Reap {
     fn drop(&mut self) {
-        for pid in self.0.lock().unwrap().iter() {
-            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        let config = self.0.to_string_lossy().into_owned();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&config) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
         }
+    }
+}
+
+/// The pid serving the admin listener once it is no longer `old` (a process being replaced may
+/// still answer one more request; the new one is what counts).
+async fn replaced(admin: SocketAddr, old: u32) -> u32 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pid = serving_pid(admin).await;
+        if pid != old && running(pid) {
+            return pid;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new process took over from {old}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -112,7 +132,7 @@ async fn answers(load: &Arc<Load>, n: usize) {
 async fn upgrades_under_load_fail_no_request_and_refuse_no_connection() {
     let b = Backend::start("b").await;
     let lb = LbProcess::start(&config_with(&[("b", b.addr)], ""));
-    let reap = Reap(Mutex::new(Vec::new()));
+    let _reap = Reap(lb.config_path());
     let load = Arc::new(Load::default());
     let tasks = start_load(lb.addr, &load);
     answers(&load, 200).await;
@@ -120,10 +140,7 @@ async fn upgrades_under_load_fail_no_request_and_refuse_no_connection() {
     for round in 0..3 {
         kill(Pid::from_raw(pid as i32), Signal::SIGUSR2).unwrap();
         let old = pid;
-        let admin = lb.admin;
-        eventually(Duration::from_secs(30), || async move { serving_pid(admin).await != old }).await;
-        pid = serving_pid(lb.admin).await;
-        reap.0.lock().unwrap().push(pid);
+        pid = replaced(lb.admin, old).await;
         // The old process drains and exits.
         eventually(Duration::from_secs(30), || async move { !running(old) }).await;
         answers(&load, 200).await;
@@ -149,6 +166,7 @@ async fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
     let b = Backend::start("b").await;
     let toml = config_with(&[("b", b.addr)], "[reload]\nwatch = false\n");
     let lb = LbProcess::start(&toml);
+    let _reap = Reap(lb.config_path());
     let pid = serving_pid(lb.admin).await;
     // The new process reads the config file again, and this one is invalid.
     std::fs::write(lb.config_path(), "[[listeners]]\naddr = \"nonsense\"\n").unwrap();
