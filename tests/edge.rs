@@ -440,6 +440,13 @@ async fn basic_auth_lets_in_the_right_password_only() {
         assert_eq!(refused.headers()["www-authenticate"], "Basic realm=\"ops\", charset=\"UTF-8\"", "{what}");
     }
     assert_eq!(b.requests(), 1, "refused requests never reach a server");
+    // A disguised path is the same route: no way around the credentials.
+    for disguised in ["/%61dmin", "//admin", "/x/../admin", "/ADMIN/../admin/./"] {
+        assert_eq!(send(lb.addr, disguised, &[]).await.status(), StatusCode::UNAUTHORIZED, "{disguised}");
+    }
+    let ok = send(lb.addr, "/%61dmin//x", &[("authorization", &basic("alice:wonderland"))]).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(b.last_head().uri, "/admin/x", "the server gets the path lb routed");
     send(lb.addr, "/fwd", &[("authorization", &basic("alice:wonderland"))]).await;
     assert_eq!(b.last_head().headers["authorization"], basic("alice:wonderland").as_str(), "forward = true");
     assert_eq!(send(lb.addr, "/open", &[]).await.status(), StatusCode::OK, "other routes are open");

@@ -58,7 +58,18 @@ impl Redirect {
     pub fn location(&self, uri: &Uri) -> String {
         let mut location = self.to.clone();
         if self.keep_path {
+            // Never `//host` or `/\host` at the start: a browser reads those as another site.
             let path = uri.path();
+            let trimmed = path.trim_start_matches(['/', '\\']);
+            let path =
+                if trimmed.len() + 1 < path.len() { &path[path.len() - trimmed.len() - 1..] } else { path };
+            let owned;
+            let path = if path.starts_with('\\') {
+                owned = format!("/{}", &path[1..]);
+                owned.as_str()
+            } else {
+                path
+            };
             if location.ends_with('/') && path.starts_with('/') {
                 location.pop();
             }
@@ -160,6 +171,14 @@ mod tests {
         assert_eq!(r("https://new.example/home", false, true).location(&uri), "https://new.example/home?x=1");
         assert_eq!(r("/home?lang=en", false, true).location(&uri), "/home?lang=en&x=1");
         assert_eq!(r("/home", false, false).location(&uri), "/home");
+        for sneaky in ["//evil.example/x", "/\\evil.example/x", "/\\/evil.example/x"] {
+            let uri: Uri = sneaky.parse().unwrap();
+            let location = r("", true, true).location(&uri);
+            assert!(
+                location.starts_with('/') && !location[1..].starts_with(['/', '\\']),
+                "{sneaky} -> {location}"
+            );
+        }
     }
 
     #[test]

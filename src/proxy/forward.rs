@@ -54,6 +54,10 @@ pub(super) async fn forward(
     syntax::check_head(&parts)?;
     let host = request_host(&parts)?;
     syntax::underscore_headers(&mut parts.headers, snap.config.http.underscore_headers)?;
+    // Routes, their rules and the server all see the path in one normal form.
+    if let Some(path) = super::normal_path::normalize(parts.uri.path()) {
+        set_path(&mut parts, path)?;
+    }
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let route_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
     let route = snap.config.routes.get(route_index).ok_or(ProxyError::NoRoute)?;
@@ -138,6 +142,19 @@ pub(super) async fn forward(
         limit.apply(resp.headers_mut());
     }
     Ok(resp)
+}
+
+/// Replaces the request's path, keeping its query (and scheme and authority, for HTTP/2).
+fn set_path(parts: &mut http::request::Parts, mut path: String) -> Result<(), ProxyError> {
+    if let Some(q) = parts.uri.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query =
+        Some(http::uri::PathAndQuery::try_from(path).map_err(|_| ProxyError::BadRequest("invalid path"))?);
+    parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid path"))?;
+    Ok(())
 }
 
 /// The request head as the upstream gets it: lb's sticky cookie out (and HTTP/2's split `cookie`

@@ -11,6 +11,7 @@ mod edge;
 pub mod error;
 mod forward;
 pub mod headers;
+mod normal_path;
 mod syntax;
 pub mod tunnel;
 
