@@ -14,13 +14,9 @@ use std::sync::{Arc, Mutex};
 /// Credentials remembered as verified, at most; the set is emptied when full.
 const REMEMBERED: usize = 4096;
 
-/// A bcrypt hash checked when the user is unknown, so that an unknown user costs what a known one
-/// does and the timing does not tell which names exist (cost 10, as `htpasswd -B` writes); made
-/// once, on the blocking pool, the first time it is needed.
-fn decoy() -> String {
-    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DECOY.get_or_init(|| bcrypt::hash("not a password", 10).unwrap_or_default()).clone()
-}
+/// How long a request waits for its turn at bcrypt before it is answered 503: guesses flooding in
+/// must not queue without end, nor hold genuine logins behind them for long.
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A route's basic auth.
 pub struct BasicAuth {
@@ -33,6 +29,9 @@ pub struct BasicAuth {
     /// Whether the client's `Authorization` header goes on to the server (default: no).
     pub forward: bool,
     users: HashMap<String, String>,
+    /// A hash of the file's highest cost, checked when the user is unknown, so that an unknown user
+    /// costs what a known one does and the time taken does not tell which names exist.
+    decoy: String,
     challenge: HeaderValue,
     verified: Mutex<HashSet<[u8; 32]>>,
 }
@@ -44,6 +43,8 @@ pub enum Refusal {
     Missing,
     /// Unknown user or wrong password.
     Wrong,
+    /// Too many checks waiting: no turn within the wait.
+    Busy,
 }
 
 impl BasicAuth {
@@ -72,6 +73,13 @@ impl BasicAuth {
         if users.is_empty() {
             return Err(format!("{path} names no user"));
         }
+        // bcrypt's cost sits in the hash (`$2y$05$...`): `htpasswd -B` writes 5 unless told otherwise.
+        let cost = users
+            .values()
+            .filter_map(|h| h.get(4..6)?.parse::<u32>().ok())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let decoy = bcrypt::hash("not a password", cost.clamp(4, 31)).map_err(|e| format!("{path}: {e}"))?;
         let realm_text = realm.replace(['"', '\\'], "");
         let challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm_text}\", charset=\"UTF-8\""))
             .map_err(|_| format!("realm {realm:?} is not a valid header value"))?;
@@ -81,6 +89,7 @@ impl BasicAuth {
             realm: realm.to_owned(),
             forward,
             users,
+            decoy,
             challenge,
             verified: Mutex::new(HashSet::new()),
         })
@@ -101,9 +110,15 @@ impl BasicAuth {
         }
         let hash = self.users.get(&user).cloned();
         let known = hash.is_some();
-        let _turn = bcrypt_turn().acquire().await;
+        let hash = hash.unwrap_or_else(|| self.decoy.clone());
+        // The turn moves into the check: a client that goes away does not free it while its bcrypt
+        // still runs, so at most one check per core runs at any time.
+        let turn = match tokio::time::timeout(TURN_WAIT, Arc::clone(bcrypt_turns()).acquire_owned()).await {
+            Ok(Ok(turn)) => turn,
+            _ => return Err(Refusal::Busy),
+        };
         let ok = tokio::task::spawn_blocking(move || {
-            let hash = hash.unwrap_or_else(decoy);
+            let _turn = turn;
             bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false)
         })
         .await
@@ -129,10 +144,10 @@ impl BasicAuth {
 }
 
 /// bcrypt checks run at most this many at once: one per core.
-fn bcrypt_turn() -> &'static tokio::sync::Semaphore {
-    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+fn bcrypt_turns() -> &'static Arc<tokio::sync::Semaphore> {
+    static TURNS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
     TURNS.get_or_init(|| {
-        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())))
     })
 }
 

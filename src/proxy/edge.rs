@@ -26,6 +26,7 @@ pub(super) async fn admit(
                     parts.headers.remove(header::AUTHORIZATION);
                 }
             }
+            Err(Refusal::Busy) => return Err(ProxyError::AuthBusy),
             Err(why) => {
                 return Err(ProxyError::Unauthorized {
                     challenge: auth.challenge().clone(),

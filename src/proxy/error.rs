@@ -49,6 +49,9 @@ pub enum ProxyError {
         /// Credentials were sent but are wrong (logged; a missing header is a browser's first try).
         wrong: bool,
     },
+    /// Too many basic-auth checks waiting for a turn at bcrypt.
+    #[error("too many credential checks waiting")]
+    AuthBusy,
     /// Over a `[[rate_limits]]` rule's limit.
     #[error("over rate limit {}", .0.rule)]
     RateLimited(Box<crate::ratelimit::Limited>),
@@ -116,6 +119,7 @@ impl ProxyError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::AuthBusy => StatusCode::SERVICE_UNAVAILABLE,
             Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownTransferCoding => StatusCode::NOT_IMPLEMENTED,
@@ -139,7 +143,9 @@ impl ProxyError {
             | Self::UnknownTransferCoding
             | Self::MethodNotAllowed => Source::Client,
             Self::NoRoute | Self::NoReadyServer { .. } => Source::Config,
-            Self::Forbidden | Self::Unauthorized { .. } | Self::RateLimited(_) => Source::Policy,
+            Self::Forbidden | Self::Unauthorized { .. } | Self::RateLimited(_) | Self::AuthBusy => {
+                Source::Policy
+            }
             Self::Connect { .. }
             | Self::Timeout { .. }
             | Self::Upstream { .. }
