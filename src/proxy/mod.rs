@@ -92,6 +92,7 @@ impl tower::Service<Request<Incoming>> for Proxy {
         let (tls, hsts) = (self.tls, self.hsts.clone());
         Box::pin(async move {
             let snap = shared.runtime.snapshot();
+            let version = req.version();
             let (mut parts, body) = req.into_parts();
             // Behind a trusted proxy, the address it names; every use below sees this one.
             let client = snap.config.client_address.resolve(client, &parts.headers);
@@ -135,6 +136,10 @@ impl tower::Service<Request<Incoming>> for Proxy {
             resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
             resp.body_mut().finish_with(Finish::new(start, pool.map(|p| &p.metrics), access));
             if let Some(active) = active {
+                // The process is being replaced: the client's next request goes to the new one.
+                if active.closing() && !matches!(version, http::Version::HTTP_2 | http::Version::HTTP_3) {
+                    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 resp.body_mut().hold_conn(active);
             }
             Ok(resp)

@@ -43,9 +43,7 @@ where
     /// sends GOAWAY, an idle connection closes.
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
     stopping: bool,
-    /// Stopping for a replacement process (see [`super::drain_for_replacement`]), and this HTTP/1
-    /// connection has not yet been told to close after a request: it will be, at its next one.
-    close_at_next: bool,
+
     peer: SocketAddr,
     state: State<I, S>,
 }
@@ -90,7 +88,7 @@ impl<I, S: HttpService<Incoming>> ClientConn<I, S> {
             let _ = stop.changed().await;
         });
         let state = State::Waiting { io, got: Bytes::new(), service, first: true, _idle: None };
-        Self { ctx, activity, stop, stopping: false, close_at_next: false, peer, state }
+        Self { ctx, activity, stop, stopping: false, peer, state }
     }
 }
 
@@ -109,7 +107,12 @@ where
         if first && got.starts_with(H2_PREFACE) {
             io.set_h2(true);
             let conn = self.ctx.h2.serve_connection(TokioIo::new(Rewind::new(io, got)), service);
-            self.state = State::Http2 { conn: Box::pin(conn) };
+            let mut conn = Box::pin(conn);
+            if self.stopping {
+                // Its listener stopped while it was choosing HTTP/2: GOAWAY at once.
+                conn.as_mut().graceful_shutdown();
+            }
+            self.state = State::Http2 { conn };
             return;
         }
         // A release asked for while hyper was not running is stale.
@@ -134,7 +137,9 @@ where
             _ => false,
         };
         if idle_http1 && super::replaced() {
-            self.close_at_next = true;
+            // The service adds `Connection: close` to every later response here; hyper then
+            // closes after writing it.
+            self.activity.close_after_response();
             return;
         }
         match &mut self.state {
@@ -200,12 +205,6 @@ where
             this.stop();
         }
         loop {
-            if this.close_at_next && matches!(this.state, State::Http1 { .. }) && this.activity.active() > 0 {
-                this.close_at_next = false;
-                if let State::Http1 { conn, .. } = &mut this.state {
-                    Pin::new(&mut **conn).graceful_shutdown();
-                }
-            }
             match &mut this.state {
                 State::Http1 { conn, releasing } => match conn.poll_without_shutdown(cx) {
                     Poll::Pending => {

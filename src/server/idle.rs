@@ -58,6 +58,8 @@ pub struct Activity {
     _slot: Option<crate::slots::Slot>,
     /// The listener's gauges.
     gauges: Option<ListenerGauges>,
+    /// Responses on this connection say `Connection: close` (set when a new process takes over).
+    closing: AtomicBool,
 }
 
 /// A listener's connection gauges, which each of its connections moves.
@@ -119,9 +121,15 @@ impl Activity {
             done: AtomicU64::new(0),
             last_done_ms: AtomicU64::new(0),
             release: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             _slot: slot,
             gauges,
         }
+    }
+
+    /// Asks every later response on this connection to close it (`Connection: close`).
+    pub fn close_after_response(&self) {
+        self.closing.store(true, Ordering::Relaxed);
     }
 
     /// Requests of this connection in progress now.
@@ -155,6 +163,12 @@ impl Default for Activity {
 pub struct ActiveRequest(Arc<Activity>);
 
 impl ActiveRequest {
+    /// Whether this connection is to close after this request (its process is being replaced):
+    /// the response then says `Connection: close`.
+    pub fn closing(&self) -> bool {
+        self.0.closing.load(Ordering::Relaxed)
+    }
+
     /// Marks a request as started on this connection.
     pub fn begin(activity: &Arc<Activity>) -> Self {
         activity.active.fetch_add(1, Ordering::AcqRel);
