@@ -93,11 +93,12 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
     }
     crate::notify::ready(&format!("serving generation {}", reloader.runtime().snapshot().generation));
     if let Some(h) = handoff {
-        // The service manager follows the new process; the old one now stops accepting.
+        // Once the old process confirms, it stops accepting and the service manager follows this one.
+        tokio::task::spawn_blocking(move || h.ready())
+            .await
+            .map_err(io::Error::other)?
+            .map_err(|e| io::Error::new(e.kind(), format!("taking over from the running lb: {e}")))?;
         crate::notify::send(&format!("MAINPID={}", std::process::id()));
-        if let Err(e) = h.ready() {
-            tracing::warn!(error = %e, "could not tell the previous lb it was replaced");
-        }
     }
     let admin_socket = admin_task.as_ref().and(admin_handoff);
     let upgraded = tokio::select! {
@@ -150,12 +151,24 @@ async fn upgrades(
             return std::future::pending().await;
         }
     };
+    /// Set when the wait for an upgrade is dropped (a shutdown began): a handover still running
+    /// on its thread then stops and kills the new process.
+    struct Abandon(Arc<AtomicBool>);
+    impl Drop for Abandon {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let abandon = Abandon(Arc::new(AtomicBool::new(false)));
     while usr2.recv().await.is_some() {
         tracing::info!("SIGUSR2: starting a new lb process to take over");
         let listeners = server.handoff_sockets();
         let admin = admin.as_ref().and_then(|(a, l)| Some((*a, l.try_clone().ok()?)));
         let down = runtime.held_down();
-        match tokio::task::spawn_blocking(move || crate::upgrade::hand_over(listeners, admin, down)).await {
+        let flag = Arc::clone(&abandon.0);
+        match tokio::task::spawn_blocking(move || crate::upgrade::hand_over(listeners, admin, down, &flag))
+            .await
+        {
             Ok(Ok(pid)) => {
                 tracing::info!(pid, "the new lb process serves");
                 return;

@@ -23,6 +23,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,8 @@ const MAX_FDS: usize = 256;
 /// How long the new process may take to connect, and then to say it is ready.
 const CONNECT_WITHIN: Duration = Duration::from_secs(30);
 const READY_WITHIN: Duration = Duration::from_secs(60);
+/// How long the new process waits for the old one's `go` once it said `ready`.
+const GO_WITHIN: Duration = Duration::from_secs(10);
 
 /// What the old process hands over, besides the sockets themselves.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -58,18 +61,24 @@ static START: OnceLock<(PathBuf, Vec<OsString>)> = OnceLock::new();
 
 /// Starts the new process and hands it `listeners` (configured address, socket) and `admin`; returns
 /// once it said it is ready. Blocking: run it off the runtime's workers.
+/// `abandon` set (this process began to shut down meanwhile) stops the handover, and the new process
+/// is killed: an operator who asked lb to stop must not find a new one serving.
 pub fn hand_over(
     listeners: Vec<(SocketAddr, TcpListener)>,
     admin: Option<(SocketAddr, TcpListener)>,
     down: Vec<(String, String)>,
+    abandon: &AtomicBool,
 ) -> io::Result<u32> {
     let (exe, args) = START.get().cloned().unwrap_or_else(|| (PathBuf::from("lb"), Vec::new()));
-    let path = std::env::temp_dir().join(format!("lb-upgrade-{}.sock", std::process::id()));
+    // Unpredictable, so no other user can have put something there; and only the child it starts
+    // may take the sockets (checked by its credentials below).
+    let nonce = crate::balance::rng::Rng::from_entropy().next_u64();
+    let path = std::env::temp_dir().join(format!("lb-upgrade-{}-{nonce:016x}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let socket = UnixListener::bind(&path)?;
     let _cleanup = Remove(path.clone());
     let mut child = std::process::Command::new(&exe).args(&args).env(ENV, &path).spawn()?;
-    let result = talk(&socket, &mut child, listeners, admin, down);
+    let result = talk(&socket, &mut child, listeners, admin, down, abandon);
     match result {
         Ok(()) => Ok(child.id()),
         Err(e) => {
@@ -87,12 +96,23 @@ fn talk(
     listeners: Vec<(SocketAddr, TcpListener)>,
     admin: Option<(SocketAddr, TcpListener)>,
     down: Vec<(String, String)>,
+    abandon: &AtomicBool,
 ) -> io::Result<()> {
     socket.set_nonblocking(true)?;
     let deadline = Instant::now() + CONNECT_WITHIN;
     let mut stream = loop {
         match socket.accept() {
-            Ok((s, _)) => break s,
+            Ok((s, _)) => {
+                let peer = rustix::net::sockopt::socket_peercred(&s)?;
+                if peer.pid.as_raw_pid() == child.id() as i32 {
+                    break s;
+                }
+                tracing::warn!(
+                    pid = peer.pid.as_raw_pid(),
+                    "a process other than the new lb connected to the upgrade socket: refused"
+                );
+                continue;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
@@ -101,6 +121,9 @@ fn talk(
         }
         if Instant::now() > deadline {
             return Err(io::Error::other("the new process did not connect within 30 s"));
+        }
+        if abandon.load(Ordering::SeqCst) {
+            return Err(io::Error::other("shutting down"));
         }
         // Polled: this runs once per upgrade, on a blocking thread.
         std::thread::sleep(Duration::from_millis(10));
@@ -128,16 +151,36 @@ fn talk(
     if sent != len.len() {
         return Err(io::Error::other("short write to the new process"));
     }
+    stream.set_write_timeout(Some(STEP))?;
     stream.write_all(&body)?;
-    stream.set_read_timeout(Some(READY_WITHIN))?;
-    let mut line = String::new();
-    io::BufReader::new(&stream).read_line(&mut line)?;
-    if line.trim() == "ready" {
-        Ok(())
-    } else {
-        Err(io::Error::other("the new process stopped before it was ready"))
+    // Its `ready`, waited for in short steps so that a shutdown meanwhile is seen.
+    stream.set_read_timeout(Some(STEP))?;
+    let deadline = Instant::now() + READY_WITHIN;
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        if abandon.load(Ordering::SeqCst) {
+            return Err(io::Error::other("shutting down"));
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::other("the new process was not ready within 60 s"));
+        }
+        let mut byte = [0u8; 16];
+        match stream.read(&mut byte) {
+            Ok(0) => return Err(io::Error::other("the new process stopped before it was ready")),
+            Ok(n) => line.extend_from_slice(&byte[..n]),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e),
+        }
     }
+    if line != b"ready\n" {
+        return Err(io::Error::other("the new process said something other than ready"));
+    }
+    // The last word: from here the new process is the service (it tells systemd so).
+    stream.write_all(b"go\n")
 }
+
+/// How long one wait of the handover lasts before it looks at `abandon` again.
+const STEP: Duration = Duration::from_millis(200);
 
 struct Remove(PathBuf);
 
@@ -202,8 +245,17 @@ impl Handoff {
         self.admin.take().filter(|(a, _)| *a == addr).map(|(_, l)| l)
     }
 
-    /// Tells the old process this one serves: it stops accepting and drains.
+    /// Tells the old process this one serves, and waits for its `go`: from then on it stops
+    /// accepting and drains, and this process is the service.
     pub fn ready(mut self) -> io::Result<()> {
-        self.stream.write_all(b"ready\n")
+        self.stream.write_all(b"ready\n")?;
+        self.stream.set_read_timeout(Some(GO_WITHIN))?;
+        let mut line = String::new();
+        io::BufReader::new(&self.stream).read_line(&mut line)?;
+        if line == "go\n" {
+            Ok(())
+        } else {
+            Err(io::Error::other("the previous lb did not confirm the handover"))
+        }
     }
 }

@@ -60,7 +60,11 @@ impl Drop for Lab {
             if name.starts_with("keepalived-") && name.ends_with(".pid") {
                 let pid =
                     std::fs::read_to_string(file.path()).ok().and_then(|p| p.trim().parse::<i32>().ok());
-                if let Some(pid) = pid {
+                // Only a keepalived of this lab still running: a pid that ended may be another
+                // process's (or thread's) now.
+                let Some(pid) = pid else { continue };
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&*self.dir.path().to_string_lossy()) {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid),
                         nix::sys::signal::Signal::SIGKILL,

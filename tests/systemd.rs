@@ -113,7 +113,7 @@ async fn an_upgrade_hands_the_service_to_the_new_process() {
     let new_pid: i32 =
         main.strip_prefix("MAINPID=").unwrap_or_else(|| panic!("{main:?}")).trim().parse().unwrap();
     assert_ne!(new_pid, child.id() as i32);
-    let _reap = KillOnDrop(new_pid);
+    let mut reap = KillOnDrop(Some(new_pid));
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert!(status.success(), "{status:?}");
     sock.set_nonblocking(true).unwrap();
@@ -123,13 +123,31 @@ async fn an_upgrade_hands_the_service_to_the_new_process() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(new_pid), nix::sys::signal::Signal::SIGTERM).unwrap();
     sock.set_nonblocking(false).unwrap();
     assert!(next(&sock).starts_with("STOPPING=1"), "the new process stops as the service");
+    // Once it is gone its pid may be another process's thread: never signal it after that.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while running(new_pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !running(new_pid) {
+        reap.0 = None;
+    }
 }
 
-/// Kills a process this test did not start itself (the upgrade's new lb), whatever happens.
-struct KillOnDrop(i32);
+/// Whether `pid` runs (a zombie does not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+}
+
+/// Kills a process this test did not start itself (the upgrade's new lb) if the test ends before
+/// it stopped; `None` once it is known gone.
+struct KillOnDrop(Option<i32>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+        if let Some(pid) = self.0 {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
