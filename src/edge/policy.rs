@@ -59,17 +59,9 @@ impl Redirect {
         let mut location = self.to.clone();
         if self.keep_path {
             // Never `//host` or `/\host` at the start: a browser reads those as another site.
-            let path = uri.path();
-            let trimmed = path.trim_start_matches(['/', '\\']);
-            let path =
-                if trimmed.len() + 1 < path.len() { &path[path.len() - trimmed.len() - 1..] } else { path };
-            let owned;
-            let path = if path.starts_with('\\') {
-                owned = format!("/{}", &path[1..]);
-                owned.as_str()
-            } else {
-                path
-            };
+            let rest = uri.path().trim_start_matches(['/', '\\']);
+            let owned = format!("/{rest}");
+            let path = owned.as_str();
             if location.ends_with('/') && path.starts_with('/') {
                 location.pop();
             }
