@@ -42,6 +42,7 @@ fn decisions(c: &mut Criterion) {
     let rt = runtime("[[rate_limits]]\nname = \"api\"\nrate = \"1000000/s\"\nburst = 1000\n");
     let snap = rt.snapshot();
     let parts = http::Request::get("/api/items").body(()).expect("request").into_parts().0;
+    let route = &snap.config.routes[0];
     let clients = clients();
     let mut i = 0;
     group.bench_function("check_one_local_rule", |b| {
@@ -51,7 +52,7 @@ fn decisions(c: &mut Criterion) {
                 client: clients[i],
                 parts: &parts,
                 host: Some("example.com"),
-                route: 0,
+                route,
             };
             black_box(snap.rate_limits.check(req, &[]).now_or_never())
         })
@@ -73,7 +74,7 @@ fn decisions(c: &mut Criterion) {
                         client: clients[i],
                         parts: &parts,
                         host: Some("example.com"),
-                        route: 0,
+                        route,
                     };
                     black_box(tokio.block_on(snap.rate_limits.check(req, &[])))
                 })

@@ -74,7 +74,7 @@ pub(super) async fn forward(
     // Counted before the body is read or a server chosen: a refused request costs no upstream work.
     let mut limit_headers = None;
     if !snap.rate_limits.is_empty() {
-        let request = crate::ratelimit::Request { client, parts: &parts, host: host_str, route: route_index };
+        let request = crate::ratelimit::Request { client, parts: &parts, host: host_str, route };
         let route_rules = policy.map_or(&[][..], |p| &p.rate_limits[..]);
         match Box::pin(snap.rate_limits.check(request, route_rules)).await {
             Ok(headers) => limit_headers = headers,

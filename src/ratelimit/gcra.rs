@@ -65,8 +65,8 @@ const SHARDS: usize = 16;
 
 /// A rule's in-process buckets, by key hash. Bounded: a shard that reaches its share of `max_keys`
 /// first forgets the buckets that are full again (they hold nothing a fresh one would not), and if
-/// that is not enough, all of its buckets (those keys start afresh, each with at most one burst
-/// more than the rule allows).
+/// that is not enough, the half of its buckets nearest to full (each of those keys gains at most
+/// what it had used of its burst; the buckets furthest over their limit are the last to go).
 #[derive(Debug)]
 pub struct LocalBuckets {
     quota: Quota,
@@ -108,7 +108,13 @@ impl LocalBuckets {
             if buckets.len() >= self.per_shard && !buckets.contains_key(&key) {
                 buckets.retain(|_, tat| *tat > now);
                 if buckets.len() >= self.per_shard {
-                    buckets.clear();
+                    // Still full: drop the half nearest to full again (the lowest TATs), so a flood
+                    // of new keys never resets the buckets of clients that are over their limit.
+                    let mut tats: Vec<u64> = buckets.values().copied().collect();
+                    let middle = tats.len() / 2;
+                    let (_, median, _) = tats.select_nth_unstable(middle);
+                    let median = *median;
+                    buckets.retain(|_, tat| *tat > median);
                 }
             }
             buckets.insert(key, new_tat);
@@ -167,6 +173,22 @@ mod tests {
             assert!(allowed(b.take(7)));
             tokio::time::advance(Duration::from_millis(250)).await;
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_new_keys_does_not_reset_a_client_over_its_limit() {
+        let b = LocalBuckets::new(quota(1, 5), 160);
+        // Key 7 is spent for the next 5 s.
+        for _ in 0..5 {
+            b.take(7);
+        }
+        let Verdict::Deny { .. } = b.take(7) else { panic!("spent") };
+        for key in 0..100_000u64 {
+            // All in key 7's shard (the top four bits pick it).
+            b.take(key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 4);
+            tokio::time::advance(Duration::from_micros(1)).await;
+        }
+        assert!(matches!(b.take(7), Verdict::Deny { .. }), "still over its limit");
     }
 
     #[tokio::test(start_paused = true)]

@@ -164,8 +164,8 @@ pub struct Request<'a> {
     pub parts: &'a http::request::Parts,
     /// Its host, without port.
     pub host: Option<&'a str>,
-    /// Index of its route.
-    pub route: usize,
+    /// Its route.
+    pub route: &'a crate::config::RouteConfig,
 }
 
 /// The fields for an answer: one rule's state after this request.
@@ -309,8 +309,18 @@ impl ActiveRule {
 
     fn key_hash(&self, req: &Request<'_>) -> Option<u64> {
         match &self.rule.key {
+            // By what the route matches, not its place in the file: a reload that reorders routes,
+            // or another instance with other routes, keeps each route's bucket.
             LimitKey::Route => {
-                Some(crate::balance::hash_key::hash_key_bytes(&(req.route as u64).to_le_bytes()))
+                let host = match &req.route.host {
+                    None => "",
+                    Some(HostMatch::Exact(h)) => h.as_str(),
+                    Some(HostMatch::Suffix(s)) => s.as_str(),
+                };
+                let wildcard = u64::from(matches!(req.route.host, Some(HostMatch::Suffix(_))));
+                let prefix = req.route.path_prefix.as_deref().unwrap_or("");
+                let hash = crate::balance::hash_key::hash_key_bytes;
+                Some(hash(host.as_bytes()).rotate_left(1) ^ hash(prefix.as_bytes()) ^ wildcard)
             }
             LimitKey::Request(HashKey::ClientIp) => {
                 let ip = group(req.client.ip(), self.rule.ipv6_prefix);
