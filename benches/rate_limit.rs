@@ -44,17 +44,12 @@ fn decisions(c: &mut Criterion) {
     let parts = http::Request::get("/api/items").body(()).expect("request").into_parts().0;
     let route = &snap.config.routes[0];
     let clients = clients();
+    let request = |client| lb::ratelimit::Request { client, parts: &parts, host: Some("example.com"), route };
     let mut i = 0;
     group.bench_function("check_one_local_rule", |b| {
         b.iter(|| {
             i = (i + 1) % clients.len();
-            let req = lb::ratelimit::Request {
-                client: clients[i],
-                parts: &parts,
-                host: Some("example.com"),
-                route,
-            };
-            black_box(snap.rate_limits.check(req, &[]).now_or_never())
+            black_box(snap.rate_limits.check(request(clients[i]), &[]).now_or_never())
         })
     });
 
@@ -70,13 +65,7 @@ fn decisions(c: &mut Criterion) {
             group.bench_function("check_one_redis_rule", |b| {
                 b.iter(|| {
                     i = (i + 1) % clients.len();
-                    let req = lb::ratelimit::Request {
-                        client: clients[i],
-                        parts: &parts,
-                        host: Some("example.com"),
-                        route,
-                    };
-                    black_box(tokio.block_on(snap.rate_limits.check(req, &[])))
+                    black_box(tokio.block_on(snap.rate_limits.check(request(clients[i]), &[])))
                 })
             });
             drop(redis);

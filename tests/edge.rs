@@ -5,10 +5,8 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::{config_with, eventually, Backend, Lb, LbProcess};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::StatusCode;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,14 +14,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// GET `path` on `lb` with extra headers; answers the response (body collected).
 async fn send(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> http::Response<String> {
-    let mut req = Request::get(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = common::client().request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    http::Response::from_parts(parts, String::from_utf8_lossy(&body).into_owned())
+    common::request(addr, "GET", path, headers).await
 }
 
 /// What the backend saw as `x-client` (a header rule renders `${client_addr}` into it).
@@ -195,22 +186,9 @@ impl Haproxy {
             ),
         )
         .unwrap();
-        let child = match std::process::Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                assert!(
-                    std::env::var_os("LB_REQUIRE_HAPROXY").is_none(),
-                    "haproxy required but not runnable: {e}"
-                );
-                eprintln!("haproxy not installed: skipped (apt-get install haproxy)");
-                return None;
-            }
-        };
+        let mut command = std::process::Command::new("haproxy");
+        command.args(["-db", "-f"]).arg(&cfg).stdout(std::process::Stdio::null());
+        let child = common::spawn_tool(&mut command, "LB_REQUIRE_HAPROXY", "haproxy")?;
         let proxy = Self { child, addr, _dir: dir };
         // Ready once it accepts.
         eventually(Duration::from_secs(10), || async move { TcpStream::connect(addr).await.is_ok() }).await;

@@ -4,10 +4,8 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::{config_with, eventually, Backend, Lb, LbProcess};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::StatusCode;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,14 +17,7 @@ async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> http::Response<String> {
-    let mut req = Request::builder().method(method).uri(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = common::client().request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    http::Response::from_parts(parts, String::from_utf8_lossy(&body).into_owned())
+    common::request(addr, method, path, headers).await
 }
 
 async fn status(addr: SocketAddr, path: &str) -> StatusCode {
@@ -166,7 +157,8 @@ impl Redis {
     }
 
     async fn start_on(addr: SocketAddr) -> Option<Self> {
-        let child = match std::process::Command::new("redis-server")
+        let mut command = std::process::Command::new("redis-server");
+        command
             .args([
                 "--bind",
                 "127.0.0.1",
@@ -177,19 +169,8 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                assert!(
-                    std::env::var_os("LB_REQUIRE_REDIS").is_none(),
-                    "redis-server required but not runnable: {e}"
-                );
-                eprintln!("redis-server not installed: skipped (apt-get install redis-server)");
-                return None;
-            }
-        };
+            .stdout(std::process::Stdio::null());
+        let child = common::spawn_tool(&mut command, "LB_REQUIRE_REDIS", "redis-server")?;
         let redis = Self { child, addr };
         // Ready once it answers PING.
         eventually(Duration::from_secs(10), || async move { ping(addr).await }).await;

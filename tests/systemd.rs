@@ -18,9 +18,9 @@ fn next(sock: &UnixDatagram) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-#[tokio::test]
-async fn lb_notifies_ready_reloading_and_stopping() {
-    let backend = Backend::start("a").await;
+/// The `lb` binary in front of `backend`, with `NOTIFY_SOCKET` naming a datagram socket bound here
+/// (read with a 20 s timeout); its stdout is piped, for the startup lines.
+fn start_notifying(backend: &Backend) -> (tempfile::TempDir, UnixDatagram, std::process::Child) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&socket).unwrap();
@@ -31,13 +31,20 @@ async fn lb_notifies_ready_reloading_and_stopping() {
         backend.addr
     );
     std::fs::write(&config, with_test_admin(&toml)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lb"))
+    let child = Command::new(env!("CARGO_BIN_EXE_lb"))
         .args(["--config", config.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &socket)
         .env("LB_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    (dir, sock, child)
+}
+
+#[tokio::test]
+async fn lb_notifies_ready_reloading_and_stopping() {
+    let backend = Backend::start("a").await;
+    let (_dir, sock, mut child) = start_notifying(&backend);
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut lines = Vec::new();
     for _ in 0..2 {
@@ -86,23 +93,7 @@ async fn lb_notifies_ready_reloading_and_stopping() {
 #[tokio::test]
 async fn an_upgrade_hands_the_service_to_the_new_process() {
     let backend = Backend::start("a").await;
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&socket).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let config = dir.path().join("lb.toml");
-    let toml = format!(
-        "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{{ addr = \"{}\" }}]\n",
-        backend.addr
-    );
-    std::fs::write(&config, with_test_admin(&toml)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lb"))
-        .args(["--config", config.to_str().unwrap()])
-        .env("NOTIFY_SOCKET", &socket)
-        .env("LB_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (_dir, sock, mut child) = start_notifying(&backend);
     assert!(next(&sock).lines().any(|l| l == "READY=1"));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGUSR2)
         .unwrap();

@@ -397,6 +397,42 @@ pub async fn get(client: &Client, url: &str) -> (StatusCode, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// `method path` on `addr` with extra headers; the response with its whole body as text.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response<String> {
+    let mut req = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client().request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Response::from_parts(parts, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Spawns an outside tool the test needs (`package`: its Debian package). Where it cannot run, the
+/// test is skipped with a message (`None`), unless the environment variable `required` is set, as
+/// `.ci/run` sets it: then the test fails.
+pub fn spawn_tool(
+    command: &mut std::process::Command,
+    required: &str,
+    package: &str,
+) -> Option<std::process::Child> {
+    match command.spawn() {
+        Ok(child) => Some(child),
+        Err(e) => {
+            let program = command.get_program().to_string_lossy().into_owned();
+            assert!(std::env::var_os(required).is_none(), "{program} required but not runnable: {e}");
+            eprintln!("{program} not installed: skipped (apt-get install {package})");
+            None
+        }
+    }
+}
+
 /// Sends raw bytes on a fresh connection and reads until the server closes (bounded by 10s).
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
