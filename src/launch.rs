@@ -63,10 +63,7 @@ pub async fn run(path: PathBuf, config: Config, announce: &(dyn Fn(&str) + Sync)
     let _ = reloader.reload(reload::Trigger::File).await;
     let ready = Arc::new(AtomicBool::new(true));
     let admin_handoff = match (&admin_listener, config_admin) {
-        (Some(l), Some(addr)) => {
-            use std::os::fd::AsFd;
-            l.as_fd().try_clone_to_owned().ok().map(|fd| (addr, std::net::TcpListener::from(fd)))
-        }
+        (Some(l), Some(addr)) => server::handoff_of(l).map(|socket| (addr, socket)),
         _ => None,
     };
     let admin_open = Arc::new(());

@@ -49,6 +49,33 @@ mod scan;
 #[cfg(test)]
 mod tests;
 
+/// Whether one rule's host matches the request's (port stripped): exactly, or as a wildcard's
+/// subdomain, case-insensitively. The index answers as this would for every route; rate-limit rules
+/// match with it directly.
+pub(crate) fn host_matches(rule: Option<&HostMatch>, host: Option<&str>) -> bool {
+    let (rule, host) = match (rule, host) {
+        (None, _) => return true,
+        (Some(_), None) => return false,
+        (Some(rule), Some(host)) => (rule, host.trim_end_matches('.')),
+    };
+    match rule {
+        HostMatch::Exact(name) => host.eq_ignore_ascii_case(name),
+        HostMatch::Suffix(suffix) => {
+            host.len() > suffix.len()
+                && host.is_char_boundary(host.len() - suffix.len())
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        }
+    }
+}
+
+/// Segment-boundary prefix match: `/api` matches `/api`, `/api/` and `/api/x`, never `/apix`.
+pub(crate) fn prefix_matches(prefix: Option<&str>, path: &str) -> bool {
+    match prefix {
+        None | Some("/") => true,
+        Some(p) => path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+    }
+}
+
 /// No wildcard link: the end of a chain.
 const NIL: u32 = u32::MAX;
 /// A slot that holds no entry (in [`Group::shorter`] and [`Prefix::group`]).
@@ -730,7 +757,7 @@ impl std::fmt::Debug for Router {
 
 /// The host without its port: `a.com:80` -> `a.com`, `[::1]:80` -> `[::1]`, `[::1` unchanged.
 /// A plain byte loop: hosts are short, and a call to `memrchr` costs more than it saves.
-fn strip_port(host: &str) -> &str {
+pub(crate) fn strip_port(host: &str) -> &str {
     let bytes = host.as_bytes();
     let end = if bytes.first() == Some(&b'[') {
         // IPv6 literal: up to and including the first `]`, if any.

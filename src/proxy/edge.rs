@@ -45,20 +45,8 @@ pub(super) async fn admit(
     Ok(Some(resp))
 }
 
-/// Replaces the matched `prefix` of the request's path with the route's `prefix_rewrite`; the query
-/// stays.
-pub(super) fn rewrite_path(policy: &RoutePolicy, prefix: Option<&str>, parts: &mut http::request::Parts) {
-    let (Some(replacement), Some(prefix)) = (policy.prefix_rewrite.as_deref(), prefix) else { return };
-    let mut path = replace_prefix(parts.uri.path(), prefix, replacement);
-    if let Some(q) = parts.uri.query() {
-        path.push('?');
-        path.push_str(q);
-    }
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    match http::uri::PathAndQuery::try_from(path) {
-        Ok(pq) => uri.path_and_query = Some(pq),
-        // The pieces were valid in the client's path and the validated replacement.
-        Err(e) => tracing::debug!(error = %e, "prefix rewrite gave an invalid path; kept the client's"),
-    }
-    parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
+/// The path with the matched `prefix` replaced by the route's `prefix_rewrite`, if it has one.
+pub(super) fn rewritten_path(policy: &RoutePolicy, prefix: Option<&str>, path: &str) -> Option<String> {
+    let (Some(replacement), Some(prefix)) = (policy.prefix_rewrite.as_deref(), prefix) else { return None };
+    Some(replace_prefix(path, prefix, replacement))
 }

@@ -93,8 +93,10 @@ pub(super) async fn forward(
     let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
     let client_upgrade =
         upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
-    if let Some(policy) = policy {
-        super::edge::rewrite_path(policy, route.path_prefix.as_deref(), &mut parts);
+    if let Some(path) =
+        policy.and_then(|p| super::edge::rewritten_path(p, route.path_prefix.as_deref(), parts.uri.path()))
+    {
+        set_path(&mut parts, path)?;
     }
     rewrite(
         &mut parts,

@@ -282,29 +282,10 @@ impl ActiveRule {
         if !r.methods.is_empty() && !r.methods.contains(&req.parts.method) {
             return false;
         }
-        if let Some(prefix) = r.path_prefix.as_deref() {
-            let path = req.parts.uri.path();
-            let under = prefix == "/"
-                || path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-            if !under {
-                return false;
-            }
-        }
-        // The host without its port (`[v6]:port` keeps its brackets).
-        let host = req.host.map(|h| match h.rfind(':') {
-            Some(i) if !h[i..].contains(']') => &h[..i],
-            _ => h,
-        });
-        match (&r.host, host) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(HostMatch::Exact(h)), Some(host)) => host.trim_end_matches('.').eq_ignore_ascii_case(h),
-            (Some(HostMatch::Suffix(s)), Some(host)) => {
-                let host = host.trim_end_matches('.');
-                host.len() > s.len()
-                    && host.get(host.len() - s.len()..).is_some_and(|tail| tail.eq_ignore_ascii_case(s))
-            }
-        }
+        // As a route matches.
+        use crate::router::{host_matches, prefix_matches, strip_port};
+        prefix_matches(r.path_prefix.as_deref(), req.parts.uri.path())
+            && host_matches(r.host.as_ref(), req.host.map(strip_port))
     }
 
     fn key_hash(&self, req: &Request<'_>) -> Option<u64> {

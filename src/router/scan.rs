@@ -4,7 +4,8 @@
 //! Routes must be ordered most specific first (as config validation orders them), so that the first
 //! match is the answer.
 
-use crate::config::{HostMatch, RouteConfig};
+use super::{host_matches, prefix_matches};
+use crate::config::RouteConfig;
 
 /// First matching route of an ordered table, found by trying each route in turn.
 #[derive(Debug, Clone)]
@@ -25,30 +26,6 @@ impl ScanRouter {
             .iter()
             .find(|r| host_matches(r.host.as_ref(), host) && prefix_matches(r.path_prefix.as_deref(), path))
             .map(|r| r.pool)
-    }
-}
-
-fn host_matches(rule: Option<&HostMatch>, host: Option<&str>) -> bool {
-    let (rule, host) = match (rule, host) {
-        (None, _) => return true,
-        (Some(_), None) => return false,
-        (Some(rule), Some(host)) => (rule, host.trim_end_matches('.')),
-    };
-    match rule {
-        HostMatch::Exact(name) => host.eq_ignore_ascii_case(name),
-        HostMatch::Suffix(suffix) => {
-            host.len() > suffix.len()
-                && host.is_char_boundary(host.len() - suffix.len())
-                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-        }
-    }
-}
-
-/// Segment-boundary prefix match: `/api` matches `/api`, `/api/` and `/api/x`, never `/apix`.
-fn prefix_matches(prefix: Option<&str>, path: &str) -> bool {
-    match prefix {
-        None | Some("/") => true,
-        Some(p) => path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
     }
 }
 

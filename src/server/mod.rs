@@ -289,7 +289,7 @@ fn bind(addr: SocketAddr, freebind: bool) -> io::Result<TcpListener> {
 
 /// A second descriptor of the listener's socket, to hand over at an upgrade (`None` if it could not
 /// be duplicated, e.g. out of descriptors: an upgrade then leaves that address to be bound anew).
-fn handoff_of(listener: &TcpListener) -> Option<std::net::TcpListener> {
+pub fn handoff_of(listener: &TcpListener) -> Option<std::net::TcpListener> {
     use std::os::fd::AsFd;
     listener.as_fd().try_clone_to_owned().ok().map(std::net::TcpListener::from)
 }
