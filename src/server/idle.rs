@@ -56,8 +56,9 @@ pub struct Activity {
     /// (its hyper task, its socket, an upgraded tunnel) holds this `Activity`, so the slot is
     /// returned only when the last of them is gone, and the shutdown drain waits for tunnels too.
     _slot: Option<crate::slots::Slot>,
-    /// The listener's gauges.
-    gauges: Option<ListenerGauges>,
+    /// The listener's gauges, shared by its connections (one pointer here, not three handles:
+    /// an idle connection's memory is mostly records like this one).
+    gauges: Option<Arc<ListenerGauges>>,
     /// Responses on this connection say `Connection: close` (set when a new process takes over).
     closing: AtomicBool,
 }
@@ -111,7 +112,7 @@ impl Activity {
 
     /// Activity of a connection accepted now, holding its connection slot and counted in the
     /// listener's `gauges` (open: from now until the last user of the connection is gone).
-    pub fn holding(slot: Option<crate::slots::Slot>, gauges: Option<ListenerGauges>) -> Self {
+    pub fn holding(slot: Option<crate::slots::Slot>, gauges: Option<Arc<ListenerGauges>>) -> Self {
         if let Some(g) = &gauges {
             g.open.increment(1.0);
         }

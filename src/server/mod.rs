@@ -373,11 +373,11 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
     let local = listener.local_addr().ok();
     let label = local.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
     let accepted_total = metrics::counter!(crate::metrics::CONNECTIONS, "listener" => label.clone());
-    let gauges = ListenerGauges {
+    let gauges = Arc::new(ListenerGauges {
         open: metrics::gauge!(crate::metrics::OPEN_CONNECTIONS, "listener" => label.clone()),
         in_flight: metrics::gauge!(crate::metrics::LISTENER_IN_FLIGHT, "listener" => label.clone()),
         idle: metrics::gauge!(crate::metrics::IDLE_CONNECTIONS, "listener" => label.clone()),
-    };
+    });
     loop {
         // Take a connection slot first: at the limit, clients wait in the kernel's backlog.
         let slot = tokio::select! {
@@ -404,7 +404,7 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
             label: label.clone(),
         };
         accepted_total.increment(1);
-        let activity = Arc::new(Activity::holding(Some(slot), Some(gauges.clone())));
+        let activity = Arc::new(Activity::holding(Some(slot), Some(Arc::clone(&gauges))));
         conn.spawn(stream, peer, activity);
     }
 }
