@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod cache;
 pub mod config;
 pub mod control;
 pub mod edge;

@@ -83,6 +83,15 @@ pub const RATE_LIMIT_DECISIONS: &str = "lb_rate_limit_decisions_total";
 pub const RATE_LIMIT_REDIS_ERRORS: &str = "lb_rate_limit_redis_errors_total";
 /// Time to take a rate-limit decision, by rule and store (`local`, `redis`).
 pub const RATE_LIMIT_DECISION_SECONDS: &str = "lb_rate_limit_decision_seconds";
+/// Cached-route requests, by cache and result (`hit`, `miss`, `stale`, `revalidated`, `bypass`,
+/// `collapsed`).
+pub const CACHE_REQUESTS: &str = "lb_cache_requests_total";
+/// Objects stored, by cache.
+pub const CACHE_STORED: &str = "lb_cache_stored_total";
+/// Objects evicted to stay within `max_size`, by cache.
+pub const CACHE_EVICTIONS: &str = "lb_cache_evictions_total";
+/// Bytes stored, by cache (headers and bodies).
+pub const CACHE_BYTES: &str = "lb_cache_bytes";
 /// Access-log lines dropped because the writer fell behind.
 pub const ACCESS_LOG_DROPPED: &str = "lb_access_log_dropped_total";
 
@@ -156,6 +165,13 @@ pub fn describe() {
         "Time to take a rate-limit decision, by rule and store (local, redis)."
     );
     describe_counter!(ACCESS_LOG_DROPPED, "Access-log lines dropped because the writer fell behind.");
+    describe_counter!(
+        CACHE_REQUESTS,
+        "Cached-route requests by cache and result (hit, miss, stale, revalidated, bypass, collapsed)."
+    );
+    describe_counter!(CACHE_STORED, "Objects stored, by cache.");
+    describe_counter!(CACHE_EVICTIONS, "Objects evicted to stay within max_size, by cache.");
+    describe_gauge!(CACHE_BYTES, Unit::Bytes, "Bytes stored, by cache (headers and bodies).");
 }
 
 /// The status classes, as labels.
@@ -343,7 +359,11 @@ pub fn live_only(text: &str, snapshot: &crate::runtime::Snapshot) -> String {
         .collect();
     let addrs: HashSet<String> =
         snapshot.pools.iter().flat_map(|p| p.upstreams.iter()).map(|u| escape(&u.addr)).collect();
+    let caches: HashSet<String> = snapshot.caches.iter().map(|c| escape(&c.settings.name)).collect();
     let live = |line: &str| {
+        if label(line, "cache").is_some_and(|c| !caches.contains(c)) {
+            return false;
+        }
         let pool = label(line, "pool");
         let server = label(line, "server");
         if let Some(pool) = pool.filter(|p| *p != "none") {

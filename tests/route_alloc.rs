@@ -17,6 +17,7 @@ fn routing_does_not_allocate() {
         pool,
         max_body_size: None,
         policy: None,
+        cache: None,
     };
     let mut routes = Vec::new();
     for i in 0..1000 {

@@ -9,6 +9,7 @@
 //! [`guard`] rules first (token, Host, Origin, JSON). Plain hyper, one small handler: nothing here
 //! is on the proxy path.
 
+mod cache;
 mod console;
 pub mod guard;
 pub mod servers;
@@ -115,6 +116,15 @@ async fn handle(admin: &Admin, local: SocketAddr, req: Request<Incoming>) -> Rep
             return reload(admin).await;
         }
         (&Method::POST, "/diff") => return diff(admin, req).await,
+        (&Method::POST, "/cache/purge") => {
+            if let Some(refused) = refusal(admin, local, &req) {
+                return refused;
+            }
+            return match read_body(req, cache::MAX_BODY).await {
+                Ok(body) => cache::purge(&admin.runtime, &body),
+                Err(refused) => *refused,
+            };
+        }
         (&Method::POST, _) if server.is_some() => {
             if let Some(refused) = refusal(admin, local, &req) {
                 return refused;
@@ -127,10 +137,15 @@ async fn handle(admin: &Admin, local: SocketAddr, req: Request<Incoming>) -> Rep
             return servers::apply(&admin.runtime, &pool, &name, &body);
         }
         (&Method::GET, _) if server.is_none() => {}
-        (_, "/reload" | "/diff") => return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (_, "/reload" | "/diff" | "/cache/purge") => {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
+        }
         (_, _) if server.is_some() => return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         _ => {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET, or POST /reload, /diff and /pools/...\n")
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET, or POST /reload, /diff, /cache/purge and /pools/...\n",
+            )
         }
     }
     match req.uri().path() {
@@ -141,6 +156,9 @@ async fn handle(admin: &Admin, local: SocketAddr, req: Request<Incoming>) -> Rep
             Some(handle) => {
                 let snapshot = admin.runtime.snapshot();
                 crate::metrics::refresh(&snapshot, &admin.runtime.overrides());
+                snapshot.caches.iter().for_each(|c| {
+                    c.usage();
+                });
                 crate::metrics::request_buffers(admin.runtime.request_buffers().held());
                 handle.run_upkeep();
                 // Only the series of what the current config has (see `live_only`).

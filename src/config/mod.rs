@@ -5,6 +5,7 @@
 //! validates every value. All problems are reported together, each naming its key path and line.
 //! See docs/configuration.md for every key and its default.
 
+mod cache;
 mod duration;
 mod edge;
 mod health;
@@ -57,6 +58,8 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// `[client_address]`: whose `X-Forwarded-For` or `Forwarded` names the client. Default: nobody's.
     pub client_address: crate::edge::client_addr::ClientAddress,
+    /// `[caches.NAME]`, by name.
+    pub caches: Vec<crate::cache::CacheSettings>,
     /// `[[rate_limits]]`, in config order.
     pub rate_limits: Vec<crate::ratelimit::RateLimitRule>,
     /// `[redis]`: where rules with `store = "redis"` keep their buckets.
@@ -524,6 +527,8 @@ pub struct RouteConfig {
     pub max_body_size: Option<u64>,
     /// Access lists, auth, redirect, rewrite and header rules; `None` when the route has none.
     pub policy: Option<std::sync::Arc<crate::edge::policy::RoutePolicy>>,
+    /// Index into [`Config::caches`] of the cache its responses are kept in.
+    pub cache: Option<usize>,
 }
 
 /// [`RouteConfig::pool`] of a route that answers a redirect itself and has no pool.

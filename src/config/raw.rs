@@ -32,6 +32,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub rate_limits: Vec<RawRateLimit>,
     pub redis: Option<RawRedis>,
+    #[serde(default)]
+    pub caches: BTreeMap<String, RawCache>,
     pub workers: Option<i64>,
 }
 
@@ -250,6 +252,17 @@ pub(crate) struct RawRoute {
     pub request_headers: Option<RawHeaderRules>,
     pub response_headers: Option<RawHeaderRules>,
     pub rate_limits: Option<Vec<String>>,
+    pub cache: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawCache {
+    pub max_size: Option<RawSize>,
+    pub max_object_size: Option<RawSize>,
+    pub default_ttl: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub allow_set_cookie: Option<bool>,
+    pub lock_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -26,7 +26,14 @@ fn minimal_config_gets_defaults_and_an_implicit_default_route() {
     assert_eq!(c.pools[0].servers[1].weight, 3);
     assert_eq!(
         c.routes,
-        vec![RouteConfig { host: None, path_prefix: None, pool: 0, max_body_size: None, policy: None }]
+        vec![RouteConfig {
+            host: None,
+            path_prefix: None,
+            pool: 0,
+            max_body_size: None,
+            policy: None,
+            cache: None
+        }]
     );
 }
 

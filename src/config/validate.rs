@@ -33,7 +33,8 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
     let pools: Vec<PoolConfig> = raw.pools.iter().map(|(name, p)| pool(name, p, &mut out)).collect();
     let redis = super::rate_limit::redis(raw.redis.as_ref(), &mut out);
     let mut rate_limits = super::rate_limit::rules(&raw.rate_limits, redis.as_ref(), &mut out);
-    let routes = routes(&raw.routes, &pools, &rate_limits, &mut out);
+    let caches = super::cache::caches(&raw.caches, &mut out);
+    let routes = routes(&raw.routes, &pools, &rate_limits, &caches, &mut out);
     // A rule that a route names applies on its routes only.
     for i in routes.iter().filter_map(|r| r.policy.as_ref()).flat_map(|p| p.rate_limits.iter()) {
         if let Some(rule) = rate_limits.get_mut(*i) {
@@ -76,6 +77,7 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
         client_address,
         rate_limits,
         redis,
+        caches,
         digest: Digest::default(),
     }
 }
@@ -461,6 +463,7 @@ fn routes(
     raw: &[RawRoute],
     pools: &[PoolConfig],
     rules: &[crate::ratelimit::RateLimitRule],
+    caches: &[crate::cache::CacheSettings],
     out: &mut Issues<'_>,
 ) -> Vec<RouteConfig> {
     if pools.is_empty() {
@@ -477,6 +480,7 @@ fn routes(
             pool: 0,
             max_body_size: None,
             policy: None,
+            cache: None,
         }];
     }
     let mut seen = HashSet::new();
@@ -510,7 +514,17 @@ fn routes(
             .max_body_size
             .as_ref()
             .map(|v| size(&format!("{path}.max_body_size"), Some(v), u64::MAX, 0, out));
-        let route = RouteConfig { host, path_prefix: prefix, pool, max_body_size, policy };
+        let cache = r.cache.as_ref().and_then(|name| {
+            let found = caches.iter().position(|c| &*c.name == name.as_str());
+            if found.is_none() {
+                out.push(
+                    format!("{path}.cache"),
+                    format!("unknown cache {name:?}: define it as [caches.{name}]"),
+                );
+            }
+            found
+        });
+        let route = RouteConfig { host, path_prefix: prefix, pool, max_body_size, policy, cache };
         if !seen.insert((route.host.clone(), route.path_prefix.clone())) {
             out.push(path, "matches the same host and path prefix as an earlier route");
             continue;

@@ -85,6 +85,8 @@ pin_project_lite::pin_project! {
         // For upstream bodies: the longest pause allowed between two reads.
         stall: Option<Stall>,
         finish: Option<Finish>,
+        // Copies the body into the cache as it passes, when the response is being stored.
+        fill: Option<Box<crate::cache::fill::Fill>>,
     }
 }
 
@@ -106,6 +108,7 @@ impl ResponseBody {
             lease: None,
             stall: Some(Stall::new(read_timeout)),
             finish: None,
+            fill: None,
         }
     }
 
@@ -117,6 +120,7 @@ impl ResponseBody {
             lease: None,
             stall: None,
             finish: None,
+            fill: None,
         }
     }
 
@@ -141,6 +145,11 @@ impl ResponseBody {
         self.finish = Some(finish);
     }
 
+    /// Stores this body in the cache once it has ended cleanly (see [`crate::cache::fill`]).
+    pub fn fill(&mut self, fill: crate::cache::fill::Fill) {
+        self.fill = Some(Box::new(fill));
+    }
+
     /// Keeps the connection's active-request guard alive until this body ends.
     pub fn hold_conn(&mut self, guard: ActiveRequest) {
         self.guards.conn = Some(guard);
@@ -155,11 +164,11 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         if let Some(lease) = this.lease.as_mut() {
             lease.drive(cx);
         }
-        let frame = match this.inner.project() {
+        let frame = match this.inner.as_mut().project() {
             InnerProj::Stream { mut body } => match body.as_mut().poll_frame(cx) {
                 Poll::Ready(frame) => {
                     if let Some(stall) = this.stall.as_mut() {
@@ -184,6 +193,25 @@ impl Body for ResponseBody {
             },
             InnerProj::Full { body } => ready!(body.poll_frame(cx)).map(|r| r.map_err(BoxError::from)),
         };
+        if let Some(fill) = this.fill.as_mut() {
+            match &frame {
+                Some(Ok(f)) => match f.data_ref() {
+                    Some(data) => fill.data(data),
+                    None => fill.spoil(),
+                },
+                None => {}
+                Some(Err(_)) => fill.spoil(),
+            }
+            let ended = match &frame {
+                Some(Ok(_)) => ended(&this.inner),
+                _ => true,
+            };
+            if ended {
+                if let Some(fill) = this.fill.take() {
+                    fill.finish();
+                }
+            }
+        }
         match &frame {
             Some(Ok(f)) => {
                 if let (Some(data), Some(finish)) = (f.data_ref(), this.finish.as_mut()) {
@@ -201,10 +229,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Stream { body } => body.is_end_stream(),
-            Inner::Full { body } => body.is_end_stream(),
-        }
+        ended(&self.inner)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -212,6 +237,13 @@ impl Body for ResponseBody {
             Inner::Stream { body } => body.size_hint(),
             Inner::Full { body } => body.size_hint(),
         }
+    }
+}
+
+fn ended(inner: &Inner) -> bool {
+    match inner {
+        Inner::Stream { body } => body.is_end_stream(),
+        Inner::Full { body } => body.is_end_stream(),
     }
 }
 

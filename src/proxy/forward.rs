@@ -38,7 +38,7 @@ pub(super) struct Requester<'a> {
 /// the body can be sent again. Returns the body, its upload state (`None` once nothing more comes from
 /// the client), and a copy to resend when it was read whole.
 pub(super) async fn forward(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     snap: &Snapshot,
     from: Requester<'_>,
     req: Request<Incoming>,
@@ -79,6 +79,37 @@ pub(super) async fn forward(
         match Box::pin(snap.rate_limits.check(request, route_rules)).await {
             Ok(headers) => limit_headers = headers,
             Err(limited) => return Err(ProxyError::RateLimited(Box::new(limited))),
+        }
+    }
+    // A cached route answers from its cache, or notes what the upstream's answer means to it.
+    let mut cache = None;
+    if let Some(store) = route.cache.and_then(|i| snap.caches.get(i)) {
+        let refresh = |upstream, pending| {
+            let requester = (client, from.ip.clone(), tls);
+            tokio::spawn(super::cache::refresh(
+                Arc::clone(shared),
+                route_index,
+                upstream,
+                pending,
+                requester,
+            ));
+        };
+        match Box::pin(super::cache::lookup(store, &mut parts, host.as_ref(), tls, refresh)).await {
+            super::cache::Lookup::Answer(resp) => {
+                let mut resp = *resp;
+                let request_id = parts.headers.get(&X_REQUEST_ID);
+                let vars = Vars { client: client.ip(), request_id, host: host.as_ref(), tls };
+                if let Some(policy) = policy.filter(|p| !p.response_headers.is_empty()) {
+                    policy.response_headers.apply(resp.headers_mut(), &vars);
+                }
+                if let Some(limit) = limit_headers {
+                    limit.apply(resp.headers_mut());
+                }
+                return Ok(resp);
+            }
+            super::cache::Lookup::Forward(pending) | super::cache::Lookup::Bypass(pending) => {
+                cache = Some((pending, parts.method.clone()));
+            }
         }
     }
     let pool = pool.ok_or(ProxyError::NoRoute)?;
@@ -134,9 +165,20 @@ pub(super) async fn forward(
         whole,
         upgrading: client_upgrade.is_some(),
     };
-    let (resp, guard, lease, choice) =
-        send_with_retries(&exchange, parts, body, choice, guard, trace).await?;
+    let sent = send_with_retries(&exchange, parts, body, choice, guard, trace).await;
+    let (resp, guard, lease, choice) = match sent {
+        Ok(sent) => sent,
+        // The origin failed: a stale object within `stale-if-error` answers instead.
+        Err(e) => match cache.as_ref().and_then(|(pending, method)| pending.on_failure(method)) {
+            Some(stale) => return Ok(stale),
+            None => return Err(e),
+        },
+    };
+    let upstream = cache.as_ref().map(|_| super::cache::upstream_head(&resp));
     let mut resp = client_response(snap, pool, tls, resp, guard, lease, choice, client_upgrade, active)?;
+    if let (Some((pending, method)), Some(upstream)) = (cache, upstream) {
+        resp = pending.respond(upstream, resp, &method);
+    }
     if let Some(policy) = policy.filter(|p| !p.response_headers.is_empty()) {
         policy.response_headers.apply(resp.headers_mut(), &vars);
     }
@@ -144,6 +186,48 @@ pub(super) async fn forward(
         limit.apply(resp.headers_mut());
     }
     Ok(resp)
+}
+
+/// Sends a cache refresh (a bodyless GET made by lb, `stale-while-revalidate`) through the route's
+/// pool as a client's request would go, and makes its answer the response a client would get.
+pub(super) async fn send_refresh(
+    shared: &Shared,
+    snap: &Snapshot,
+    route_index: usize,
+    mut parts: http::request::Parts,
+    requester: &(SocketAddr, HeaderValue, bool),
+) -> Result<(Response<ResponseBody>, (StatusCode, http::HeaderMap)), ProxyError> {
+    let (client, ip, tls) = (requester.0, &requester.1, requester.2);
+    let route = snap.config.routes.get(route_index).ok_or(ProxyError::NoRoute)?;
+    let pool = snap.pools.get(route.pool).ok_or(ProxyError::NoRoute)?;
+    let host = parts.headers.get(header::HOST).cloned();
+    let (choice, guard) = match pool.claim(client, &parts) {
+        Some(claimed) => claimed,
+        None => Box::pin(pool.wait_for_room(client, &parts)).await.map_err(|why| no_server(pool, why))?,
+    };
+    if let Some(path) = route
+        .policy
+        .as_deref()
+        .and_then(|p| super::edge::rewritten_path(p, route.path_prefix.as_deref(), parts.uri.path()))
+    {
+        set_path(&mut parts, path)?;
+    }
+    let from = Requester { addr: client, ip, tls };
+    rewrite(&mut parts, snap, pool, &from, host.as_ref(), None);
+    let target = std::mem::take(&mut parts.uri);
+    let spare = (pool.retry.attempts > 0 && pool.upstreams.len() > 1).then(|| {
+        let mut head = copy_head(&parts);
+        head.uri = target.clone();
+        head
+    });
+    let exchange =
+        Exchange { shared, snap, pool, client, target, spare, upload: None, whole: None, upgrading: false };
+    let mut trace = Trace::default();
+    let (resp, guard, lease, choice) =
+        send_with_retries(&exchange, parts, RequestBody::empty(), choice, guard, &mut trace).await?;
+    let upstream = super::cache::upstream_head(&resp);
+    let resp = client_response(snap, pool, tls, resp, guard, lease, choice, None, &mut None)?;
+    Ok((resp, upstream))
 }
 
 /// Replaces the request's path, keeping its query (and scheme and authority, for HTTP/2).
@@ -575,7 +659,7 @@ fn who(upstream: &crate::upstream::Upstream) -> String {
 }
 
 /// A copy of a request head (method, target, version, headers) for sending it again.
-fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
+pub(super) fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
     let (mut head, ()) = Request::new(()).into_parts();
     head.method = parts.method.clone();
     head.uri = parts.uri.clone();

@@ -55,6 +55,11 @@ pub fn accepts_trailers(headers: &HeaderMap) -> bool {
     })
 }
 
+/// Whether `name` is one of the hop-by-hop fields lb never relays.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name)
+}
+
 /// Removes every hop-by-hop field, including those named by `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass of cheap name comparisons instead of seven hashed removals.

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod access_writer;
 pub mod body;
+mod cache;
 mod edge;
 pub mod error;
 mod forward;

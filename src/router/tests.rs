@@ -8,7 +8,14 @@ use super::*;
 use crate::config::order_routes;
 
 fn r(host: Option<HostMatch>, prefix: Option<&str>, pool: usize) -> RouteConfig {
-    RouteConfig { host, path_prefix: prefix.map(str::to_owned), pool, max_body_size: None, policy: None }
+    RouteConfig {
+        host,
+        path_prefix: prefix.map(str::to_owned),
+        pool,
+        max_body_size: None,
+        policy: None,
+        cache: None,
+    }
 }
 
 fn exact(name: &str) -> Option<HostMatch> {
@@ -200,6 +207,7 @@ fn route() -> impl Strategy<Value = RouteConfig> {
         pool,
         max_body_size: None,
         policy: None,
+        cache: None,
     })
 }
 

@@ -51,6 +51,8 @@ pub struct Snapshot {
     pub unrouted: crate::metrics::Unserved,
     /// `[[rate_limits]]` with their buckets.
     pub rate_limits: crate::ratelimit::RateLimits,
+    /// `[caches.NAME]` with their objects, indexed as `config.caches`.
+    pub caches: Box<[Arc<crate::cache::Store>]>,
 }
 
 /// Holds the current snapshot and the registry of per-server state.
@@ -96,6 +98,8 @@ struct Registry {
     buckets: HashMap<Arc<str>, Arc<crate::ratelimit::gcra::LocalBuckets>>,
     /// The Redis store of `[redis]`, kept while its settings stay (connections included).
     redis: Option<Arc<crate::ratelimit::redis::RedisStore>>,
+    /// Each cache by name: a reload that keeps its settings keeps its objects.
+    caches: HashMap<Arc<str>, Arc<crate::cache::Store>>,
 }
 
 impl Runtime {
@@ -412,6 +416,7 @@ fn build(
     let sticky_cookies =
         config.pools.iter().filter_map(|p| p.sticky.as_ref().map(|s| s.cookie.clone())).collect();
     let rate_limits = rate_limits(&config, registry);
+    let caches = caches(&config, registry);
     let snapshot = Snapshot {
         generation,
         // The router answers the route's index: the route names the pool and its own limits.
@@ -421,8 +426,23 @@ fn build(
         sticky_cookies,
         unrouted: crate::metrics::Unserved::default(),
         rate_limits,
+        caches,
     };
     (snapshot, arrived)
+}
+
+/// The config's caches, each the previous snapshot's store when its settings did not change.
+fn caches(config: &Config, registry: &mut Registry) -> Box<[Arc<crate::cache::Store>]> {
+    let stores: Box<[_]> = config
+        .caches
+        .iter()
+        .map(|settings| match registry.caches.get(&settings.name) {
+            Some(store) if store.settings == *settings => Arc::clone(store),
+            _ => Arc::new(crate::cache::Store::new(settings.clone())),
+        })
+        .collect();
+    registry.caches = stores.iter().map(|s| (Arc::clone(&s.settings.name), Arc::clone(s))).collect();
+    stores
 }
 
 /// The config's rate-limit rules, with the buckets and Redis store of the previous snapshot where

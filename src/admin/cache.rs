@@ -1,0 +1,61 @@
+//! `POST /cache/purge`: removes stored responses by URL or by key prefix, in one cache or all.
+//!
+//! The body is JSON: `{"cache": "NAME", "url": "https://example.com/a?b"}` removes every variant
+//! of that URL; `{"prefix": "https://example.com/static/"}` removes every URL that starts with it.
+//! Without `cache`, every cache is purged.
+
+use super::{json, Reply};
+use crate::runtime::Runtime;
+use http::StatusCode;
+use serde_json::json;
+
+/// Largest request body accepted.
+pub(super) const MAX_BODY: usize = 16 * 1024;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Purge {
+    cache: Option<String>,
+    url: Option<String>,
+    prefix: Option<String>,
+}
+
+/// Applies a purge request.
+pub(super) fn purge(runtime: &Runtime, body: &[u8]) -> Reply {
+    let request: Purge = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return json(StatusCode::BAD_REQUEST, &json!({ "error": format!("{e}") })),
+    };
+    let snap = runtime.snapshot();
+    let stores: Vec<_> = snap
+        .caches
+        .iter()
+        .filter(|s| request.cache.as_deref().is_none_or(|n| *s.settings.name == *n))
+        .collect();
+    if stores.is_empty() {
+        let error = match &request.cache {
+            Some(name) => format!("no cache named {name:?}"),
+            None => "no caches are configured".to_owned(),
+        };
+        return json(StatusCode::NOT_FOUND, &json!({ "error": error }));
+    }
+    match (&request.url, &request.prefix) {
+        (Some(url), None) => {
+            let Some(key) = crate::cache::key_of_url(url) else {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &json!({ "error": "url: an absolute http(s) URL, please" }),
+                );
+            };
+            stores.iter().for_each(|s| s.invalidate(&key));
+            tracing::info!(%url, "cache purged by URL");
+        }
+        (None, Some(prefix)) => {
+            stores.iter().for_each(|s| s.purge_prefix(prefix));
+            tracing::info!(%prefix, "cache purged by prefix");
+        }
+        _ => return json(StatusCode::BAD_REQUEST, &json!({ "error": "give exactly one of url and prefix" })),
+    }
+    let names: Vec<&str> = stores.iter().map(|s| &*s.settings.name).collect();
+    json(StatusCode::OK, &json!({ "purged": names }))
+}

@@ -1,0 +1,497 @@
+//! Response caching (`[caches.NAME]`, named by routes with `cache = "NAME"`): what may be stored and
+//! reused follows RFC 9111 for a shared cache (the `http-cache-semantics` crate judges storability,
+//! freshness, `Vary` and revalidation), plus what it lacks: `stale-while-revalidate` and
+//! `stale-if-error` (RFC 5861), a default lifetime for responses the origin says nothing about,
+//! and lb's own rules for cookies.
+//!
+//! Objects live in memory, bounded by bytes (headers and body counted) with TinyLFU admission and
+//! eviction (`moka`). A store is kept across reloads by its name while its settings stay the same.
+//! The request path that uses it is `proxy::cache`; the body recorder that fills it is [`fill`].
+
+pub mod fill;
+pub mod status;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+
+/// One `[caches.NAME]` section, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    /// The section's name: routes name it, metrics and the admin purge use it.
+    pub name: Arc<str>,
+    /// Bytes the cache may hold, headers and bodies counted.
+    pub max_size: u64,
+    /// Largest object stored; a larger response is passed through and not stored.
+    pub max_object_size: u64,
+    /// Lifetime of a storable response that states none (no `max-age`, `s-maxage` or `Expires`);
+    /// `None` (the default): only what RFC 9111 allows (heuristics on `Last-Modified`).
+    pub default_ttl: Option<Duration>,
+    /// `HEAD` is answered from stored `GET` responses (`methods` names it).
+    pub head: bool,
+    /// Store responses that carry `Set-Cookie` (the cookie itself is never stored).
+    pub allow_set_cookie: bool,
+    /// How long a request waits for another one fetching the same object (request coalescing)
+    /// before it goes upstream itself.
+    pub lock_timeout: Duration,
+}
+
+/// At most this many variants (`Vary`) per URL: a response that varies on a field every client
+/// sends differently must not fill the cache with copies of one URL.
+const MAX_VARIANTS: usize = 8;
+
+/// Bytes counted per object beyond its body and header bytes (the policy, the key, bookkeeping).
+const OBJECT_OVERHEAD: u64 = 512;
+
+/// A stored response.
+#[derive(Debug)]
+pub struct Object {
+    /// RFC 9111's judgement of the stored request and response.
+    pub policy: CachePolicy,
+    /// The response's status.
+    pub status: StatusCode,
+    /// Its fields as stored (without hop-by-hop fields and `Set-Cookie`).
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+    /// Until when it may be served without asking the origin.
+    pub fresh_until: SystemTime,
+    /// `stale-while-revalidate`: how long after `fresh_until` it may be served while one refresh runs.
+    pub stale_while_revalidate: Duration,
+    /// `stale-if-error`: how long after `fresh_until` it may be served when the origin fails.
+    pub stale_if_error: Duration,
+    /// `must-revalidate` / `proxy-revalidate`: never served stale.
+    pub must_revalidate: bool,
+    /// Bytes counted against the cache's size.
+    pub weight: u64,
+}
+
+impl Object {
+    /// Builds the stored object for `request` and the response head `(status, headers)` (already
+    /// stripped of hop-by-hop fields and `Set-Cookie`), with `body`.
+    pub fn new(
+        policy: CachePolicy,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        now: SystemTime,
+        default_ttl: Option<Duration>,
+    ) -> Self {
+        let directives = status::Directives::of(&headers);
+        let ttl = match default_ttl {
+            Some(ttl) if !directives.explicit_expiry => ttl,
+            _ => policy.time_to_live(now),
+        };
+        let header_bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        let weight = OBJECT_OVERHEAD + 2 * header_bytes as u64 + body.len() as u64;
+        Self {
+            policy,
+            status,
+            headers,
+            body,
+            fresh_until: now + ttl,
+            stale_while_revalidate: directives.stale_while_revalidate,
+            stale_if_error: directives.stale_if_error,
+            must_revalidate: directives.must_revalidate,
+            weight,
+        }
+    }
+
+    /// How long it has been stale at `now` (zero while fresh).
+    pub fn staleness(&self, now: SystemTime) -> Duration {
+        now.duration_since(self.fresh_until).unwrap_or_default()
+    }
+
+    /// Whether it is fresh at `now`.
+    pub fn fresh(&self, now: SystemTime) -> bool {
+        now < self.fresh_until
+    }
+
+    /// Whether it may be served stale while a refresh runs, at `now`.
+    pub fn within_swr(&self, now: SystemTime) -> bool {
+        !self.must_revalidate && !self.fresh(now) && self.staleness(now) < self.stale_while_revalidate
+    }
+
+    /// Whether it may be served stale because the origin failed, at `now`.
+    pub fn within_sie(&self, now: SystemTime) -> bool {
+        !self.must_revalidate && self.staleness(now) < self.stale_if_error
+    }
+
+    /// The head to answer with at `now`: the stored one with its `Age`.
+    pub fn head(&self, now: SystemTime) -> (StatusCode, HeaderMap) {
+        let mut headers = self.headers.clone();
+        let age = self.policy.age(now).as_secs();
+        if let Ok(v) = http::HeaderValue::from_str(&age.to_string()) {
+            headers.insert(http::header::AGE, v);
+        }
+        (self.status, headers)
+    }
+
+    /// Whether it has a validator to revalidate with.
+    pub fn has_validator(&self) -> bool {
+        self.headers.contains_key(http::header::ETAG)
+            || self.headers.contains_key(http::header::LAST_MODIFIED)
+    }
+}
+
+/// The variants stored for one URL.
+#[derive(Debug, Default)]
+struct Entry {
+    variants: Vec<Arc<Object>>,
+}
+
+impl Entry {
+    fn weight(&self) -> u32 {
+        let total: u64 = self.variants.iter().map(|o| o.weight).sum();
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+}
+
+/// What a lookup found for a request.
+#[derive(Debug)]
+pub enum Found {
+    /// A fresh object: serve it.
+    Fresh(Arc<Object>),
+    /// A stored object for this request that may not be served without the origin (or only under
+    /// `stale-while-revalidate` / `stale-if-error`); `validators` are the conditional fields
+    /// (`If-None-Match`, `If-Modified-Since`) to revalidate it with.
+    Stale {
+        /// The stored object.
+        object: Arc<Object>,
+        /// `If-None-Match` / `If-Modified-Since` for the origin.
+        validators: HeaderMap,
+    },
+    /// Nothing stored for it.
+    Miss,
+}
+
+/// Metric handles of one cache.
+#[derive(Debug)]
+pub struct CacheMetrics {
+    /// Served fresh from the cache.
+    pub hit: metrics::Counter,
+    /// Nothing usable stored: forwarded (revalidations included).
+    pub miss: metrics::Counter,
+    /// Served stale (`stale-while-revalidate`, `stale-if-error`).
+    pub stale: metrics::Counter,
+    /// Revalidated by a 304.
+    pub revalidated: metrics::Counter,
+    /// Not looked up (method, `no-store`).
+    pub bypass: metrics::Counter,
+    /// Served after waiting for another request's fetch.
+    pub collapsed: metrics::Counter,
+    /// Objects stored.
+    pub stored: metrics::Counter,
+    /// Objects evicted for room.
+    pub evictions: metrics::Counter,
+    /// Bytes stored.
+    pub bytes: metrics::Gauge,
+}
+
+impl CacheMetrics {
+    fn new(name: &Arc<str>) -> Self {
+        let result = |r: &'static str| metrics::counter!(crate::metrics::CACHE_REQUESTS, "cache" => name.to_string(), "result" => r);
+        Self {
+            hit: result("hit"),
+            miss: result("miss"),
+            stale: result("stale"),
+            revalidated: result("revalidated"),
+            bypass: result("bypass"),
+            collapsed: result("collapsed"),
+            stored: metrics::counter!(crate::metrics::CACHE_STORED, "cache" => name.to_string()),
+            evictions: metrics::counter!(crate::metrics::CACHE_EVICTIONS, "cache" => name.to_string()),
+            bytes: metrics::gauge!(crate::metrics::CACHE_BYTES, "cache" => name.to_string()),
+        }
+    }
+}
+
+/// One named cache: its objects, the fetches in progress, its clock and metrics.
+pub struct Store {
+    /// Its `[caches.NAME]` section.
+    pub settings: CacheSettings,
+    objects: moka::sync::Cache<String, Arc<Entry>>,
+    /// Keys being fetched from the origin now, each with the signal its waiters watch.
+    fetching: Mutex<HashMap<String, watch::Receiver<()>>>,
+    clock: Clock,
+    /// Its metric handles.
+    pub metrics: Arc<CacheMetrics>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+/// Wall-clock time as the cache sees it: the wall clock when the store was made, advanced by tokio's
+/// clock (so a test on tokio's paused clock moves the cache's time too).
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    wall: SystemTime,
+    mono: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self { wall: SystemTime::now(), mono: tokio::time::Instant::now() }
+    }
+
+    fn now(&self) -> SystemTime {
+        self.wall + self.mono.elapsed()
+    }
+}
+
+/// The options RFC 9111 is applied with: a shared cache; no heuristic lifetime beyond the RFC's.
+fn options() -> CacheOptions {
+    CacheOptions { shared: true, ..CacheOptions::default() }
+}
+
+impl Store {
+    /// An empty cache with `settings`.
+    pub fn new(settings: CacheSettings) -> Self {
+        let metrics = Arc::new(CacheMetrics::new(&settings.name));
+        let evicted = Arc::clone(&metrics);
+        let objects = moka::sync::Cache::builder()
+            .max_capacity(settings.max_size)
+            .weigher(|_key: &String, entry: &Arc<Entry>| entry.weight())
+            .support_invalidation_closures()
+            .eviction_listener(move |_key, _entry: Arc<Entry>, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evicted.evictions.increment(1);
+                }
+            })
+            .build();
+        Self { settings, objects, fetching: Mutex::new(HashMap::new()), clock: Clock::new(), metrics }
+    }
+
+    /// The cache's time now.
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    /// What is stored for `key` that suits `request` (the client's head, see [`policy_request`]).
+    pub fn lookup(&self, key: &str, request: &http::request::Parts) -> Found {
+        let Some(entry) = self.objects.get(key) else { return Found::Miss };
+        let now = self.now();
+        for object in &entry.variants {
+            match object.policy.before_request(request, now) {
+                // Fresh, or stale and the client's `max-stale` accepts it.
+                BeforeRequest::Fresh(_) => return Found::Fresh(Arc::clone(object)),
+                BeforeRequest::Stale { request: parts, matches: true } => {
+                    // `default_ttl` can make an object fresh that RFC 9111 alone calls stale.
+                    if object.fresh(now) && !no_cache(&request.headers) {
+                        return Found::Fresh(Arc::clone(object));
+                    }
+                    let validators = validators(&parts.headers);
+                    return Found::Stale { object: Arc::clone(object), validators };
+                }
+                BeforeRequest::Stale { matches: false, .. } => {}
+            }
+        }
+        Found::Miss
+    }
+
+    /// Stores `object` for `key`, replacing a variant the same requests would select.
+    pub fn insert(&self, key: &str, request: &http::request::Parts, object: Object) {
+        if object.body.len() as u64 > self.settings.max_object_size {
+            return;
+        }
+        let object = Arc::new(object);
+        let mut variants = vec![Arc::clone(&object)];
+        if let Some(old) = self.objects.get(key) {
+            let now = self.now();
+            variants.extend(
+                old.variants
+                    .iter()
+                    .filter(|o| {
+                        !matches!(
+                            o.policy.before_request(request, now),
+                            BeforeRequest::Fresh(_) | BeforeRequest::Stale { matches: true, .. }
+                        )
+                    })
+                    .take(MAX_VARIANTS - 1)
+                    .cloned(),
+            );
+        }
+        let entry = Arc::new(Entry { variants });
+        self.metrics.stored.increment(1);
+        self.objects.insert(key.to_owned(), entry);
+    }
+
+    /// Removes every variant stored for `key`.
+    pub fn invalidate(&self, key: &str) {
+        self.objects.invalidate(key);
+    }
+
+    /// Removes every object whose key starts with `prefix`; how many URLs were stored under it
+    /// is not known at once (removal runs in the background), so nothing is returned.
+    pub fn purge_prefix(&self, prefix: &str) {
+        let prefix = prefix.to_owned();
+        // Only fails when closures are not enabled, which `new` does.
+        let _ = self.objects.invalidate_entries_if(move |key, _| key.starts_with(&prefix));
+        self.objects.run_pending_tasks();
+    }
+
+    /// URLs and bytes stored now (pending evictions done first); sets the byte gauge.
+    pub fn usage(&self) -> (u64, u64) {
+        self.objects.run_pending_tasks();
+        let (urls, bytes) = (self.objects.entry_count(), self.objects.weighted_size());
+        self.metrics.bytes.set(bytes as f64);
+        (urls, bytes)
+    }
+
+    /// Becomes the one request fetching `key`, or returns the signal of the one that is.
+    pub fn fetch(self: &Arc<Self>, key: &str) -> Result<Fetching, watch::Receiver<()>> {
+        let mut fetching = self.fetching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(rx) = fetching.get(key) {
+            if rx.has_changed().is_ok() {
+                return Err(rx.clone());
+            }
+        }
+        let (tx, rx) = watch::channel(());
+        fetching.insert(key.to_owned(), rx);
+        Ok(Fetching { store: Arc::clone(self), key: key.to_owned(), _done: tx })
+    }
+
+    /// Whether someone is fetching `key` now.
+    pub fn is_fetching(&self, key: &str) -> bool {
+        let fetching = self.fetching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        fetching.get(key).is_some_and(|rx| rx.has_changed().is_ok())
+    }
+
+    /// RFC 9111's judgement of a response `(status, headers)` to `request`, received now.
+    pub fn policy_for(
+        &self,
+        request: &http::request::Parts,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> CachePolicy {
+        let mut response = http::Response::new(());
+        *response.status_mut() = status;
+        *response.headers_mut() = headers.clone();
+        CachePolicy::new_options(request, &response, self.now(), options())
+    }
+
+    /// The policy for a response to `request`: `None` when RFC 9111 or lb's rules forbid storing it.
+    pub fn storable(
+        &self,
+        request: &http::request::Parts,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Option<CachePolicy> {
+        if request.method != Method::GET || status == StatusCode::PARTIAL_CONTENT {
+            return None;
+        }
+        if headers.contains_key(http::header::SET_COOKIE) && !self.settings.allow_set_cookie {
+            return None;
+        }
+        if headers.get_all(http::header::VARY).iter().any(|v| v.to_str().is_ok_and(|v| v.contains('*'))) {
+            return None;
+        }
+        if let Some(len) = content_length(headers) {
+            if len > self.settings.max_object_size {
+                return None;
+            }
+        }
+        let now = self.now();
+        // Judged without the cookie, as it is stored (the crate would never let it stay fresh).
+        let mut stored = headers.clone();
+        stored.remove(http::header::SET_COOKIE);
+        let policy = self.policy_for(request, status, &stored);
+        if !policy.is_storable() {
+            return None;
+        }
+        // Stored only if it can be reused: fresh for a while, or revalidated cheaply.
+        let stale_windows = status::Directives::of(headers);
+        let useful = !policy.time_to_live(now).is_zero()
+            || self.settings.default_ttl.is_some()
+            || !stale_windows.stale_while_revalidate.is_zero()
+            || !stale_windows.stale_if_error.is_zero()
+            || headers.contains_key(http::header::ETAG)
+            || headers.contains_key(http::header::LAST_MODIFIED);
+        useful.then_some(policy)
+    }
+}
+
+/// While held, the request holding it is the one fetching its key; dropping it (stored or not)
+/// wakes the requests waiting for it.
+pub struct Fetching {
+    store: Arc<Store>,
+    key: String,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        let mut fetching = self.store.fetching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        fetching.remove(&self.key);
+    }
+}
+
+/// The request as the cache judges it: method, origin-form target and the client's fields with
+/// `Host` set to the request's host (HTTP/2 carries it in `:authority`).
+pub fn policy_request(
+    parts: &http::request::Parts,
+    host: Option<&http::HeaderValue>,
+) -> http::request::Parts {
+    let mut req = http::Request::new(());
+    *req.method_mut() = parts.method.clone();
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    *req.uri_mut() = http::Uri::try_from(target).unwrap_or_else(|_| http::Uri::from_static("/"));
+    *req.headers_mut() = parts.headers.clone();
+    if let Some(host) = host {
+        req.headers_mut().insert(http::header::HOST, host.clone());
+    }
+    req.into_parts().0
+}
+
+/// The cache key of an absolute URL (`http://host[:port]/path?query`), as [`key`] makes it for the
+/// request of that URL; `None` if it is not one.
+pub fn key_of_url(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let tls = match uri.scheme_str()? {
+        "https" => true,
+        "http" => false,
+        _ => return None,
+    };
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.uri = uri.path_and_query().map_or("/", |p| p.as_str()).parse().ok()?;
+    Some(key(tls, Some(uri.host()?), &parts))
+}
+
+/// The cache key of a request: scheme, host and target.
+pub fn key(tls: bool, host: Option<&str>, parts: &http::request::Parts) -> String {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}{target}", host.unwrap_or("").to_ascii_lowercase())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The request asks for no stored answer without revalidation.
+fn no_cache(headers: &HeaderMap) -> bool {
+    let says = |name, what: &str| {
+        headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains(what)))
+    };
+    says(http::header::CACHE_CONTROL, "no-cache") || says(http::header::PRAGMA, "no-cache")
+}
+
+/// The conditional fields of a revalidation request.
+fn validators(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in [http::header::IF_NONE_MATCH, http::header::IF_MODIFIED_SINCE] {
+        if let Some(v) = headers.get(&name) {
+            out.insert(name, v.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+//! The response directives the cache reads beyond RFC 9111's freshness (RFC 5861's stale windows,
+//! `must-revalidate`), and the `Cache-Status` field (RFC 9211) it answers with.
+
+use http::{HeaderMap, HeaderValue};
+use std::time::Duration;
+
+/// `Cache-Status`'s name for this cache.
+const CACHE: &str = "lb";
+
+/// What a stored response's `Cache-Control` says beyond what `http-cache-semantics` reads.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Directives {
+    /// `stale-while-revalidate=N`.
+    pub stale_while_revalidate: Duration,
+    /// `stale-if-error=N`.
+    pub stale_if_error: Duration,
+    /// `must-revalidate` or `proxy-revalidate`.
+    pub must_revalidate: bool,
+    /// `max-age`, `s-maxage` or `Expires` is present: the origin stated a lifetime.
+    pub explicit_expiry: bool,
+}
+
+impl Directives {
+    /// Reads them from a response's fields.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut d = Self { explicit_expiry: headers.contains_key(http::header::EXPIRES), ..Self::default() };
+        for value in headers.get_all(http::header::CACHE_CONTROL) {
+            let Ok(value) = value.to_str() else { continue };
+            for directive in value.split(',') {
+                let (name, arg) = directive.split_once('=').unwrap_or((directive, ""));
+                let seconds = || arg.trim().trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "stale-while-revalidate" => d.stale_while_revalidate = seconds().unwrap_or_default(),
+                    "stale-if-error" => d.stale_if_error = seconds().unwrap_or_default(),
+                    "must-revalidate" | "proxy-revalidate" => d.must_revalidate = true,
+                    "max-age" | "s-maxage" => d.explicit_expiry = true,
+                    _ => {}
+                }
+            }
+        }
+        d
+    }
+}
+
+/// How the cache answered a request, as `Cache-Status` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Served from the cache, fresh.
+    Hit,
+    /// Served from the cache after waiting for another request's fetch.
+    Collapsed,
+    /// Served stale while one refresh goes upstream.
+    StaleWhileRevalidate,
+    /// Served stale because the origin failed (its status, or none for a connection failure).
+    StaleIfError(Option<u16>),
+    /// Revalidated with the origin, which answered 304.
+    Revalidated,
+    /// Forwarded: nothing stored suited the request; `stored` if the answer is being stored.
+    Miss {
+        /// The answer is being stored.
+        stored: bool,
+    },
+    /// Forwarded: a stored object was stale and the origin sent a new one.
+    Refreshed {
+        /// The origin's status.
+        status: u16,
+        /// The answer is being stored.
+        stored: bool,
+    },
+    /// Forwarded without looking (method, or the request forbids stored answers).
+    Bypass,
+}
+
+impl Answer {
+    /// The `Cache-Status` field value.
+    pub fn header(self) -> HeaderValue {
+        let text = match self {
+            Self::Hit => format!("{CACHE}; hit"),
+            Self::Collapsed => format!("{CACHE}; hit; collapsed"),
+            Self::StaleWhileRevalidate => format!("{CACHE}; hit; detail=stale-while-revalidate"),
+            Self::StaleIfError(Some(s)) => {
+                format!("{CACHE}; hit; fwd=stale; fwd-status={s}; detail=stale-if-error")
+            }
+            Self::StaleIfError(None) => format!("{CACHE}; hit; fwd=stale; detail=stale-if-error"),
+            Self::Revalidated => format!("{CACHE}; fwd=stale; fwd-status=304"),
+            Self::Miss { stored: true } => format!("{CACHE}; fwd=miss; stored"),
+            Self::Miss { stored: false } => format!("{CACHE}; fwd=miss"),
+            Self::Refreshed { status, stored: true } => {
+                format!("{CACHE}; fwd=stale; fwd-status={status}; stored")
+            }
+            Self::Refreshed { status, stored: false } => format!("{CACHE}; fwd=stale; fwd-status={status}"),
+            Self::Bypass => format!("{CACHE}; fwd=bypass"),
+        };
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("lb"))
+    }
+}
+
+/// The `Cache-Status` field name.
+pub static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");

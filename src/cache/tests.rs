@@ -1,0 +1,94 @@
+//! The store on tokio's paused clock: freshness, expiry and the stale windows.
+
+use super::*;
+use http::HeaderValue;
+
+fn settings() -> CacheSettings {
+    CacheSettings {
+        name: Arc::from("t"),
+        max_size: 1 << 20,
+        max_object_size: 1 << 16,
+        default_ttl: None,
+        head: true,
+        allow_set_cookie: false,
+        lock_timeout: Duration::from_secs(5),
+    }
+}
+
+fn get(path: &str) -> http::request::Parts {
+    let parts = http::Request::get(path).header("host", "example.com").body(()).unwrap().into_parts().0;
+    policy_request(&parts, Some(&HeaderValue::from_static("example.com")))
+}
+
+fn store(store: &Store, path: &str, cache_control: &str) {
+    let request = get(path);
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_str(cache_control).unwrap());
+    let policy = store.storable(&request, StatusCode::OK, &headers).expect("storable");
+    let object = Object::new(policy, StatusCode::OK, headers, Bytes::from("body"), store.now(), None);
+    store.insert(&key(false, Some("example.com"), &request), &request, object);
+}
+
+fn found(store: &Store, path: &str) -> &'static str {
+    let request = get(path);
+    match store.lookup(&key(false, Some("example.com"), &request), &request) {
+        Found::Fresh(_) => "fresh",
+        Found::Stale { .. } => "stale",
+        Found::Miss => "miss",
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_object_is_fresh_for_its_max_age_then_stale() {
+    let s = Store::new(settings());
+    store(&s, "/a", "max-age=60");
+    assert_eq!(found(&s, "/a"), "fresh");
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert_eq!(found(&s, "/a"), "fresh");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(found(&s, "/a"), "stale");
+    assert_eq!(found(&s, "/b"), "miss");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_windows_end_on_time_and_must_revalidate_forbids_them() {
+    let s = Store::new(settings());
+    store(&s, "/w", "max-age=10, stale-while-revalidate=20, stale-if-error=100");
+    let request = get("/w");
+    let object = match s.lookup(&key(false, Some("example.com"), &request), &request) {
+        Found::Fresh(o) => o,
+        other => panic!("{other:?}"),
+    };
+    tokio::time::advance(Duration::from_secs(15)).await;
+    assert!(object.within_swr(s.now()) && object.within_sie(s.now()));
+    tokio::time::advance(Duration::from_secs(20)).await;
+    assert!(!object.within_swr(s.now()) && object.within_sie(s.now()));
+    tokio::time::advance(Duration::from_secs(100)).await;
+    assert!(!object.within_sie(s.now()));
+
+    store(&s, "/m", "max-age=10, must-revalidate, stale-while-revalidate=20, stale-if-error=100");
+    let request = get("/m");
+    let Found::Fresh(object) = s.lookup(&key(false, Some("example.com"), &request), &request) else {
+        panic!()
+    };
+    tokio::time::advance(Duration::from_secs(15)).await;
+    assert!(!object.within_swr(s.now()) && !object.within_sie(s.now()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn default_ttl_applies_only_when_the_origin_states_no_lifetime() {
+    let s = Store::new(CacheSettings { default_ttl: Some(Duration::from_secs(30)), ..settings() });
+    let request = get("/d");
+    let headers = HeaderMap::new();
+    let policy = s.storable(&request, StatusCode::OK, &headers).expect("storable with a default lifetime");
+    let object = Object::new(policy, StatusCode::OK, headers, Bytes::new(), s.now(), s.settings.default_ttl);
+    s.insert(&key(false, Some("example.com"), &request), &request, object);
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert_eq!(found(&s, "/d"), "fresh");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(found(&s, "/d"), "stale");
+    // A stated lifetime wins over the default.
+    store(&s, "/e", "max-age=5");
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert_eq!(found(&s, "/e"), "stale");
+}

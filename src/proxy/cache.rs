@@ -1,0 +1,319 @@
+//! A cached route's request path: answer from the cache, or forward and store what comes back.
+//!
+//! [`lookup`] runs before a server is chosen. A fresh object is the answer; a stale one is served
+//! at once within `stale-while-revalidate` (one background [`refresh`] goes upstream), otherwise it
+//! is revalidated (the request goes upstream with its validators). On a miss, the first request for
+//! a key fetches it and later ones wait for that fetch (up to `lock_timeout`), then look again.
+//! [`Pending::respond`] then turns the upstream's answer into the client's: a 304 to a revalidation
+//! serves the stored body with the merged head, a failure within `stale-if-error` serves the stale
+//! object, and a storable response is copied into the cache as it streams to the client.
+
+use super::body::ResponseBody;
+use crate::cache::fill::Fill;
+use crate::cache::status::{Answer, CACHE_STATUS};
+use crate::cache::{Fetching, Found, Object, Store};
+use http::{header, HeaderMap, Method, Response, StatusCode};
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+/// What the cache decided before the request goes upstream.
+pub(super) enum Lookup {
+    /// The answer, from the cache.
+    Answer(Box<Response<ResponseBody>>),
+    /// Go upstream; the answer passes through [`Pending::respond`].
+    Forward(Box<Pending>),
+    /// Go upstream, and then run [`Pending::respond`] for what a response means to the cache
+    /// (an unsafe method invalidates the URL), storing nothing.
+    Bypass(Box<Pending>),
+}
+
+/// A cached route's request on its way upstream.
+pub(super) struct Pending {
+    store: Arc<Store>,
+    key: String,
+    /// The request as the cache judges it (see `cache::policy_request`).
+    request: http::request::Parts,
+    /// The stored object being revalidated (or to serve if the origin fails, `stale-if-error`).
+    stale: Option<Arc<Object>>,
+    /// This request fetches the key for the others waiting on it.
+    fetching: Option<Fetching>,
+    /// An unsafe method: a successful answer makes the stored URL invalid.
+    invalidates: bool,
+    /// The answer may be stored (not for a bypass).
+    store_allowed: bool,
+    /// A stored object was found stale: the answer refreshes it.
+    had_stale: bool,
+}
+
+/// Looks `parts` up in `store`; may add revalidation fields to `parts`. `refresh` starts a
+/// background refresh of the key (for `stale-while-revalidate`).
+pub(super) async fn lookup(
+    store: &Arc<Store>,
+    parts: &mut http::request::Parts,
+    host: Option<&http::HeaderValue>,
+    tls: bool,
+    refresh: impl FnOnce(http::request::Parts, Box<Pending>),
+) -> Lookup {
+    let host_str = host.and_then(|h| h.to_str().ok()).map(crate::router::strip_port);
+    let key = crate::cache::key(tls, host_str, parts);
+    let cacheable = parts.method == Method::GET || (parts.method == Method::HEAD && store.settings.head);
+    let mut request = crate::cache::policy_request(parts, host);
+    if request.method == Method::HEAD && store.settings.head {
+        // Answered from a stored GET: judged as one.
+        request.method = Method::GET;
+    }
+    let pending = |request, stale: Option<Arc<Object>>, fetching, invalidates, store_allowed| {
+        Box::new(Pending {
+            store: Arc::clone(store),
+            key: key.clone(),
+            request,
+            had_stale: stale.is_some(),
+            stale,
+            fetching,
+            invalidates,
+            store_allowed,
+        })
+    };
+    if !cacheable || forbids_store(&parts.headers) {
+        store.metrics.bypass.increment(1);
+        let invalidates = !parts.method.is_safe();
+        return Lookup::Bypass(pending(request, None, None, invalidates, false));
+    }
+    let mut waited = false;
+    loop {
+        match store.lookup(&key, &request) {
+            Found::Fresh(object) => {
+                let answer = if waited { Answer::Collapsed } else { Answer::Hit };
+                let counter = if waited { &store.metrics.collapsed } else { &store.metrics.hit };
+                counter.increment(1);
+                return Lookup::Answer(Box::new(serve(store, &object, &parts.method, answer)));
+            }
+            Found::Stale { object, validators } => {
+                let now = store.now();
+                if object.within_swr(now) {
+                    store.metrics.stale.increment(1);
+                    if let Ok(fetching) = store.fetch(&key) {
+                        let mut upstream = super::forward::copy_head(parts);
+                        upstream.method = Method::GET;
+                        upstream.headers.extend(validators);
+                        let mut judged = request.clone();
+                        judged.method = Method::GET;
+                        refresh(
+                            upstream,
+                            pending(judged, Some(Arc::clone(&object)), Some(fetching), false, true),
+                        );
+                    }
+                    return Lookup::Answer(Box::new(serve(
+                        store,
+                        &object,
+                        &parts.method,
+                        Answer::StaleWhileRevalidate,
+                    )));
+                }
+                if parts.method == Method::HEAD {
+                    // A HEAD is forwarded as it came; only a GET's answer revalidates the object.
+                    return Lookup::Bypass(pending(request, Some(object), None, false, false));
+                }
+                store.metrics.miss.increment(1);
+                // The client's own conditions stay; the cache's validators fill in the rest.
+                for (name, value) in &validators {
+                    if !parts.headers.contains_key(name) {
+                        parts.headers.insert(name.clone(), value.clone());
+                    }
+                }
+                let fetching = store.fetch(&key).ok();
+                return Lookup::Forward(pending(request, Some(object), fetching, false, true));
+            }
+            Found::Miss if waited || parts.method == Method::HEAD => {
+                store.metrics.miss.increment(1);
+                return Lookup::Forward(pending(request, None, None, false, parts.method == Method::GET));
+            }
+            Found::Miss => match store.fetch(&key) {
+                Ok(fetching) => {
+                    store.metrics.miss.increment(1);
+                    return Lookup::Forward(pending(request, None, Some(fetching), false, true));
+                }
+                // Another request is fetching it: wait for that (bounded), then look again once.
+                Err(mut done) => {
+                    waited = true;
+                    let _ = tokio::time::timeout(store.settings.lock_timeout, done.changed()).await;
+                }
+            },
+        }
+    }
+}
+
+impl Pending {
+    /// The client's answer for the upstream's `resp`, already made into the client's response by
+    /// `forward` (hop-by-hop fields gone, lb's sticky cookie added). `upstream` is the head as the
+    /// upstream sent it, for the cache's judgement.
+    pub(super) fn respond(
+        mut self,
+        upstream: (StatusCode, HeaderMap),
+        mut resp: Response<ResponseBody>,
+        method: &Method,
+    ) -> Response<ResponseBody> {
+        let (status, mut headers) = upstream;
+        if self.invalidates {
+            if status.is_success() || status.is_redirection() {
+                self.store.invalidate(&self.key);
+            }
+            return resp;
+        }
+        if let Some(stale) = self.stale.take() {
+            if status == StatusCode::NOT_MODIFIED {
+                return self.revalidated(&stale, &headers, method).unwrap_or(resp);
+            }
+            if status.is_server_error() && stale.within_sie(self.store.now()) {
+                self.store.metrics.stale.increment(1);
+                return serve(&self.store, &stale, method, Answer::StaleIfError(Some(status.as_u16())));
+            }
+        }
+        let had_stale = self.had_stale;
+        crate::proxy::headers::strip_hop_by_hop(&mut headers);
+        let policy = (self.store_allowed && *method == Method::GET)
+            .then(|| self.store.storable(&self.request, status, &headers))
+            .flatten();
+        // Stored (when `allow_set_cookie` allows) without it: one client's cookie is never another's.
+        headers.remove(header::SET_COOKIE);
+        let stored = policy.is_some();
+        if let Some(policy) = policy {
+            let fill = Fill::new(
+                Arc::clone(&self.store),
+                self.key,
+                self.request,
+                policy,
+                status,
+                headers,
+                self.fetching,
+            );
+            resp.body_mut().fill(fill);
+        }
+        let answer = if had_stale {
+            Answer::Refreshed { status: status.as_u16(), stored }
+        } else {
+            Answer::Miss { stored }
+        };
+        resp.headers_mut().insert(CACHE_STATUS.clone(), answer.header());
+        resp
+    }
+
+    /// The origin answered `304` to a revalidation: the stored body with the merged head, stored
+    /// again with its new lifetime.
+    fn revalidated(
+        &self,
+        stale: &Object,
+        headers: &HeaderMap,
+        method: &Method,
+    ) -> Option<Response<ResponseBody>> {
+        let mut not_modified = http::Response::new(());
+        *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+        *not_modified.headers_mut() = headers.clone();
+        let now = self.store.now();
+        // The crate checks that the 304 is about the stored response (its validators).
+        if !matches!(
+            stale.policy.after_response(&self.request, &not_modified, now),
+            http_cache_semantics::AfterResponse::NotModified(..)
+        ) {
+            return None;
+        }
+        // RFC 9111 section 3.2: every field of the 304 replaces or joins the stored ones, except
+        // those that describe the body (which is not resent); the crate only replaces.
+        let mut merged = stale.headers.clone();
+        for name in headers.keys() {
+            let skip =
+                [header::CONTENT_LENGTH, header::CONTENT_ENCODING, header::CONTENT_RANGE, header::SET_COOKIE];
+            if skip.contains(name) || crate::proxy::headers::is_hop_by_hop(name) {
+                continue;
+            }
+            merged.remove(name);
+            for value in headers.get_all(name) {
+                merged.append(name.clone(), value.clone());
+            }
+        }
+        merged.remove(header::AGE);
+        let policy = self.store.policy_for(&self.request, stale.status, &merged);
+        let object = Object::new(
+            policy,
+            stale.status,
+            merged,
+            stale.body.clone(),
+            now,
+            self.store.settings.default_ttl,
+        );
+        let object = Arc::new(object);
+        self.store.metrics.revalidated.increment(1);
+        let resp = serve(&self.store, &object, method, Answer::Revalidated);
+        if let Ok(object) = Arc::try_unwrap(object) {
+            self.store.insert(&self.key, &self.request, object);
+        }
+        Some(resp)
+    }
+
+    /// The upstream failed (no response): the stale object within `stale-if-error`, if any.
+    pub(super) fn on_failure(&self, method: &Method) -> Option<Response<ResponseBody>> {
+        let stale = self.stale.as_ref()?;
+        if !stale.within_sie(self.store.now()) {
+            return None;
+        }
+        self.store.metrics.stale.increment(1);
+        Some(serve(&self.store, stale, method, Answer::StaleIfError(None)))
+    }
+}
+
+/// The client's answer from a stored object (no body for `HEAD`).
+fn serve(store: &Store, object: &Object, method: &Method, answer: Answer) -> Response<ResponseBody> {
+    let (status, headers) = object.head(store.now());
+    let body = if *method == Method::HEAD {
+        ResponseBody::full("")
+    } else {
+        ResponseBody::full(object.body.clone())
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    if *method == Method::HEAD {
+        // The stored GET's length, as a HEAD answer states it.
+        resp.headers_mut().insert(header::CONTENT_LENGTH, object.body.len().into());
+    }
+    resp.headers_mut().insert(CACHE_STATUS.clone(), answer.header());
+    resp
+}
+
+/// The request says `Cache-Control: no-store`: neither answered from nor kept in the cache.
+fn forbids_store(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains("no-store")))
+}
+
+/// Refreshes a stored object in the background (`stale-while-revalidate`): a GET with its
+/// validators through the route's pool; a 304 renews it, a storable answer replaces it.
+pub(super) async fn refresh(
+    shared: Arc<super::Shared>,
+    route_index: usize,
+    parts: http::request::Parts,
+    pending: Box<Pending>,
+    requester: (std::net::SocketAddr, http::HeaderValue, bool),
+) {
+    use http_body_util::BodyExt;
+    let snap = shared.runtime.snapshot();
+    let method = Method::GET;
+    let result = super::forward::send_refresh(&shared, &snap, route_index, parts, &requester).await;
+    let (resp, upstream) = match result {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(cache = %pending.store.settings.name, key = %pending.key, error = %e, "background refresh failed");
+            return;
+        }
+    };
+    let resp = pending.respond(upstream, resp, &method);
+    // Read to the end: the fill stores it then.
+    let _ = resp.into_body().collect().await;
+}
+
+/// The status and head of an upstream response, before `forward` makes it the client's.
+pub(super) fn upstream_head(resp: &Response<Incoming>) -> (StatusCode, HeaderMap) {
+    (resp.status(), resp.headers().clone())
+}
