@@ -21,6 +21,7 @@ fn table(n: usize) -> Vec<RouteConfig> {
         pool,
         max_body_size: None,
         policy: None,
+        cache: None,
     };
     let mut routes = Vec::with_capacity(n + n / 4 + 1);
     for i in 0..n / 2 {

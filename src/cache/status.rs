@@ -67,7 +67,7 @@ pub enum Answer {
         /// The answer is being stored.
         stored: bool,
     },
-    /// Forwarded without looking (method, or the request forbids stored answers).
+    /// Forwarded without looking: the request forbids stored answers (`no-store`).
     Bypass,
 }
 
@@ -89,7 +89,7 @@ impl Answer {
                 format!("{CACHE}; fwd=stale; fwd-status={status}; stored")
             }
             Self::Refreshed { status, stored: false } => format!("{CACHE}; fwd=stale; fwd-status={status}"),
-            Self::Bypass => format!("{CACHE}; fwd=bypass"),
+            Self::Bypass => format!("{CACHE}; fwd=request"),
         };
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("lb"))
     }

@@ -43,6 +43,8 @@ pub(super) struct Pending {
     store_allowed: bool,
     /// A stored object was found stale: the answer refreshes it.
     had_stale: bool,
+    /// The request said `no-store`.
+    request_forbids: bool,
 }
 
 /// Looks `parts` up in `store`; may add revalidation fields to `parts`. `refresh` starts a
@@ -72,12 +74,15 @@ pub(super) async fn lookup(
             fetching,
             invalidates,
             store_allowed,
+            request_forbids: false,
         })
     };
     if !cacheable || forbids_store(&parts.headers) {
         store.metrics.bypass.increment(1);
         let invalidates = !parts.method.is_safe();
-        return Lookup::Bypass(pending(request, None, None, invalidates, false));
+        let mut bypass = pending(request, None, None, invalidates, false);
+        bypass.request_forbids = cacheable;
+        return Lookup::Bypass(bypass);
     }
     let mut waited = false;
     loop {
@@ -189,7 +194,9 @@ impl Pending {
             );
             resp.body_mut().fill(fill);
         }
-        let answer = if had_stale {
+        let answer = if self.request_forbids {
+            Answer::Bypass
+        } else if had_stale {
             Answer::Refreshed { status: status.as_u16(), stored }
         } else {
             Answer::Miss { stored }
