@@ -2,7 +2,7 @@
 """Load benchmark: lb against nginx and HAProxy, same upstreams, same load, interleaved rounds.
 
 Usage: python3 benches/load.py [--duration 10] [--connections 64] [--rounds 3] [--observability]
-                               [--routes N] [--lb-only] [--pinned] [--scenario plain|slow|4k]
+                               [--routes N] [--lb-only] [--pinned] [--scenario plain|slow|4k|cache]
 
 Builds lb and the benchmark upstream (examples/upstream.rs) in release mode, starts three upstream
 servers on 127.0.0.1, then for each round runs every proxy in turn (lb, then nginx and HAProxy when
@@ -17,7 +17,9 @@ With --pinned each proxy runs alone on CPU 1 with one worker (lb `TOKIO_WORKER_T
 `worker_processes 1`, HAProxy `nbthread 1`), and wrk (one thread) and the upstreams share CPU 0: the
 proxy's CPU per request is then not blurred by the load generator's. The summary prints lb's CPU per
 request against each peer's (lb/nginx, lb/HAProxy). --scenario picks the upstreams: `plain` (a short
-body), `slow` (the third upstream answers 10 ms later), `4k` (4 KiB bodies). E.g. the upstream issue's
+body), `slow` (the third upstream answers 10 ms later), `4k` (4 KiB bodies), or `cache` (plain
+upstreams, every proxy answering from its response cache: lb's `[caches]`, nginx's `proxy_cache` on a
+directory in /dev/shm, HAProxy's `cache`; all requests are for one URL). E.g. the upstream issue's
 four cells: `--pinned --connections 64`, `--pinned --connections 256`, `--pinned --connections 256
 --scenario slow`, `--pinned --connections 64 --scenario 4k`.
 
@@ -39,6 +41,7 @@ Needs wrk (Debian: apt-get install wrk); --tls and --rate also need h2load (nght
 openssl too. nginx and HAProxy are optional (apt-get install nginx-light haproxy). All traffic stays on 127.0.0.1;
 every run is bounded by --duration.
 """
+import atexit
 import argparse
 import contextlib
 import os
@@ -126,6 +129,14 @@ def lb_variant(name, extra):
 
 lb_config = lb_variant("lb", '[admin]\naddr = "127.0.0.1:0"')
 
+# --scenario cache: every proxy answers from its response cache (all requests are for one URL, so
+# every request after the first is a hit). The upstream sends no lifetime: each proxy gives 200s one
+# minute (lb `default_ttl`, nginx `proxy_cache_valid`, HAProxy's cache `max-age`). nginx's cache is a
+# memory-backed directory (/dev/shm), as the caching issue asks.
+CACHE = False
+lb_cache_config = lb_variant("lb", '[admin]\naddr = "127.0.0.1:0"\n\n[[routes]]\npool = "app"\ncache = "c"\n\n'
+                                   '[caches.c]\ndefault_ttl = "60s"\n')
+
 
 def nginx_config(tmp):
     servers = "".join(f"    server {a};\n" for a in UPSTREAMS)
@@ -143,6 +154,7 @@ http {{
   upstream app {{
 {servers}    keepalive 1024;
   }}
+{nginx_cache_path(tmp)}
   server {{
     listen 127.0.0.1:{PORTS["nginx"]};
     location / {{
@@ -153,11 +165,21 @@ http {{
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto $scheme;
       proxy_set_header X-Forwarded-Host $host;
+{"      proxy_cache c; proxy_cache_valid 200 60s;" if CACHE else ""}
     }}
   }}
 }}
 """)
     return [*PROXY_CPU, "nginx", "-c", path, "-p", tmp], {}
+
+
+def nginx_cache_path(tmp):
+    if not CACHE:
+        return ""
+    path = tempfile.mkdtemp(prefix="lb-bench-nginx-cache-", dir="/dev/shm")
+    os.chmod(path, 0o777)  # nginx's workers may run as another user
+    atexit.register(shutil.rmtree, path, True)
+    return f"  proxy_cache_path {path} levels=1:2 keys_zone=c:10m max_size=64m;"
 
 
 def haproxy_config(tmp):
@@ -182,6 +204,13 @@ frontend fe
 backend be
   balance roundrobin
 {servers}""")
+        if CACHE:
+            f.write("""  http-request cache-use c
+  http-response cache-store c
+cache c
+  total-max-size 64
+  max-age 60
+""")
     return [*PROXY_CPU, "haproxy", "-f", path, "-db"], {}
 
 
@@ -401,10 +430,12 @@ def main():
                     help="proxy alone on CPU 1 with one worker; wrk and upstreams on CPU 0")
     ap.add_argument("--rate", type=int, default=0,
                     help="open load: this many requests/s in all (h2load --rps), below every proxy's capacity")
-    ap.add_argument("--scenario", choices=["plain", "slow", "4k"], default="plain",
-                    help="upstreams: short body (plain), third one 10 ms slower (slow), 4 KiB bodies (4k)")
+    ap.add_argument("--scenario", choices=["plain", "slow", "4k", "cache"], default="plain",
+                    help="upstreams: short body (plain), third one 10 ms slower (slow), 4 KiB bodies (4k); "
+                         "or every proxy answering from its response cache (cache)")
     args = ap.parse_args()
-    global WORKERS, PROXY_CPU, LOAD_CPU
+    global WORKERS, PROXY_CPU, LOAD_CPU, CACHE
+    CACHE = args.scenario == "cache"
     if args.pinned:
         if not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
             sys.exit("--pinned needs taskset and two CPUs")
@@ -412,7 +443,7 @@ def main():
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install -y wrk")
     subprocess.run(["cargo", "build", "--release", "--bin", "lb", "--example", "upstream"], cwd=ROOT, check=True)
-    proxies = [("lb", lb_config)]
+    proxies = [("lb", lb_cache_config if CACHE else lb_config)]
     if args.observability:
         proxies += [("lb-nometrics", lb_variant("lb-nometrics", "[admin]\nenabled = false")),
                     ("lb-access", lb_variant("lb-access", '[admin]\naddr = "127.0.0.1:0"\n[log]\naccess = "json"'))]

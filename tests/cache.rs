@@ -259,6 +259,20 @@ async fn within_stale_if_error_a_failing_origin_is_hidden_behind_the_stale_objec
     request(lb.addr, "GET", plain, &[]).await;
     origin.failing.store(true, Ordering::SeqCst);
     assert_eq!(request(lb.addr, "GET", plain, &[]).await.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+    // The origin cannot be reached at all (a reload moved the pool to a closed port; the cache,
+    // its settings unchanged, keeps its objects): refused connections, then no usable server.
+    let down = "/down?cc=max-age%3D0%2C%20stale-if-error%3D600";
+    origin.failing.store(false, Ordering::SeqCst);
+    request(lb.addr, "GET", down, &[]).await;
+    let closed = common::closed_port().await;
+    let moved = config_with(&[("o", closed)], "[[routes]]\npool = \"web\"\ncache = \"c\"\n\n[caches.c]\n");
+    lb.runtime.apply(lb::config::Config::from_toml(&moved).unwrap());
+    for _ in 0..3 {
+        let resp = request(lb.addr, "GET", down, &[]).await;
+        assert_eq!((resp.status(), resp.body().as_str()), (StatusCode::OK, "answer 1"));
+        assert_eq!(status_of(&resp), "lb; hit; fwd=stale; detail=stale-if-error");
+    }
 }
 
 #[tokio::test]
@@ -347,4 +361,57 @@ fn cache_settings_are_validated_with_their_key_paths() {
     assert!(err.contains("routes[0].cache: unknown cache \"missing\""), "{err}");
     assert!(err.contains("caches.c.max_object_size"), "{err}");
     assert!(err.contains("caches.c.methods[0]: \"POST\": only GET and HEAD are cached"), "{err}");
+}
+
+/// Two lb processes with one shared tier in a real `redis-server`.
+fn shared_config(origin: &Origin, redis: SocketAddr) -> String {
+    config_with(
+        &[("o", origin.addr)],
+        &format!(
+            "[[routes]]\npool = \"web\"\ncache = \"c\"\n\n[caches.c]\nredis = true\n\n\
+             [redis]\nnodes = [\"{redis}\"]\ntimeout = \"200ms\"\nbreaker = \"300ms\"\n"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn two_lb_processes_share_one_cache_through_redis_and_go_on_alone_without_it() {
+    let Some(redis) = common::redis::Redis::start().await else { return };
+    let origin = Origin::start().await;
+    let toml = shared_config(&origin, redis.addr);
+    let (a, b) = (LbProcess::start(&toml), LbProcess::start(&toml));
+    let path = "/shared?cc=max-age%3D600";
+    // One name for the fleet, as clients use it (each process has its own port here).
+    const HOST: &[(&str, &str)] = &[("host", "shop.example")];
+    assert_eq!(status_of(&request(a.addr, "GET", path, HOST).await), "lb; fwd=miss; stored");
+    // The write to Redis is made in the background: b finds it once it is there.
+    let mut shared = None;
+    for _ in 0..50 {
+        let resp = request(b.addr, "GET", path, HOST).await;
+        if status_of(&resp) == "lb; hit; detail=shared" {
+            shared = Some(resp);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shared = shared.expect("b never found a's object in Redis");
+    assert_eq!(shared.body(), "answer 1");
+    // b keeps it in its own cache now.
+    assert_eq!(status_of(&request(b.addr, "GET", path, HOST).await), "lb; hit");
+    // A purge through one instance removes the shared copy (its own copy too; b keeps its own
+    // until it expires or is purged there).
+    let url = format!("http://shop.example{path}");
+    let (status, _) = a.admin_post("/cache/purge", &format!("{{\"url\": \"{url}\"}}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status_of(&request(a.addr, "GET", path, HOST).await), "lb; fwd=miss; stored");
+    assert_eq!(origin.hits(path), 2);
+
+    // Redis gone: both go on with their own caches.
+    drop(redis);
+    let alone = "/alone?cc=max-age%3D600";
+    for lb in [&a, &b] {
+        assert_eq!(request(lb.addr, "GET", alone, HOST).await.status(), StatusCode::OK);
+        assert_eq!(status_of(&request(lb.addr, "GET", alone, HOST).await), "lb; hit");
+    }
+    assert_eq!(origin.hits(alone), 2);
 }

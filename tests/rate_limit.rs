@@ -4,12 +4,11 @@
 
 mod common;
 
+use common::redis::Redis;
 use common::{config_with, eventually, Backend, Lb, LbProcess};
 use http::StatusCode;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 async fn send(
     addr: SocketAddr,
@@ -142,60 +141,6 @@ async fn the_rule_name_reaches_the_access_log_and_metrics() {
     let status = lb.status().await;
     assert_eq!(status["rate_limits"][0]["name"], "api");
     assert_eq!(status["rate_limits"][0]["local_keys"], 1);
-}
-
-/// A `redis-server` on a free port, without persistence, stopped on drop.
-struct Redis {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl Redis {
-    /// `None` where redis-server is not installed (and not required).
-    async fn start() -> Option<Self> {
-        Self::start_on(common::closed_port().await).await
-    }
-
-    async fn start_on(addr: SocketAddr) -> Option<Self> {
-        let mut command = std::process::Command::new("redis-server");
-        command
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &addr.port().to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null());
-        let child = common::spawn_tool(&mut command, "LB_REQUIRE_REDIS", "redis-server")?;
-        let redis = Self { child, addr };
-        // Ready once it answers PING.
-        eventually(Duration::from_secs(10), || async move { ping(addr).await }).await;
-        Some(redis)
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-}
-
-async fn ping(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect(addr).await else { return false };
-    if s.write_all(b"PING\r\n").await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 7];
-    matches!(tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut buf)).await, Ok(Ok(_)) if &buf == b"+PONG\r\n")
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn redis_rules(redis: SocketAddr, b: &Backend, rules: &str) -> String {

@@ -2,7 +2,8 @@
 //!
 //! The body is JSON: `{"cache": "NAME", "url": "https://example.com/a?b"}` removes every variant
 //! of that URL; `{"prefix": "https://example.com/static/"}` removes every URL that starts with it.
-//! Without `cache`, every cache is purged.
+//! Without `cache`, every cache is purged. A cache shared through Redis is purged there too (by
+//! URL in the background; by prefix before the answer, which is 502 if Redis did not answer).
 
 use super::{json, Reply};
 use crate::runtime::Runtime;
@@ -21,7 +22,7 @@ struct Purge {
 }
 
 /// Applies a purge request.
-pub(super) fn purge(runtime: &Runtime, body: &[u8]) -> Reply {
+pub(super) async fn purge(runtime: &Runtime, body: &[u8]) -> Reply {
     let request: Purge = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return json(StatusCode::BAD_REQUEST, &json!({ "error": format!("{e}") })),
@@ -51,7 +52,13 @@ pub(super) fn purge(runtime: &Runtime, body: &[u8]) -> Reply {
             tracing::info!(%url, "cache purged by URL");
         }
         (None, Some(prefix)) => {
-            stores.iter().for_each(|s| s.purge_prefix(prefix));
+            for store in &stores {
+                if let Err(e) = store.purge_prefix(prefix).await {
+                    let error =
+                        format!("purged here, but Redis did not answer ({}): its copies stay", e.label());
+                    return json(StatusCode::BAD_GATEWAY, &json!({ "error": error }));
+                }
+            }
             tracing::info!(%prefix, "cache purged by prefix");
         }
         _ => return json(StatusCode::BAD_REQUEST, &json!({ "error": "give exactly one of url and prefix" })),

@@ -121,7 +121,7 @@ async fn handle(admin: &Admin, local: SocketAddr, req: Request<Incoming>) -> Rep
                 return refused;
             }
             return match read_body(req, cache::MAX_BODY).await {
-                Ok(body) => cache::purge(&admin.runtime, &body),
+                Ok(body) => cache::purge(&admin.runtime, &body).await,
                 Err(refused) => *refused,
             };
         }

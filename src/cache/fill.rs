@@ -86,6 +86,6 @@ impl Fill {
         let default_ttl = self.store.settings.default_ttl;
         let object =
             Object::new(self.policy, self.status, self.headers, self.body.freeze(), now, default_ttl);
-        self.store.insert(&self.key, &self.request, object);
+        self.store.insert(&self.key, &self.request, object, true);
     }
 }

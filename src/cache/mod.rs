@@ -9,6 +9,7 @@
 //! The request path that uses it is `proxy::cache`; the body recorder that fills it is [`fill`].
 
 pub mod fill;
+pub mod shared;
 pub mod status;
 
 use bytes::Bytes;
@@ -38,6 +39,8 @@ pub struct CacheSettings {
     /// How long a request waits for another one fetching the same object (request coalescing)
     /// before it goes upstream itself.
     pub lock_timeout: Duration,
+    /// Objects are shared with other instances through `[redis]` ([`shared`]).
+    pub redis: bool,
 }
 
 /// At most this many variants (`Vary`) per URL: a response that varies on a field every client
@@ -184,6 +187,8 @@ pub struct CacheMetrics {
     pub bypass: metrics::Counter,
     /// Served after waiting for another request's fetch.
     pub collapsed: metrics::Counter,
+    /// Served from the shared tier (another instance stored it).
+    pub shared: metrics::Counter,
     /// Objects stored.
     pub stored: metrics::Counter,
     /// Objects evicted for room.
@@ -202,6 +207,7 @@ impl CacheMetrics {
             revalidated: result("revalidated"),
             bypass: result("bypass"),
             collapsed: result("collapsed"),
+            shared: result("shared"),
             stored: metrics::counter!(crate::metrics::CACHE_STORED, "cache" => name.to_string()),
             evictions: metrics::counter!(crate::metrics::CACHE_EVICTIONS, "cache" => name.to_string()),
             bytes: metrics::gauge!(crate::metrics::CACHE_BYTES, "cache" => name.to_string()),
@@ -217,6 +223,8 @@ pub struct Store {
     /// Keys being fetched from the origin now, each with the signal its waiters watch.
     fetching: Mutex<HashMap<String, watch::Receiver<()>>>,
     clock: Clock,
+    /// The tier shared through Redis, when `redis = true`.
+    pub shared: Option<Arc<shared::Shared>>,
     /// Its metric handles.
     pub metrics: Arc<CacheMetrics>,
 }
@@ -251,8 +259,9 @@ fn options() -> CacheOptions {
 }
 
 impl Store {
-    /// An empty cache with `settings`.
-    pub fn new(settings: CacheSettings) -> Self {
+    /// An empty cache with `settings`, sharing its objects through `redis` when it is given.
+    pub fn new(settings: CacheSettings, redis: Option<Arc<crate::ratelimit::redis::RedisStore>>) -> Self {
+        let shared = redis.map(|r| Arc::new(shared::Shared::new(r, &settings.name)));
         let metrics = Arc::new(CacheMetrics::new(&settings.name));
         let evicted = Arc::clone(&metrics);
         let objects = moka::sync::Cache::builder()
@@ -265,7 +274,7 @@ impl Store {
                 }
             })
             .build();
-        Self { settings, objects, fetching: Mutex::new(HashMap::new()), clock: Clock::new(), metrics }
+        Self { settings, objects, fetching: Mutex::new(HashMap::new()), clock: Clock::new(), shared, metrics }
     }
 
     /// The cache's time now.
@@ -295,10 +304,14 @@ impl Store {
         Found::Miss
     }
 
-    /// Stores `object` for `key`, replacing a variant the same requests would select.
-    pub fn insert(&self, key: &str, request: &http::request::Parts, object: Object) {
+    /// Stores `object` for `key`, replacing a variant the same requests would select; `share`:
+    /// also in the shared tier (not for what came from it).
+    pub fn insert(&self, key: &str, request: &http::request::Parts, object: Object, share: bool) {
         if object.body.len() as u64 > self.settings.max_object_size {
             return;
+        }
+        if let Some(shared) = self.shared.as_ref().filter(|_| share) {
+            shared.put(key, &object, self.now());
         }
         let object = Arc::new(object);
         let mut variants = vec![Arc::clone(&object)];
@@ -322,18 +335,25 @@ impl Store {
         self.objects.insert(key.to_owned(), entry);
     }
 
-    /// Removes every variant stored for `key`.
+    /// Removes every variant stored for `key`, here and in the shared tier.
     pub fn invalidate(&self, key: &str) {
         self.objects.invalidate(key);
+        if let Some(shared) = &self.shared {
+            shared.delete(key);
+        }
     }
 
-    /// Removes every object whose key starts with `prefix`; how many URLs were stored under it
-    /// is not known at once (removal runs in the background), so nothing is returned.
-    pub fn purge_prefix(&self, prefix: &str) {
-        let prefix = prefix.to_owned();
+    /// Removes every object whose key starts with `prefix`, here and in the shared tier (an error
+    /// when Redis did not answer).
+    pub async fn purge_prefix(&self, prefix: &str) -> Result<(), crate::ratelimit::redis::Failure> {
+        let owned = prefix.to_owned();
         // Only fails when closures are not enabled, which `new` does.
-        let _ = self.objects.invalidate_entries_if(move |key, _| key.starts_with(&prefix));
+        let _ = self.objects.invalidate_entries_if(move |key, _| key.starts_with(&owned));
         self.objects.run_pending_tasks();
+        match &self.shared {
+            Some(shared) => shared.purge_prefix(prefix).await.map(drop),
+            None => Ok(()),
+        }
     }
 
     /// URLs and bytes stored now (pending evictions done first); sets the byte gauge.

@@ -49,6 +49,8 @@ pub enum Answer {
     Hit,
     /// Served from the cache after waiting for another request's fetch.
     Collapsed,
+    /// Served from what another instance stored in the shared tier.
+    SharedHit,
     /// Served stale while one refresh goes upstream.
     StaleWhileRevalidate,
     /// Served stale because the origin failed (its status, or none for a connection failure).
@@ -77,6 +79,7 @@ impl Answer {
         let text = match self {
             Self::Hit => format!("{CACHE}; hit"),
             Self::Collapsed => format!("{CACHE}; hit; collapsed"),
+            Self::SharedHit => format!("{CACHE}; hit; detail=shared"),
             Self::StaleWhileRevalidate => format!("{CACHE}; hit; detail=stale-while-revalidate"),
             Self::StaleIfError(Some(s)) => {
                 format!("{CACHE}; hit; fwd=stale; fwd-status={s}; detail=stale-if-error")

@@ -12,6 +12,7 @@ fn settings() -> CacheSettings {
         head: true,
         allow_set_cookie: false,
         lock_timeout: Duration::from_secs(5),
+        redis: false,
     }
 }
 
@@ -26,7 +27,7 @@ fn store(store: &Store, path: &str, cache_control: &str) {
     headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_str(cache_control).unwrap());
     let policy = store.storable(&request, StatusCode::OK, &headers).expect("storable");
     let object = Object::new(policy, StatusCode::OK, headers, Bytes::from("body"), store.now(), None);
-    store.insert(&key(false, Some("example.com"), &request), &request, object);
+    store.insert(&key(false, Some("example.com"), &request), &request, object, false);
 }
 
 fn found(store: &Store, path: &str) -> &'static str {
@@ -40,7 +41,7 @@ fn found(store: &Store, path: &str) -> &'static str {
 
 #[tokio::test(start_paused = true)]
 async fn an_object_is_fresh_for_its_max_age_then_stale() {
-    let s = Store::new(settings());
+    let s = Store::new(settings(), None);
     store(&s, "/a", "max-age=60");
     assert_eq!(found(&s, "/a"), "fresh");
     tokio::time::advance(Duration::from_secs(59)).await;
@@ -52,7 +53,7 @@ async fn an_object_is_fresh_for_its_max_age_then_stale() {
 
 #[tokio::test(start_paused = true)]
 async fn stale_windows_end_on_time_and_must_revalidate_forbids_them() {
-    let s = Store::new(settings());
+    let s = Store::new(settings(), None);
     store(&s, "/w", "max-age=10, stale-while-revalidate=20, stale-if-error=100");
     let request = get("/w");
     let object = match s.lookup(&key(false, Some("example.com"), &request), &request) {
@@ -77,12 +78,12 @@ async fn stale_windows_end_on_time_and_must_revalidate_forbids_them() {
 
 #[tokio::test(start_paused = true)]
 async fn default_ttl_applies_only_when_the_origin_states_no_lifetime() {
-    let s = Store::new(CacheSettings { default_ttl: Some(Duration::from_secs(30)), ..settings() });
+    let s = Store::new(CacheSettings { default_ttl: Some(Duration::from_secs(30)), ..settings() }, None);
     let request = get("/d");
     let headers = HeaderMap::new();
     let policy = s.storable(&request, StatusCode::OK, &headers).expect("storable with a default lifetime");
     let object = Object::new(policy, StatusCode::OK, headers, Bytes::new(), s.now(), s.settings.default_ttl);
-    s.insert(&key(false, Some("example.com"), &request), &request, object);
+    s.insert(&key(false, Some("example.com"), &request), &request, object, false);
     tokio::time::advance(Duration::from_secs(29)).await;
     assert_eq!(found(&s, "/d"), "fresh");
     tokio::time::advance(Duration::from_secs(2)).await;

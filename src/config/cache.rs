@@ -14,7 +14,11 @@ const DEFAULT_MAX_OBJECT: u64 = 1 << 20;
 /// Default `lock_timeout`, as nginx's `proxy_cache_lock_timeout`.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(super) fn caches(raw: &BTreeMap<String, RawCache>, out: &mut Issues<'_>) -> Vec<CacheSettings> {
+pub(super) fn caches(
+    raw: &BTreeMap<String, RawCache>,
+    has_redis: bool,
+    out: &mut Issues<'_>,
+) -> Vec<CacheSettings> {
     raw.iter()
         .map(|(name, c)| {
             let path = format!("caches.{name}");
@@ -60,7 +64,12 @@ pub(super) fn caches(raw: &BTreeMap<String, RawCache>, out: &mut Issues<'_>) -> 
                     "must include \"GET\" (HEAD is answered from stored GETs)",
                 );
             }
+            let redis = c.redis.unwrap_or(false);
+            if redis && !has_redis {
+                out.push(format!("{path}.redis"), "needs a [redis] section with its nodes");
+            }
             CacheSettings {
+                redis,
                 name: Arc::from(name.as_str()),
                 max_size,
                 max_object_size,

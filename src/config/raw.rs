@@ -263,6 +263,7 @@ pub(crate) struct RawCache {
     pub methods: Option<Vec<String>>,
     pub allow_set_cookie: Option<bool>,
     pub lock_timeout: Option<String>,
+    pub redis: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

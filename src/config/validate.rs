@@ -33,7 +33,7 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
     let pools: Vec<PoolConfig> = raw.pools.iter().map(|(name, p)| pool(name, p, &mut out)).collect();
     let redis = super::rate_limit::redis(raw.redis.as_ref(), &mut out);
     let mut rate_limits = super::rate_limit::rules(&raw.rate_limits, redis.as_ref(), &mut out);
-    let caches = super::cache::caches(&raw.caches, &mut out);
+    let caches = super::cache::caches(&raw.caches, redis.is_some(), &mut out);
     let routes = routes(&raw.routes, &pools, &rate_limits, &caches, &mut out);
     // A rule that a route names applies on its routes only.
     for i in routes.iter().filter_map(|r| r.policy.as_ref()).flat_map(|p| p.rate_limits.iter()) {

@@ -84,12 +84,17 @@ pub(super) async fn lookup(
         bypass.request_forbids = cacheable;
         return Lookup::Bypass(bypass);
     }
-    let mut waited = false;
+    let (mut waited, mut asked_shared, mut from_shared) = (false, false, false);
     loop {
         match store.lookup(&key, &request) {
             Found::Fresh(object) => {
-                let answer = if waited { Answer::Collapsed } else { Answer::Hit };
-                let counter = if waited { &store.metrics.collapsed } else { &store.metrics.hit };
+                let (answer, counter) = if from_shared {
+                    (Answer::SharedHit, &store.metrics.shared)
+                } else if waited {
+                    (Answer::Collapsed, &store.metrics.collapsed)
+                } else {
+                    (Answer::Hit, &store.metrics.hit)
+                };
                 counter.increment(1);
                 return Lookup::Answer(Box::new(serve(store, &object, &parts.method, answer)));
             }
@@ -135,6 +140,16 @@ pub(super) async fn lookup(
             }
             Found::Miss => match store.fetch(&key) {
                 Ok(fetching) => {
+                    // Another instance may have it: the shared tier, once, before the origin.
+                    if let Some(shared) = store.shared.as_ref().filter(|_| !asked_shared) {
+                        asked_shared = true;
+                        if let Ok(Some(object)) = shared.get(&key).await {
+                            store.insert(&key, &request, object, false);
+                            from_shared = true;
+                            drop(fetching);
+                            continue;
+                        }
+                    }
                     store.metrics.miss.increment(1);
                     return Lookup::Forward(pending(request, None, Some(fetching), false, true));
                 }
@@ -252,7 +267,7 @@ impl Pending {
         self.store.metrics.revalidated.increment(1);
         let resp = serve(&self.store, &object, method, Answer::Revalidated);
         if let Ok(object) = Arc::try_unwrap(object) {
-            self.store.insert(&self.key, &self.request, object);
+            self.store.insert(&self.key, &self.request, object, true);
         }
         Some(resp)
     }

@@ -119,7 +119,14 @@ pub(super) async fn forward(
     let (choice, guard) = match pool.claim(client, &parts) {
         Some(claimed) => claimed,
         // Boxed: queueing is the rare path, and its timers would enlarge every request's future.
-        None => Box::pin(pool.wait_for_room(client, &parts)).await.map_err(|why| no_server(pool, why))?,
+        None => match Box::pin(pool.wait_for_room(client, &parts)).await {
+            Ok(claimed) => claimed,
+            // No server can take it: a stale object within `stale-if-error` answers instead.
+            Err(why) => match cache.as_ref().and_then(|(pending, method)| pending.on_failure(method)) {
+                Some(stale) => return Ok(stale),
+                None => return Err(no_server(pool, why)),
+            },
+        },
     };
     let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
     let client_upgrade =

@@ -106,17 +106,43 @@ impl RedisStore {
 
     /// Takes one request from the bucket `key` (whose hash is `hash`) under `quota`.
     pub async fn take(&self, key: &str, hash: u64, quota: Quota) -> Result<Verdict, Failure> {
+        let interval_us = u64::try_from(quota.interval.as_micros()).unwrap_or(u64::MAX).max(1);
+        let script = &self.script;
+        let (allowed, remaining, micros): (i64, i64, i64) = self
+            .run(hash, "rate-limit decision", |mut conn| async move {
+                script.key(key).arg(interval_us).arg(quota.burst.max(1)).invoke_async(&mut conn).await
+            })
+            .await?;
+        let time = Duration::from_micros(u64::try_from(micros).unwrap_or(0));
+        Ok(if allowed == 1 {
+            Verdict::Allow { remaining: u32::try_from(remaining).unwrap_or(0), reset: time }
+        } else {
+            Verdict::Deny { retry_after: time }
+        })
+    }
+
+    /// Runs `op` on the connection of the node `hash` picks, within the timeout and behind the
+    /// node's breaker (`what` names it in logs). Rate limits and the caches' shared tier share this.
+    pub async fn run<T, F, Fut>(&self, hash: u64, what: &'static str, op: F) -> Result<T, Failure>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let node = &self.nodes[jump(hash, self.nodes.len())];
         if self.now() < node.open_until.load(Ordering::Relaxed) {
             return Err(Failure::Breaker);
         }
-        let result = tokio::time::timeout(self.config.timeout, self.ask(node, key, quota)).await;
+        let result = tokio::time::timeout(self.config.timeout, async {
+            let conn = self.connection(node)?;
+            op(conn).await
+        })
+        .await;
         let outcome = match result {
             Ok(Ok(v)) => return Ok(v),
             // The connection's own timers (set to the same timeout) may fire first.
             Ok(Err(e)) if e.is_timeout() => Failure::Timeout,
             Ok(Err(e)) => {
-                tracing::debug!(node = %node.addr, error = %e, "redis rate-limit decision failed");
+                tracing::debug!(node = %node.addr, error = %e, "redis {what} failed");
                 Failure::Error
             }
             Err(_) => Failure::Timeout,
@@ -128,13 +154,14 @@ impl RedisStore {
                 node = %node.addr,
                 failure = outcome.label(),
                 skip = ?self.config.breaker,
-                "redis unavailable for rate limiting; rules fall back to their on_redis_error"
+                "redis unavailable: rate-limit rules fall back to their on_redis_error, caches to this process alone"
             );
         }
         Err(outcome)
     }
 
-    async fn ask(&self, node: &Node, key: &str, quota: Quota) -> redis::RedisResult<Verdict> {
+    /// The node's connection, made on first use; it reconnects by itself afterwards.
+    fn connection(&self, node: &Node) -> redis::RedisResult<ConnectionManager> {
         let conn = node.conn.get_or_init(|| {
             let client = redis::Client::open(format!("redis://{}/", node.addr)).map_err(|e| e.to_string())?;
             let settings = ConnectionManagerConfig::new()
@@ -144,25 +171,21 @@ impl RedisStore {
                 .set_max_delay(Duration::from_secs(1));
             ConnectionManager::new_lazy_with_config(client, settings).map_err(|e| e.to_string())
         });
-        let mut conn = match conn {
-            Ok(c) => c.clone(),
-            Err(e) => return Err(redis::RedisError::from((redis::ErrorKind::Client, "connect", e.clone()))),
-        };
-        let interval_us = u64::try_from(quota.interval.as_micros()).unwrap_or(u64::MAX).max(1);
-        let (allowed, remaining, micros): (i64, i64, i64) =
-            self.script.key(key).arg(interval_us).arg(quota.burst.max(1)).invoke_async(&mut conn).await?;
-        let time = Duration::from_micros(u64::try_from(micros).unwrap_or(0));
-        Ok(if allowed == 1 {
-            Verdict::Allow { remaining: u32::try_from(remaining).unwrap_or(0), reset: time }
-        } else {
-            Verdict::Deny { retry_after: time }
-        })
+        match conn {
+            Ok(c) => Ok(c.clone()),
+            Err(e) => Err(redis::RedisError::from((redis::ErrorKind::Client, "connect", e.clone()))),
+        }
+    }
+
+    /// The number of nodes.
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
     }
 }
 
 /// Jump consistent hash (Lamping and Veach): a stable node for `key` among `n`; adding a node moves
 /// only the keys that go to it.
-fn jump(mut key: u64, n: usize) -> usize {
+pub fn jump(mut key: u64, n: usize) -> usize {
     let (mut b, mut j) = (-1i64, 0i64);
     while j < n as i64 {
         b = j;

@@ -436,9 +436,18 @@ fn caches(config: &Config, registry: &mut Registry) -> Box<[Arc<crate::cache::St
     let stores: Box<[_]> = config
         .caches
         .iter()
-        .map(|settings| match registry.caches.get(&settings.name) {
-            Some(store) if store.settings == *settings => Arc::clone(store),
-            _ => Arc::new(crate::cache::Store::new(settings.clone())),
+        .map(|settings| {
+            // Shared through the `[redis]` the rate limits use (the same connections).
+            let redis = registry.redis.clone().filter(|_| settings.redis);
+            let same_redis = |store: &crate::cache::Store| match (&store.shared, &redis) {
+                (Some(shared), Some(redis)) => Arc::ptr_eq(shared.redis(), redis),
+                (None, None) => true,
+                _ => false,
+            };
+            match registry.caches.get(&settings.name) {
+                Some(store) if store.settings == *settings && same_redis(store) => Arc::clone(store),
+                _ => Arc::new(crate::cache::Store::new(settings.clone(), redis)),
+            }
         })
         .collect();
     registry.caches = stores.iter().map(|s| (Arc::clone(&s.settings.name), Arc::clone(s))).collect();

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod pki;
+pub mod redis;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
