@@ -415,3 +415,65 @@ async fn two_lb_processes_share_one_cache_through_redis_and_go_on_alone_without_
     }
     assert_eq!(origin.hits(alone), 2);
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_body_stores_nothing_partial() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let lb = Lb::start(&cached_config(&origin, "")).await;
+    let path = "/long?cc=max-age%3D60&size=600000";
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut first = [0u8; 1024];
+    assert!(s.read(&mut first).await.unwrap() > 0);
+    drop(s);
+    // Whatever the next request gets (the cache's copy or the origin's), it is the whole body.
+    for _ in 0..3 {
+        let resp = request(lb.addr, "GET", path, &[]).await;
+        assert_eq!(resp.body().len(), 600_000);
+    }
+}
+
+#[tokio::test]
+async fn vary_cookie_matches_the_whole_cookie_even_when_split_in_crumbs() {
+    let origin = Origin::start().await;
+    let lb = Lb::start(&cached_config(&origin, "")).await;
+    let path = "/private-ish?cc=public%2C%20max-age%3D60&vary=cookie";
+    let victim = request(lb.addr, "GET", path, &[("cookie", "consent=1"), ("cookie", "session=V")]).await;
+    assert_eq!(victim.body(), "answer 1");
+    let other = request(lb.addr, "GET", path, &[("cookie", "consent=1")]).await;
+    assert_eq!(other.body(), "answer 2", "a client with part of the cookie got the victim's page");
+}
+
+#[tokio::test]
+async fn default_ttl_never_overrides_no_cache_nor_a_client_asking_for_a_newer_answer() {
+    let origin = Origin::start().await;
+    let lb = Lb::start(&cached_config(&origin, "default_ttl = \"60s\"")).await;
+    // The origin says no-cache: each reuse is revalidated (here: refetched, no validator).
+    let no_cache = "/nc?cc=no-cache";
+    for _ in 0..2 {
+        request(lb.addr, "GET", no_cache, &[]).await;
+    }
+    assert_eq!(origin.hits(no_cache), 2);
+    // Fresh by default_ttl only: a client's max-age=0 or no-cache goes to the origin.
+    let silent = "/quiet";
+    request(lb.addr, "GET", silent, &[]).await;
+    assert_eq!(status_of(&request(lb.addr, "GET", silent, &[]).await), "lb; hit");
+    request(lb.addr, "GET", silent, &[("cache-control", "max-age=0")]).await;
+    request(lb.addr, "GET", silent, &[("cache-control", "no-cache")]).await;
+    assert_eq!(origin.hits(silent), 3);
+}
+
+#[tokio::test]
+async fn empty_bodies_are_stored_and_upgrades_bypass_the_cache() {
+    let origin = Origin::start().await;
+    let lb = Lb::start(&cached_config(&origin, "")).await;
+    let empty = "/empty?cc=max-age%3D60&size=0";
+    request(lb.addr, "GET", empty, &[]).await;
+    let again = request(lb.addr, "GET", empty, &[]).await;
+    assert_eq!((again.body().as_str(), status_of(&again).as_str()), ("", "lb; hit"));
+    let upgrade =
+        request(lb.addr, "GET", empty, &[("connection", "upgrade"), ("upgrade", "websocket")]).await;
+    assert_ne!(status_of(&upgrade), "lb; hit");
+    assert_eq!(origin.hits(empty), 2);
+}

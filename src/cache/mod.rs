@@ -50,6 +50,13 @@ const MAX_VARIANTS: usize = 8;
 /// Bytes counted per object beyond its body and header bytes (the policy, the key, bookkeeping).
 const OBJECT_OVERHEAD: u64 = 512;
 
+/// The longest lifetime or stale window taken from a response (ten years): larger values, up to
+/// 2^64 seconds, would overflow the clock.
+const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// The largest `Age` taken from a response; a larger one is replaced by it (the crate adds to it).
+const MAX_AGE_FIELD: u64 = 10 * 365 * 86_400;
+
 /// A stored response.
 #[derive(Debug)]
 pub struct Object {
@@ -63,6 +70,8 @@ pub struct Object {
     pub body: Bytes,
     /// Until when it may be served without asking the origin.
     pub fresh_until: SystemTime,
+    /// Its lifetime is the cache's `default_ttl` (the origin stated none).
+    pub from_default: bool,
     /// `stale-while-revalidate`: how long after `fresh_until` it may be served while one refresh runs.
     pub stale_while_revalidate: Duration,
     /// `stale-if-error`: how long after `fresh_until` it may be served when the origin fails.
@@ -85,8 +94,11 @@ impl Object {
         default_ttl: Option<Duration>,
     ) -> Self {
         let directives = status::Directives::of(&headers);
+        let from_default = default_ttl.is_some() && !directives.explicit_expiry && !directives.no_cache;
         let ttl = match default_ttl {
-            Some(ttl) if !directives.explicit_expiry => ttl,
+            // `no-cache`: every reuse needs the origin's word, whatever the default.
+            _ if directives.no_cache => Duration::ZERO,
+            Some(ttl) if from_default => ttl,
             _ => policy.time_to_live(now),
         };
         let header_bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
@@ -96,12 +108,34 @@ impl Object {
             status,
             headers,
             body,
-            fresh_until: now + ttl,
-            stale_while_revalidate: directives.stale_while_revalidate,
-            stale_if_error: directives.stale_if_error,
-            must_revalidate: directives.must_revalidate,
+            // An absurd lifetime (`max-age` near 2^64) must not overflow the clock.
+            fresh_until: now.checked_add(ttl.min(MAX_LIFETIME)).unwrap_or(now),
+            from_default,
+            stale_while_revalidate: directives.stale_while_revalidate.min(MAX_LIFETIME),
+            stale_if_error: directives.stale_if_error.min(MAX_LIFETIME),
+            // A shared cache treats `s-maxage` as `proxy-revalidate` (RFC 9111 section 5.2.2.10),
+            // and `no-cache` forbids reuse without the origin.
+            must_revalidate: directives.must_revalidate || directives.s_maxage || directives.no_cache,
             weight,
         }
+    }
+
+    /// Counts `bytes` more against the cache's size (the request fields its policy keeps).
+    pub fn counting(mut self, bytes: usize) -> Self {
+        self.weight += bytes as u64;
+        self
+    }
+
+    /// `If-None-Match` / `If-Modified-Since` from its validators.
+    pub fn validators(&self) -> HeaderMap {
+        let mut out = HeaderMap::new();
+        if let Some(etag) = self.headers.get(http::header::ETAG) {
+            out.insert(http::header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = self.headers.get(http::header::LAST_MODIFIED) {
+            out.insert(http::header::IF_MODIFIED_SINCE, modified.clone());
+        }
+        out
     }
 
     /// How long it has been stale at `now` (zero while fresh).
@@ -287,16 +321,21 @@ impl Store {
         let Some(entry) = self.objects.get(key) else { return Found::Miss };
         let now = self.now();
         for object in &entry.variants {
+            let stale = || Found::Stale { object: Arc::clone(object), validators: object.validators() };
             match object.policy.before_request(request, now) {
-                // Fresh, or stale and the client's `max-stale` accepts it.
-                BeforeRequest::Fresh(_) => return Found::Fresh(Arc::clone(object)),
-                BeforeRequest::Stale { request: parts, matches: true } => {
-                    // `default_ttl` can make an object fresh that RFC 9111 alone calls stale.
-                    if object.fresh(now) && !no_cache(&request.headers) {
+                // Fresh, or stale and the client's `max-stale` accepts it (never when the object
+                // must be revalidated: `must-revalidate`, `proxy-revalidate`, `s-maxage`, `no-cache`).
+                BeforeRequest::Fresh(_) if object.fresh(now) || !object.must_revalidate => {
+                    return Found::Fresh(Arc::clone(object));
+                }
+                BeforeRequest::Fresh(_) => return stale(),
+                BeforeRequest::Stale { matches: true, .. } => {
+                    // `default_ttl` makes fresh what RFC 9111 alone calls stale, unless the client
+                    // asks for a newer answer (`no-cache`, `max-age`, `min-fresh`).
+                    if object.from_default && object.fresh(now) && !request_restricts(&request.headers) {
                         return Found::Fresh(Arc::clone(object));
                     }
-                    let validators = validators(&parts.headers);
-                    return Found::Stale { object: Arc::clone(object), validators };
+                    return stale();
                 }
                 BeforeRequest::Stale { matches: false, .. } => {}
             }
@@ -383,25 +422,25 @@ impl Store {
         fetching.get(key).is_some_and(|rx| rx.has_changed().is_ok())
     }
 
-    /// RFC 9111's judgement of a response `(status, headers)` to `request`, received now.
+    /// RFC 9111's judgement of a response `(status, headers)` to `request`, received now, as it is
+    /// kept with an object: the request reduced to what reuse needs (see [`kept_request`]).
     pub fn policy_for(
         &self,
         request: &http::request::Parts,
         status: StatusCode,
         headers: &HeaderMap,
     ) -> CachePolicy {
-        let mut response = http::Response::new(());
-        *response.status_mut() = status;
-        *response.headers_mut() = headers.clone();
-        CachePolicy::new_options(request, &response, self.now(), options())
+        judge(&kept_request(request, headers), status, headers, self.now())
     }
 
-    /// The policy for a response to `request`: `None` when RFC 9111 or lb's rules forbid storing it.
+    /// The policy for a response to `request`: `None` when RFC 9111 or lb's rules forbid storing
+    /// it. `headers` are the response's fields as they will be stored (a too large `Age` is
+    /// clamped here).
     pub fn storable(
         &self,
         request: &http::request::Parts,
         status: StatusCode,
-        headers: &HeaderMap,
+        headers: &mut HeaderMap,
     ) -> Option<CachePolicy> {
         if request.method != Method::GET || status == StatusCode::PARTIAL_CONTENT {
             return None;
@@ -417,24 +456,75 @@ impl Store {
                 return None;
             }
         }
+        if let Some(age) = headers.get(http::header::AGE) {
+            let sane =
+                age.to_str().ok().and_then(|a| a.trim().parse::<u64>().ok()).map(|a| a.min(MAX_AGE_FIELD));
+            match sane {
+                Some(a) => {
+                    headers.insert(http::header::AGE, a.into());
+                }
+                None => {
+                    headers.remove(http::header::AGE);
+                }
+            }
+        }
         let now = self.now();
-        // Judged without the cookie, as it is stored (the crate would never let it stay fresh).
-        let mut stored = headers.clone();
-        stored.remove(http::header::SET_COOKIE);
-        let policy = self.policy_for(request, status, &stored);
-        if !policy.is_storable() {
+        // Judged without the cookie, as it is stored (the crate would never let it stay fresh),
+        // and against the whole request (`Authorization` decides whether it may be stored).
+        headers.remove(http::header::SET_COOKIE);
+        if !judge(request, status, headers, now).is_storable() {
             return None;
         }
+        let policy = self.policy_for(request, status, headers);
         // Stored only if it can be reused: fresh for a while, or revalidated cheaply.
-        let stale_windows = status::Directives::of(headers);
+        let directives = status::Directives::of(headers);
         let useful = !policy.time_to_live(now).is_zero()
             || self.settings.default_ttl.is_some()
-            || !stale_windows.stale_while_revalidate.is_zero()
-            || !stale_windows.stale_if_error.is_zero()
+            || !directives.stale_while_revalidate.is_zero()
+            || !directives.stale_if_error.is_zero()
             || headers.contains_key(http::header::ETAG)
             || headers.contains_key(http::header::LAST_MODIFIED);
         useful.then_some(policy)
     }
+}
+
+fn judge(
+    request: &http::request::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> CachePolicy {
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers.clone();
+    CachePolicy::new_options(request, &response, now, options())
+}
+
+/// The request as an object keeps it: method, target, `Host` and the fields the response's `Vary`
+/// names. The client's other fields (its cookies and credentials among them) are not kept, in
+/// memory or in Redis.
+pub fn kept_request(request: &http::request::Parts, response: &HeaderMap) -> http::request::Parts {
+    let mut kept = http::Request::new(()).into_parts().0;
+    kept.method = request.method.clone();
+    kept.uri = request.uri.clone();
+    if let Some(host) = request.headers.get(http::header::HOST) {
+        kept.headers.insert(http::header::HOST, host.clone());
+    }
+    for vary in response.get_all(http::header::VARY) {
+        let Ok(vary) = vary.to_str() else { continue };
+        for name in vary.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let Ok(name) = http::HeaderName::try_from(name) else { continue };
+            for value in request.headers.get_all(&name) {
+                kept.headers.append(name.clone(), value.clone());
+            }
+        }
+    }
+    kept
+}
+
+/// Bytes of the request fields an object's policy keeps (counted in its weight).
+pub fn kept_bytes(request: &http::request::Parts, response: &HeaderMap) -> usize {
+    kept_request(request, response).headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum()
 }
 
 /// While held, the request holding it is the one fetching its key; dropping it (stored or not)
@@ -462,9 +552,29 @@ pub fn policy_request(
     *req.method_mut() = parts.method.clone();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     *req.uri_mut() = http::Uri::try_from(target).unwrap_or_else(|_| http::Uri::from_static("/"));
-    *req.headers_mut() = parts.headers.clone();
+    // One value per field: `Vary` is matched on a field's first value only (by the crate), and
+    // HTTP/2 clients split `Cookie` into crumbs, so a field sent several times is joined first.
+    let headers = req.headers_mut();
+    for name in parts.headers.keys() {
+        let mut values = parts.headers.get_all(name).iter();
+        let Some(first) = values.next() else { continue };
+        let rest: Vec<_> = values.collect();
+        if rest.is_empty() {
+            headers.insert(name.clone(), first.clone());
+            continue;
+        }
+        let separator: &[u8] = if name == http::header::COOKIE { b"; " } else { b", " };
+        let mut joined = first.as_bytes().to_vec();
+        for v in rest {
+            joined.extend_from_slice(separator);
+            joined.extend_from_slice(v.as_bytes());
+        }
+        if let Ok(v) = http::HeaderValue::from_bytes(&joined) {
+            headers.insert(name.clone(), v);
+        }
+    }
     if let Some(host) = host {
-        req.headers_mut().insert(http::header::HOST, host.clone());
+        headers.insert(http::header::HOST, host.clone());
     }
     req.into_parts().0
 }
@@ -494,23 +604,20 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// The request asks for no stored answer without revalidation.
-fn no_cache(headers: &HeaderMap) -> bool {
-    let says = |name, what: &str| {
-        headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains(what)))
+/// The request asks for a newer answer than a stored one may be (`no-cache`, `max-age`,
+/// `min-fresh`, `Pragma: no-cache`): the cache's own lifetimes (`default_ttl`, the stale windows)
+/// do not apply to it.
+pub fn request_restricts(headers: &HeaderMap) -> bool {
+    let says = |name, what: &[&str]| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                let v = v.to_ascii_lowercase();
+                what.iter().any(|w| v.contains(w))
+            })
+        })
     };
-    says(http::header::CACHE_CONTROL, "no-cache") || says(http::header::PRAGMA, "no-cache")
-}
-
-/// The conditional fields of a revalidation request.
-fn validators(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for name in [http::header::IF_NONE_MATCH, http::header::IF_MODIFIED_SINCE] {
-        if let Some(v) = headers.get(&name) {
-            out.insert(name, v.clone());
-        }
-    }
-    out
+    says(http::header::CACHE_CONTROL, &["no-cache", "max-age", "min-fresh"])
+        || says(http::header::PRAGMA, &["no-cache"])
 }
 
 #[cfg(test)]

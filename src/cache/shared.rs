@@ -82,10 +82,13 @@ impl Shared {
     /// Stores `object` for `key`, in the background; `now` is the cache's time.
     pub fn put(self: &Arc<Self>, key: &str, object: &Object, now: SystemTime) {
         let Some(encoded) = encode(object) else { return };
-        let mut keep = object.fresh_until.duration_since(now).unwrap_or_default()
-            + object.stale_while_revalidate.max(object.stale_if_error);
+        let mut keep = object
+            .fresh_until
+            .duration_since(now)
+            .unwrap_or_default()
+            .saturating_add(object.stale_while_revalidate.max(object.stale_if_error));
         if object.has_validator() {
-            keep += REVALIDATE_KEEP;
+            keep = keep.saturating_add(REVALIDATE_KEEP);
         }
         let millis = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1000);
         let (this, key) = (Arc::clone(self), key.to_owned());

@@ -16,6 +16,10 @@ pub struct Directives {
     pub stale_if_error: Duration,
     /// `must-revalidate` or `proxy-revalidate`.
     pub must_revalidate: bool,
+    /// `s-maxage`: for a shared cache it implies `proxy-revalidate`.
+    pub s_maxage: bool,
+    /// `no-cache` (or `Pragma: no-cache`): no reuse without the origin.
+    pub no_cache: bool,
     /// `max-age`, `s-maxage` or `Expires` is present: the origin stated a lifetime.
     pub explicit_expiry: bool,
 }
@@ -24,6 +28,10 @@ impl Directives {
     /// Reads them from a response's fields.
     pub fn of(headers: &HeaderMap) -> Self {
         let mut d = Self { explicit_expiry: headers.contains_key(http::header::EXPIRES), ..Self::default() };
+        d.no_cache = headers
+            .get_all(http::header::PRAGMA)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains("no-cache")));
         for value in headers.get_all(http::header::CACHE_CONTROL) {
             let Ok(value) = value.to_str() else { continue };
             for directive in value.split(',') {
@@ -33,7 +41,12 @@ impl Directives {
                     "stale-while-revalidate" => d.stale_while_revalidate = seconds().unwrap_or_default(),
                     "stale-if-error" => d.stale_if_error = seconds().unwrap_or_default(),
                     "must-revalidate" | "proxy-revalidate" => d.must_revalidate = true,
-                    "max-age" | "s-maxage" => d.explicit_expiry = true,
+                    "max-age" => d.explicit_expiry = true,
+                    "s-maxage" => {
+                        d.explicit_expiry = true;
+                        d.s_maxage = true;
+                    }
+                    "no-cache" => d.no_cache = true,
                     _ => {}
                 }
             }

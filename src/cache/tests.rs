@@ -25,7 +25,7 @@ fn store(store: &Store, path: &str, cache_control: &str) {
     let request = get(path);
     let mut headers = HeaderMap::new();
     headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_str(cache_control).unwrap());
-    let policy = store.storable(&request, StatusCode::OK, &headers).expect("storable");
+    let policy = store.storable(&request, StatusCode::OK, &mut headers).expect("storable");
     let object = Object::new(policy, StatusCode::OK, headers, Bytes::from("body"), store.now(), None);
     store.insert(&key(false, Some("example.com"), &request), &request, object, false);
 }
@@ -80,8 +80,9 @@ async fn stale_windows_end_on_time_and_must_revalidate_forbids_them() {
 async fn default_ttl_applies_only_when_the_origin_states_no_lifetime() {
     let s = Store::new(CacheSettings { default_ttl: Some(Duration::from_secs(30)), ..settings() }, None);
     let request = get("/d");
-    let headers = HeaderMap::new();
-    let policy = s.storable(&request, StatusCode::OK, &headers).expect("storable with a default lifetime");
+    let mut headers = HeaderMap::new();
+    let policy =
+        s.storable(&request, StatusCode::OK, &mut headers).expect("storable with a default lifetime");
     let object = Object::new(policy, StatusCode::OK, headers, Bytes::new(), s.now(), s.settings.default_ttl);
     s.insert(&key(false, Some("example.com"), &request), &request, object, false);
     tokio::time::advance(Duration::from_secs(29)).await;
@@ -92,4 +93,38 @@ async fn default_ttl_applies_only_when_the_origin_states_no_lifetime() {
     store(&s, "/e", "max-age=5");
     tokio::time::advance(Duration::from_secs(6)).await;
     assert_eq!(found(&s, "/e"), "stale");
+}
+
+#[tokio::test(start_paused = true)]
+async fn absurd_lifetimes_and_ages_do_not_overflow() {
+    let s = Store::new(settings(), None);
+    store(&s, "/x", "max-age=18446744073709551615, stale-while-revalidate=18446744073709551615");
+    assert_eq!(found(&s, "/x"), "fresh");
+    let request = get("/y");
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+    headers.insert(http::header::AGE, HeaderValue::from_static("18446744073709551615"));
+    headers.insert(http::header::ETAG, HeaderValue::from_static("\"v\""));
+    let policy = s.storable(&request, StatusCode::OK, &mut headers).expect("storable: it can be revalidated");
+    let object = Object::new(policy, StatusCode::OK, headers, Bytes::new(), s.now(), None);
+    assert!(!object.fresh(s.now()), "an object older than its lifetime is stale");
+}
+
+#[test]
+fn an_object_keeps_only_the_request_fields_its_vary_names() {
+    let request = http::Request::get("/a")
+        .header("host", "example.com")
+        .header("cookie", "session=secret")
+        .header("authorization", "Basic dTpw")
+        .header("accept-language", "fr")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let mut response = HeaderMap::new();
+    response.insert(http::header::VARY, HeaderValue::from_static("Accept-Language"));
+    let kept = kept_request(&request, &response);
+    assert_eq!(kept.headers.len(), 2);
+    assert_eq!(kept.headers["accept-language"], "fr");
+    assert_eq!(kept.headers["host"], "example.com");
 }

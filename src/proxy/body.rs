@@ -147,7 +147,12 @@ impl ResponseBody {
 
     /// Stores this body in the cache once it has ended cleanly (see [`crate::cache::fill`]).
     pub fn fill(&mut self, fill: crate::cache::fill::Fill) {
-        self.fill = Some(Box::new(fill));
+        // hyper never polls a body that is already at its end (an empty one): stored at once.
+        if self.is_end_stream() {
+            fill.finish();
+        } else {
+            self.fill = Some(Box::new(fill));
+        }
     }
 
     /// Keeps the connection's active-request guard alive until this body ends.

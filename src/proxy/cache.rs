@@ -45,6 +45,8 @@ pub(super) struct Pending {
     had_stale: bool,
     /// The request said `no-store`.
     request_forbids: bool,
+    /// The client sent conditions of its own (`If-None-Match`, `If-Modified-Since`).
+    client_conditional: bool,
 }
 
 /// Looks `parts` up in `store`; may add revalidation fields to `parts`. `refresh` starts a
@@ -58,7 +60,11 @@ pub(super) async fn lookup(
 ) -> Lookup {
     let host_str = host.and_then(|h| h.to_str().ok()).map(crate::router::strip_port);
     let key = crate::cache::key(tls, host_str, parts);
-    let cacheable = parts.method == Method::GET || (parts.method == Method::HEAD && store.settings.head);
+    // An upgrade (WebSocket) is never answered from a cache nor made to wait for a fetch.
+    let cacheable = (parts.method == Method::GET || (parts.method == Method::HEAD && store.settings.head))
+        && !parts.headers.contains_key(header::UPGRADE);
+    let client_conditional = parts.headers.contains_key(header::IF_NONE_MATCH)
+        || parts.headers.contains_key(header::IF_MODIFIED_SINCE);
     let mut request = crate::cache::policy_request(parts, host);
     if request.method == Method::HEAD && store.settings.head {
         // Answered from a stored GET: judged as one.
@@ -75,6 +81,7 @@ pub(super) async fn lookup(
             invalidates,
             store_allowed,
             request_forbids: false,
+            client_conditional,
         })
     };
     if !cacheable || forbids_store(&parts.headers) {
@@ -100,7 +107,8 @@ pub(super) async fn lookup(
             }
             Found::Stale { object, validators } => {
                 let now = store.now();
-                if object.within_swr(now) {
+                // A client asking for a newer answer (`no-cache`, `max-age`) is not given a stale one.
+                if object.within_swr(now) && !crate::cache::request_restricts(&parts.headers) {
                     store.metrics.stale.increment(1);
                     if let Ok(fetching) = store.fetch(&key) {
                         let mut upstream = super::forward::copy_head(parts);
@@ -192,7 +200,7 @@ impl Pending {
         let had_stale = self.had_stale;
         crate::proxy::headers::strip_hop_by_hop(&mut headers);
         let policy = (self.store_allowed && *method == Method::GET)
-            .then(|| self.store.storable(&self.request, status, &headers))
+            .then(|| self.store.storable(&self.request, status, &mut headers))
             .flatten();
         // Stored (when `allow_set_cookie` allows) without it: one client's cookie is never another's.
         headers.remove(header::SET_COOKIE);
@@ -232,11 +240,15 @@ impl Pending {
         *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
         *not_modified.headers_mut() = headers.clone();
         let now = self.store.now();
-        // The crate checks that the 304 is about the stored response (its validators).
-        if !matches!(
-            stale.policy.after_response(&self.request, &not_modified, now),
-            http_cache_semantics::AfterResponse::NotModified(..)
-        ) {
+        // When the client sent conditions of its own, the 304 may be about them: the crate checks
+        // it is about the stored response (its validators). When only the cache's validators
+        // went, it is (an origin may leave a `Last-Modified` out of a 304, RFC 9110 section 15.4.5).
+        if self.client_conditional
+            && !matches!(
+                stale.policy.after_response(&self.request, &not_modified, now),
+                http_cache_semantics::AfterResponse::NotModified(..)
+            )
+        {
             return None;
         }
         // RFC 9111 section 3.2: every field of the 304 replaces or joins the stored ones, except
@@ -255,6 +267,8 @@ impl Pending {
         }
         merged.remove(header::AGE);
         let policy = self.store.policy_for(&self.request, stale.status, &merged);
+        let storable = policy.is_storable();
+        let kept = crate::cache::kept_bytes(&self.request, &merged);
         let object = Object::new(
             policy,
             stale.status,
@@ -262,11 +276,15 @@ impl Pending {
             stale.body.clone(),
             now,
             self.store.settings.default_ttl,
-        );
+        )
+        .counting(kept);
         let object = Arc::new(object);
         self.store.metrics.revalidated.increment(1);
         let resp = serve(&self.store, &object, method, Answer::Revalidated);
-        if let Ok(object) = Arc::try_unwrap(object) {
+        if !storable {
+            // The 304 made it `private` or `no-store`: this client gets it, nobody else.
+            self.store.invalidate(&self.key);
+        } else if let Ok(object) = Arc::try_unwrap(object) {
             self.store.insert(&self.key, &self.request, object, true);
         }
         Some(resp)
@@ -314,13 +332,13 @@ fn forbids_store(headers: &HeaderMap) -> bool {
 /// validators through the route's pool; a 304 renews it, a storable answer replaces it.
 pub(super) async fn refresh(
     shared: Arc<super::Shared>,
+    snap: Arc<crate::runtime::Snapshot>,
     route_index: usize,
     parts: http::request::Parts,
     pending: Box<Pending>,
-    requester: (std::net::SocketAddr, http::HeaderValue, bool),
+    requester: super::forward::Refresher,
 ) {
     use http_body_util::BodyExt;
-    let snap = shared.runtime.snapshot();
     let method = Method::GET;
     let result = super::forward::send_refresh(&shared, &snap, route_index, parts, &requester).await;
     let (resp, upstream) = match result {

@@ -39,7 +39,7 @@ pub(super) struct Requester<'a> {
 /// the client), and a copy to resend when it was read whole.
 pub(super) async fn forward(
     shared: &Arc<Shared>,
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
     from: Requester<'_>,
     req: Request<Incoming>,
     active: &mut Option<ActiveRequest>,
@@ -85,9 +85,11 @@ pub(super) async fn forward(
     let mut cache = None;
     if let Some(store) = route.cache.and_then(|i| snap.caches.get(i)) {
         let refresh = |upstream, pending| {
-            let requester = (client, from.ip.clone(), tls);
+            let requester = Refresher { addr: client, ip: from.ip.clone(), tls, host: host.clone() };
+            let snap = Arc::clone(snap);
             tokio::spawn(super::cache::refresh(
                 Arc::clone(shared),
+                snap,
                 route_index,
                 upstream,
                 pending,
@@ -195,6 +197,15 @@ pub(super) async fn forward(
     Ok(resp)
 }
 
+/// Who a background refresh is made for: the client whose request found the object stale (its
+/// address, `X-Forwarded-For` element, TLS) and the request's host, as routing saw it.
+pub(super) struct Refresher {
+    pub(super) addr: SocketAddr,
+    pub(super) ip: HeaderValue,
+    pub(super) tls: bool,
+    pub(super) host: Option<HeaderValue>,
+}
+
 /// Sends a cache refresh (a bodyless GET made by lb, `stale-while-revalidate`) through the route's
 /// pool as a client's request would go, and makes its answer the response a client would get.
 pub(super) async fn send_refresh(
@@ -202,12 +213,11 @@ pub(super) async fn send_refresh(
     snap: &Snapshot,
     route_index: usize,
     mut parts: http::request::Parts,
-    requester: &(SocketAddr, HeaderValue, bool),
+    requester: &Refresher,
 ) -> Result<(Response<ResponseBody>, (StatusCode, http::HeaderMap)), ProxyError> {
-    let (client, ip, tls) = (requester.0, &requester.1, requester.2);
+    let (client, ip, tls, host) = (requester.addr, &requester.ip, requester.tls, requester.host.as_ref());
     let route = snap.config.routes.get(route_index).ok_or(ProxyError::NoRoute)?;
     let pool = snap.pools.get(route.pool).ok_or(ProxyError::NoRoute)?;
-    let host = parts.headers.get(header::HOST).cloned();
     let (choice, guard) = match pool.claim(client, &parts) {
         Some(claimed) => claimed,
         None => Box::pin(pool.wait_for_room(client, &parts)).await.map_err(|why| no_server(pool, why))?,
@@ -220,7 +230,13 @@ pub(super) async fn send_refresh(
         set_path(&mut parts, path)?;
     }
     let from = Requester { addr: client, ip, tls };
-    rewrite(&mut parts, snap, pool, &from, host.as_ref(), None);
+    rewrite(&mut parts, snap, pool, &from, host, None);
+    // The route's header rules, as for the request that found the object stale.
+    if let Some(policy) = route.policy.as_deref().filter(|p| !p.request_headers.is_empty()) {
+        let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
+        let vars = Vars { client: client.ip(), request_id: request_id.as_ref(), host, tls };
+        policy.request_headers.apply(&mut parts.headers, &vars);
+    }
     let target = std::mem::take(&mut parts.uri);
     let spare = (pool.retry.attempts > 0 && pool.upstreams.len() > 1).then(|| {
         let mut head = copy_head(&parts);
