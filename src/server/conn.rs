@@ -16,12 +16,13 @@
 
 use super::idle::{Activity, Idle, IdleIo};
 use super::rewind::{join, Rewind, H2_PREFACE};
+use super::streams::{StreamExec, Streams};
 use super::{BoxError, ServeCtx};
 use bytes::Bytes;
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -66,7 +67,9 @@ where
         releasing: bool,
     },
     Http2 {
-        conn: Pin<Box<http2::Connection<Io<I>, S, TokioExecutor>>>,
+        conn: Pin<Box<http2::Connection<Io<I>, S, StreamExec>>>,
+        /// Its streams, polled by this task (see `server::streams`).
+        streams: Box<Streams>,
     },
     /// Shutting the socket down after the last response, as hyper does when it closes.
     Closing {
@@ -106,13 +109,15 @@ where
     fn start(&mut self, mut io: IdleIo<I>, got: Bytes, service: S, first: bool) {
         if first && got.starts_with(H2_PREFACE) {
             io.set_h2(true);
-            let conn = self.ctx.h2.serve_connection(TokioIo::new(Rewind::new(io, got)), service);
+            let streams = Box::<Streams>::default();
+            let builder = self.ctx.h2.builder(streams.exec());
+            let conn = builder.serve_connection(TokioIo::new(Rewind::new(io, got)), service);
             let mut conn = Box::pin(conn);
             if self.stopping {
                 // Its listener stopped while it was choosing HTTP/2: GOAWAY at once.
                 conn.as_mut().graceful_shutdown();
             }
-            self.state = State::Http2 { conn };
+            self.state = State::Http2 { conn, streams };
             return;
         }
         // A release asked for while hyper was not running is stale.
@@ -144,7 +149,7 @@ where
         }
         match &mut self.state {
             State::Http1 { conn, .. } => Pin::new(&mut **conn).graceful_shutdown(),
-            State::Http2 { conn } => conn.as_mut().graceful_shutdown(),
+            State::Http2 { conn, .. } => conn.as_mut().graceful_shutdown(),
             State::Waiting { .. } => {
                 if let State::Waiting { io, .. } = std::mem::replace(&mut self.state, State::Done) {
                     self.state = State::Closing { io };
@@ -220,8 +225,16 @@ where
                     Poll::Ready(Ok(())) => this.http1_ended(),
                     Poll::Ready(Err(e)) => return this.ended(Err(e.into())),
                 },
-                State::Http2 { conn } => {
-                    let result = std::task::ready!(conn.as_mut().poll(cx));
+                State::Http2 { conn, streams } => {
+                    // The connection first (it reads frames and starts streams), then the streams
+                    // it started or woke; again while polling streams started more.
+                    let result = loop {
+                        let result = conn.as_mut().poll(cx);
+                        if !streams.poll(cx) || result.is_ready() {
+                            break result;
+                        }
+                    };
+                    let result = std::task::ready!(result);
                     return this.ended(result.map_err(Into::into));
                 }
                 State::Waiting { io, got, first, .. } => {

@@ -9,6 +9,7 @@ mod conn;
 mod idle;
 mod redirect;
 mod rewind;
+mod streams;
 
 pub use idle::{ActiveRequest, Activity, Idle, IdleIo, ListenerGauges, RELEASE_AFTER};
 
@@ -19,7 +20,7 @@ use crate::slots::Slots;
 use arc_swap::ArcSwap;
 use conn::ClientConn;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::service::TowerToHyperService;
 use std::collections::HashMap;
 use std::future::Future;
@@ -45,7 +46,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 struct ServeCtx {
     shared: Arc<Shared>,
     h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
+    /// HTTP/2 settings: each connection gets a builder of its own, for its own stream executor.
+    h2: H2Settings,
     timeouts: Timeouts,
     /// Per listener (by configured address): TLS, redirect, HSTS.
     listeners: HashMap<SocketAddr, ListenerCtx>,
@@ -86,7 +88,7 @@ impl ServeCtx {
         Self {
             shared: Arc::new(Shared { runtime: Arc::clone(runtime) }),
             h1: http1_builder(config),
-            h2: http2_builder(config),
+            h2: H2Settings::new(config),
             timeouts: config.timeouts,
             listeners: config.listeners.iter().map(|l| (l.addr, ListenerCtx::new(l, resumption))).collect(),
         }
@@ -348,17 +350,34 @@ fn http1_builder(config: &Config) -> http1::Builder {
     h1
 }
 
-fn http2_builder(config: &Config) -> http2::Builder<TokioExecutor> {
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    let limits = &config.limits;
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_streams)
-        // Detects HTTP/2 peers that vanished without closing (the socket itself stays quiet).
-        .keep_alive_interval(Some(H2_PING_INTERVAL))
-        .keep_alive_timeout(H2_PING_TIMEOUT)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    builder
+/// What an HTTP/2 connection is served with.
+#[derive(Debug, Clone, Copy)]
+struct H2Settings {
+    max_streams: u32,
+    max_header_list_size: u32,
+}
+
+impl H2Settings {
+    fn new(config: &Config) -> Self {
+        let limits = &config.limits;
+        Self {
+            max_streams: limits.h2_max_streams,
+            max_header_list_size: u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// A builder whose streams run on `exec` (see [`streams`]).
+    fn builder(self, exec: streams::StreamExec) -> http2::Builder<streams::StreamExec> {
+        let mut builder = http2::Builder::new(exec);
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.max_streams)
+            // Detects HTTP/2 peers that vanished without closing (the socket itself stays quiet).
+            .keep_alive_interval(Some(H2_PING_INTERVAL))
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .max_header_list_size(self.max_header_list_size);
+        builder
+    }
 }
 
 struct AcceptCtx {
