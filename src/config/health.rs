@@ -30,6 +30,13 @@ pub enum CheckKind {
     Tcp,
     /// `type = "http"`: a request on a fresh connection whose status falls in `expect` passes.
     Http(HttpCheck),
+    /// `type = "grpc"`: the gRPC health-checking protocol (`grpc.health.v1.Health/Check`) over
+    /// HTTP/2 on a fresh connection; an answer `SERVING` for `grpc_service` (default `""`, the
+    /// whole server) passes.
+    Grpc {
+        /// `grpc_service`: the service asked about.
+        service: String,
+    },
 }
 
 /// An HTTP check request.
@@ -147,7 +154,7 @@ pub(super) fn health(base: &str, raw: &RawHealth, out: &mut Issues<'_>) -> Healt
     };
     let kind = match raw.r#type.as_deref() {
         None | Some("http") => CheckKind::Http(http_check(base, raw, out)),
-        Some("tcp") => {
+        Some(kind @ ("tcp" | "grpc")) => {
             for (k, set) in [("method", raw.method.is_some()), ("path", raw.path.is_some())]
                 .into_iter()
                 .chain([("host", raw.host.is_some()), ("expect", raw.expect.is_some())])
@@ -156,13 +163,19 @@ pub(super) fn health(base: &str, raw: &RawHealth, out: &mut Issues<'_>) -> Healt
                     out.push(key(k), "only applies to type = \"http\"");
                 }
             }
-            CheckKind::Tcp
+            match kind {
+                "grpc" => CheckKind::Grpc { service: raw.grpc_service.clone().unwrap_or_default() },
+                _ => CheckKind::Tcp,
+            }
         }
         Some(other) => {
-            out.push(key("type"), format!("{other:?}: expected \"http\" or \"tcp\""));
+            out.push(key("type"), format!("{other:?}: expected \"http\", \"tcp\" or \"grpc\""));
             CheckKind::Tcp
         }
     };
+    if raw.grpc_service.is_some() && !matches!(kind, CheckKind::Grpc { .. }) {
+        out.push(key("grpc_service"), "only applies to type = \"grpc\"");
+    }
     HealthCheck { kind, interval, timeout, rise, fall, start_up }
 }
 

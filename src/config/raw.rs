@@ -202,6 +202,7 @@ pub(crate) struct RawHealth {
     pub path: Option<String>,
     pub host: Option<String>,
     pub expect: Option<Vec<String>>,
+    pub grpc_service: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,6 +8,7 @@
 //! rules are plain state machines ([`Thresholds`], [`passive::ejection_time`]) tested on their own.
 
 pub mod check;
+mod grpc;
 pub mod passive;
 pub mod slow_start;
 mod supervisor;
