@@ -301,3 +301,19 @@ async fn a_grpc_health_check_follows_the_servers_serving_status() {
     serving.store(1, Ordering::SeqCst);
     eventually(Duration::from_secs(5), || async { up(&lb) }).await;
 }
+
+#[test]
+fn a_grpc_check_on_a_tls_pool_needs_http2() {
+    let pki = Pki::new("grpc-config");
+    let toml = format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n\n[pools.g]\nservers = [{{ addr = \"127.0.0.1:1\" }}]\n\
+         [pools.g.tls]\nca = {:?}\n[pools.g.health]\ntype = \"grpc\"\n",
+        pki.ca_path.display().to_string()
+    );
+    let err = lb::config::Config::from_toml(&toml).unwrap_err().to_string();
+    assert!(err.contains("pools.g.health.type: \"grpc\" needs HTTP/2"), "{err}");
+    let err = lb::config::Config::from_toml(&toml.replace("type = \"grpc\"", "grpc_service = \"x\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pools.g.health.grpc_service: only applies to type = \"grpc\""), "{err}");
+}

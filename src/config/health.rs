@@ -321,6 +321,13 @@ pub(super) fn check_combination(base: &str, raw: &RawPool, pool: &super::PoolCon
             }
         }
     }
+    let grpc = pool.health.as_ref().is_some_and(|h| matches!(h.kind, CheckKind::Grpc { .. }));
+    if grpc && pool.tls.as_ref().is_some_and(|t| !t.http2) {
+        out.push(
+            format!("{base}.health.type"),
+            "\"grpc\" needs HTTP/2 to the servers: set http2 = true in the pool's [tls]",
+        );
+    }
     if pool.slow_start.is_some() && pool.health.is_none() && pool.passive.is_none() {
         out.push(
             format!("{base}.slow_start"),

@@ -85,11 +85,11 @@ pub async fn probe(
                 let stream = tls.connect(stream, true).await.map_err(|e| format!("TLS: {e}"))?;
                 http_probe(http, addr, stream).await
             }
-            (CheckKind::Grpc { service }, None) => super::grpc::probe(service, addr, stream).await,
+            (CheckKind::Grpc { service }, None) => super::grpc::probe(service, addr, false, stream).await,
             // With the pool's own ALPN: a gRPC server speaks h2.
             (CheckKind::Grpc { service }, Some(tls)) => {
                 let stream = tls.connect(stream, false).await.map_err(|e| format!("TLS: {e}"))?;
-                super::grpc::probe(service, addr, stream).await
+                super::grpc::probe(service, addr, true, stream).await
             }
         }
     };

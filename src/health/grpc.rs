@@ -19,18 +19,20 @@ const MAX_ANSWER: usize = 4096;
 /// `HealthCheckResponse.ServingStatus.SERVING`.
 const SERVING: u64 = 1;
 
-/// One check over `stream` (plain h2c, or TLS that chose h2): `Ok` if `service` is `SERVING`.
-pub(super) async fn probe<S>(service: &str, addr: &str, stream: S) -> Result<(), String>
+/// One check over `stream` (plain h2c, or TLS that chose h2: `tls`): `Ok` if `service` is
+/// `SERVING`.
+pub(super) async fn probe<S>(service: &str, addr: &str, tls: bool, stream: S) -> Result<(), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-    // The connection task ends with the connection: when this probe returns, or at the timeout.
-    let conn = tokio::spawn(conn);
-    let result = async {
-        let req = http::Request::post(format!("http://{addr}{METHOD}"))
+    // The connection's task ends with this probe, whether it returns or is dropped at the timeout.
+    let _conn = AbortOnDrop(tokio::spawn(conn));
+    let scheme = if tls { "https" } else { "http" };
+    async {
+        let req = http::Request::post(format!("{scheme}://{addr}{METHOD}"))
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header(http::header::TE, "trailers")
             .header(http::header::USER_AGENT, "lb-health-check")
@@ -62,9 +64,16 @@ where
             other => Err(format!("serving status {other} ({})", status_name(other))),
         }
     }
-    .await;
-    conn.abort();
-    result
+    .await
+}
+
+/// Aborts a task when dropped (a spawned task outlives its `JoinHandle` otherwise).
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A `HealthCheckRequest` for `service` in one uncompressed gRPC message.

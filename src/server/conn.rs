@@ -227,7 +227,10 @@ where
                 },
                 State::Http2 { conn, streams } => {
                     // The connection first (it reads frames and starts streams), then the streams
-                    // it started or woke; again while polling streams started more.
+                    // it started or woke; again while polling streams started more. What the
+                    // streams send is written when the connection is polled next: they wake this
+                    // task for it (measured cheaper than polling the connection again at once:
+                    // 25.9 against 29.0 µs per request, docs/performance.md).
                     let result = loop {
                         let result = conn.as_mut().poll(cx);
                         if !streams.poll(cx) || result.is_ready() {

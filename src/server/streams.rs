@@ -7,6 +7,10 @@
 //! connection's task (`ClientConn`) polls them itself after polling the connection, as nginx runs
 //! a connection's streams in its own event handler: waking the connection from a stream is then
 //! waking the task that is already running.
+//!
+//! A connection's streams therefore share one worker thread, as nginx's do; a client that sends all
+//! its traffic on one connection gets one core's worth of lb. A stream that panics is dropped alone
+//! (hyper then resets it), as it would have been in a task of its own.
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
@@ -25,7 +29,26 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Box::pin(fut));
+        let stream = Isolated(Box::pin(fut));
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Box::pin(stream));
+    }
+}
+
+/// A stream whose panic ends it alone, not its connection and the other streams on it.
+struct Isolated(Stream);
+
+impl Future for Isolated {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let stream = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                tracing::error!("an HTTP/2 stream panicked; it is dropped, its connection goes on");
+                Poll::Ready(())
+            }
+        }
     }
 }
 
@@ -55,5 +78,13 @@ impl Streams {
         let any = !queued.is_empty();
         self.running.extend(queued.drain(..));
         any
+    }
+}
+
+impl Drop for Streams {
+    /// Streams queued and never polled hold the executor (hyper gives each stream a clone), which
+    /// holds them: the queue is emptied so that they, and the connection's state they hold, go.
+    fn drop(&mut self) {
+        std::mem::take(&mut *self.exec.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 }
