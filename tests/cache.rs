@@ -203,7 +203,7 @@ async fn each_vary_variant_is_stored_apart() {
     let origin = Origin::start().await;
     let lb = Lb::start(&cached_config(&origin, "")).await;
     let path = "/v?cc=max-age%3D60&vary=accept-language";
-    for (lang, _) in [("en", 0), ("fr", 1), ("en", 2), ("fr", 3)] {
+    for lang in ["en", "fr", "en", "fr"] {
         let resp = request(lb.addr, "GET", path, &[("accept-language", lang)]).await;
         assert_eq!(resp.headers()["x-varied"], lang);
     }

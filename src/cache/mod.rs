@@ -332,7 +332,10 @@ impl Store {
                 BeforeRequest::Stale { matches: true, .. } => {
                     // `default_ttl` makes fresh what RFC 9111 alone calls stale, unless the client
                     // asks for a newer answer (`no-cache`, `max-age`, `min-fresh`).
-                    if object.from_default && object.fresh(now) && !request_restricts(&request.headers) {
+                    if object.from_default
+                        && object.fresh(now)
+                        && !status::RequestDirectives::of(&request.headers).wants_newer
+                    {
                         return Found::Fresh(Arc::clone(object));
                     }
                     return stale();
@@ -602,22 +605,6 @@ pub fn key(tls: bool, host: Option<&str>, parts: &http::request::Parts) -> Strin
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// The request asks for a newer answer than a stored one may be (`no-cache`, `max-age`,
-/// `min-fresh`, `Pragma: no-cache`): the cache's own lifetimes (`default_ttl`, the stale windows)
-/// do not apply to it.
-pub fn request_restricts(headers: &HeaderMap) -> bool {
-    let says = |name, what: &[&str]| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                let v = v.to_ascii_lowercase();
-                what.iter().any(|w| v.contains(w))
-            })
-        })
-    };
-    says(http::header::CACHE_CONTROL, &["no-cache", "max-age", "min-fresh"])
-        || says(http::header::PRAGMA, &["no-cache"])
 }
 
 #[cfg(test)]

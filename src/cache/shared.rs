@@ -91,34 +91,26 @@ impl Shared {
             keep = keep.saturating_add(REVALIDATE_KEEP);
         }
         let millis = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1000);
-        let (this, key) = (Arc::clone(self), key.to_owned());
-        tokio::spawn(async move {
-            let redis_key = this.redis_key(&key);
-            let _ = this
-                .redis
-                .run(hash(&key), "cache write", |mut conn| async move {
-                    redis::cmd("SET")
-                        .arg(&redis_key)
-                        .arg(encoded)
-                        .arg("PX")
-                        .arg(millis)
-                        .query_async::<()>(&mut conn)
-                        .await
-                })
-                .await;
-        });
+        let mut set = redis::cmd("SET");
+        set.arg(self.redis_key(key)).arg(encoded).arg("PX").arg(millis);
+        self.in_background(key, "cache write", set);
     }
 
     /// Removes `key` (a URL purge or an unsafe method), in the background.
     pub fn delete(self: &Arc<Self>, key: &str) {
-        let (this, key) = (Arc::clone(self), key.to_owned());
+        let mut del = redis::cmd("DEL");
+        del.arg(self.redis_key(key));
+        self.in_background(key, "cache delete", del);
+    }
+
+    /// Runs `command` on `key`'s node in a task of its own: the request that caused it does not
+    /// wait, and a failure only opens the node's breaker (`what` names it in the log).
+    fn in_background(self: &Arc<Self>, key: &str, what: &'static str, command: redis::Cmd) {
+        let (this, hash) = (Arc::clone(self), hash(key));
         tokio::spawn(async move {
-            let redis_key = this.redis_key(&key);
             let _ = this
                 .redis
-                .run(hash(&key), "cache delete", |mut conn| async move {
-                    redis::cmd("DEL").arg(&redis_key).query_async::<()>(&mut conn).await
-                })
+                .run(hash, what, |mut conn| async move { command.query_async::<()>(&mut conn).await })
                 .await;
         });
     }

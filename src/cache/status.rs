@@ -27,32 +27,70 @@ pub struct Directives {
 impl Directives {
     /// Reads them from a response's fields.
     pub fn of(headers: &HeaderMap) -> Self {
-        let mut d = Self { explicit_expiry: headers.contains_key(http::header::EXPIRES), ..Self::default() };
-        d.no_cache = headers
-            .get_all(http::header::PRAGMA)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains("no-cache")));
-        for value in headers.get_all(http::header::CACHE_CONTROL) {
-            let Ok(value) = value.to_str() else { continue };
-            for directive in value.split(',') {
-                let (name, arg) = directive.split_once('=').unwrap_or((directive, ""));
-                let seconds = || arg.trim().trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
-                match name.trim().to_ascii_lowercase().as_str() {
-                    "stale-while-revalidate" => d.stale_while_revalidate = seconds().unwrap_or_default(),
-                    "stale-if-error" => d.stale_if_error = seconds().unwrap_or_default(),
-                    "must-revalidate" | "proxy-revalidate" => d.must_revalidate = true,
-                    "max-age" => d.explicit_expiry = true,
-                    "s-maxage" => {
-                        d.explicit_expiry = true;
-                        d.s_maxage = true;
-                    }
-                    "no-cache" => d.no_cache = true,
-                    _ => {}
+        let mut d = Self {
+            explicit_expiry: headers.contains_key(http::header::EXPIRES),
+            no_cache: pragma_no_cache(headers),
+            ..Self::default()
+        };
+        each_directive(headers, |name, arg| {
+            let seconds = || arg.parse::<u64>().map(Duration::from_secs).unwrap_or_default();
+            match name {
+                "stale-while-revalidate" => d.stale_while_revalidate = seconds(),
+                "stale-if-error" => d.stale_if_error = seconds(),
+                "must-revalidate" | "proxy-revalidate" => d.must_revalidate = true,
+                "max-age" => d.explicit_expiry = true,
+                "s-maxage" => {
+                    d.explicit_expiry = true;
+                    d.s_maxage = true;
                 }
+                "no-cache" => d.no_cache = true,
+                _ => {}
             }
-        }
+        });
         d
     }
+}
+
+/// What a request's `Cache-Control` (and `Pragma`) asks of the cache.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct RequestDirectives {
+    /// `no-store`: neither answered from the cache nor kept in it.
+    pub no_store: bool,
+    /// `no-cache`, `max-age` or `min-fresh` (or `Pragma: no-cache`): the client wants an answer at
+    /// least that new, so the cache's own lifetimes (`default_ttl`, the stale windows) do not apply.
+    pub wants_newer: bool,
+}
+
+impl RequestDirectives {
+    /// Reads them from a request's fields.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut d = Self { wants_newer: pragma_no_cache(headers), ..Self::default() };
+        each_directive(headers, |name, _| match name {
+            "no-store" => d.no_store = true,
+            "no-cache" | "max-age" | "min-fresh" => d.wants_newer = true,
+            _ => {}
+        });
+        d
+    }
+}
+
+/// Calls `f` with each `Cache-Control` directive's lower-case name and its argument (unquoted).
+fn each_directive(headers: &HeaderMap, mut f: impl FnMut(&str, &str)) {
+    for value in headers.get_all(http::header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else { continue };
+        for directive in value.split(',') {
+            let (name, arg) = directive.split_once('=').unwrap_or((directive, ""));
+            f(&name.trim().to_ascii_lowercase(), arg.trim().trim_matches('"'));
+        }
+    }
+}
+
+/// `Pragma: no-cache`, HTTP/1.0's `Cache-Control: no-cache`.
+fn pragma_no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::PRAGMA)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains("no-cache")))
 }
 
 /// How the cache answered a request, as `Cache-Status` says it.

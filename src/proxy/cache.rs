@@ -84,7 +84,8 @@ pub(super) async fn lookup(
             client_conditional,
         })
     };
-    if !cacheable || forbids_store(&parts.headers) {
+    let asks = crate::cache::status::RequestDirectives::of(&parts.headers);
+    if !cacheable || asks.no_store {
         store.metrics.bypass.increment(1);
         let invalidates = !parts.method.is_safe();
         let mut bypass = pending(request, None, None, invalidates, false);
@@ -108,7 +109,7 @@ pub(super) async fn lookup(
             Found::Stale { object, validators } => {
                 let now = store.now();
                 // A client asking for a newer answer (`no-cache`, `max-age`) is not given a stale one.
-                if object.within_swr(now) && !crate::cache::request_restricts(&parts.headers) {
+                if object.within_swr(now) && !asks.wants_newer {
                     store.metrics.stale.increment(1);
                     if let Ok(fetching) = store.fetch(&key) {
                         let mut upstream = super::forward::copy_head(parts);
@@ -318,14 +319,6 @@ fn serve(store: &Store, object: &Object, method: &Method, answer: Answer) -> Res
     }
     resp.headers_mut().insert(CACHE_STATUS.clone(), answer.header());
     resp
-}
-
-/// The request says `Cache-Control: no-store`: neither answered from nor kept in the cache.
-fn forbids_store(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains("no-store")))
 }
 
 /// Refreshes a stored object in the background (`stale-while-revalidate`): a GET with its
