@@ -289,12 +289,20 @@ pub struct BodyRules {
 /// before any server is chosen; what was read is sent first, and a body read whole can be sent again.
 #[derive(Debug)]
 pub struct RequestBody {
+    /// `None`: nothing more comes from the client (an empty body, or one read whole by `fill`).
+    inner: Option<Incoming>,
+    /// Everything a body with data needs. Boxed, and absent for bodiless requests (most GETs): the
+    /// body travels by value through every future of the request path, which copy it as they move.
+    state: Option<Box<BodyState>>,
+}
+
+/// A [`RequestBody`]'s rules, read-ahead and hand-back.
+#[derive(Debug)]
+struct BodyState {
     /// Data read ahead by `fill`, sent before anything else.
     ahead: VecDeque<Bytes>,
     /// Trailers read by `fill` (the client's body ended during it), sent last.
     trailers: Option<http::HeaderMap>,
-    /// `None`: nothing more comes from the client (an empty body, or one read whole by `fill`).
-    inner: Option<Incoming>,
     upload: Option<Arc<Upload>>,
     stall: Option<Stall>,
     rate: Option<MinRate>,
@@ -307,34 +315,11 @@ pub struct RequestBody {
     handback: Option<oneshot::Sender<RequestBody>>,
 }
 
-impl RequestBody {
-    /// Wraps a client body; returns it and, if it carries data at all, its shared [`Upload`] state.
-    pub fn watch(inner: Incoming, rules: BodyRules, received: &Counter) -> (Self, Option<Arc<Upload>>) {
-        // Bodiless requests (most GETs) cannot fail or stall: skip the allocations.
-        if inner.is_end_stream() {
-            let mut body = Self::empty();
-            body.inner = Some(inner);
-            return (body, None);
-        }
-        let upload = Arc::new(Upload::default());
-        // With a minimum rate, a whole window without a byte is too slow as well.
-        let stall = if rules.min_rate > 0 { rules.stall.min(rules.window) } else { rules.stall };
-        let mut body = Self::empty();
-        body.inner = Some(inner);
-        body.upload = Some(Arc::clone(&upload));
-        body.stall = Some(Stall::new(stall));
-        body.rate = (rules.min_rate > 0).then(|| MinRate::new(rules.min_rate, rules.window));
-        body.room = rules.max_size;
-        body.received = Some(received.clone());
-        (body, Some(upload))
-    }
-
-    /// An empty body.
-    pub fn empty() -> Self {
+impl Default for BodyState {
+    fn default() -> Self {
         Self {
             ahead: VecDeque::new(),
             trailers: None,
-            inner: None,
             upload: None,
             stall: None,
             rate: None,
@@ -344,13 +329,44 @@ impl RequestBody {
             handback: None,
         }
     }
+}
+
+impl RequestBody {
+    /// Wraps a client body; returns it and, if it carries data at all, its shared [`Upload`] state.
+    pub fn watch(inner: Incoming, rules: BodyRules, received: &Counter) -> (Self, Option<Arc<Upload>>) {
+        // Bodiless requests (most GETs) cannot fail or stall: skip the allocations.
+        if inner.is_end_stream() {
+            return (Self { inner: Some(inner), state: None }, None);
+        }
+        let upload = Arc::new(Upload::default());
+        // With a minimum rate, a whole window without a byte is too slow as well.
+        let stall = if rules.min_rate > 0 { rules.stall.min(rules.window) } else { rules.stall };
+        let state = BodyState {
+            upload: Some(Arc::clone(&upload)),
+            stall: Some(Stall::new(stall)),
+            rate: (rules.min_rate > 0).then(|| MinRate::new(rules.min_rate, rules.window)),
+            room: rules.max_size,
+            received: Some(received.clone()),
+            ..BodyState::default()
+        };
+        (Self { inner: Some(inner), state: Some(Box::new(state)) }, Some(upload))
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self { inner: None, state: None }
+    }
+
+    fn state(&mut self) -> &mut BodyState {
+        self.state.get_or_insert_with(Box::default)
+    }
 
     /// Arms a hand-back: if hyper drops this body without ever reading it (the connection failed
     /// before anything was sent), the body comes back through the receiver, untouched, so it can be
     /// sent to another server. Once read, it is gone for good: nothing is replayed.
     pub fn returnable(&mut self) -> oneshot::Receiver<RequestBody> {
         let (tx, rx) = oneshot::channel();
-        self.handback = Some(tx);
+        self.state().handback = Some(tx);
         rx
     }
 
@@ -359,7 +375,7 @@ impl RequestBody {
     /// it; `Ok(false)`: it is larger, and the rest streams after what was read. An error (malformed
     /// framing, too large, too slow, cut off: see [`Upload`]) happens before any server saw a byte.
     pub async fn fill(&mut self, limit: usize, hold: BufferHold) -> Result<bool, BoxError> {
-        self.hold = Some(Arc::new(hold));
+        self.state().hold = Some(Arc::new(hold));
         let mut read = 0usize;
         while read <= limit {
             match std::future::poll_fn(|cx| self.poll_client(cx)).await {
@@ -371,11 +387,11 @@ impl RequestBody {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         read += data.len();
-                        self.ahead.push_back(data);
+                        self.state().ahead.push_back(data);
                     }
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
-                            self.trailers = Some(trailers);
+                            self.state().trailers = Some(trailers);
                         }
                     }
                 },
@@ -386,52 +402,49 @@ impl RequestBody {
 
     /// A copy of a body [`RequestBody::fill`] read whole, to send again; `None` for any other body.
     pub fn replay(&self) -> Option<RequestBody> {
-        if self.inner.is_some() || self.hold.is_none() {
-            return None;
-        }
-        let mut copy = Self::empty();
-        copy.ahead = self.ahead.clone();
-        copy.trailers = self.trailers.clone();
-        copy.hold = self.hold.clone();
-        Some(copy)
+        let state = self.state.as_deref().filter(|s| s.hold.is_some() && self.inner.is_none())?;
+        let copy = BodyState {
+            ahead: state.ahead.clone(),
+            trailers: state.trailers.clone(),
+            hold: state.hold.clone(),
+            ..BodyState::default()
+        };
+        Some(Self { inner: None, state: Some(Box::new(copy)) })
     }
 
     /// The next frame from the client, under the body's rules.
     fn poll_client(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
-        let frame = match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(frame) => frame.map(|r| r.map_err(BoxError::from)),
-            Poll::Pending => {
-                if let Some(rate) = self.rate.as_mut() {
-                    rate.waiting();
-                }
-                let stalled = self.stall.as_mut().is_some_and(|s| s.expired(cx));
-                if stalled {
-                    // hyper only needs *an* error to abort the upstream request; the flag says why.
-                    return Poll::Ready(Some(
-                        Err(self.refuse(|u| &u.stalled, "client request body stalled")),
-                    ));
-                }
-                return Poll::Pending;
+        let frame = Pin::new(inner).poll_frame(cx).map(|f| f.map(|r| r.map_err(BoxError::from)));
+        // Without state the body is bodiless: no rules to apply.
+        let Some(state) = self.state.as_deref_mut() else { return frame };
+        let Poll::Ready(frame) = frame else {
+            if let Some(rate) = state.rate.as_mut() {
+                rate.waiting();
             }
+            if state.stall.as_mut().is_some_and(|s| s.expired(cx)) {
+                // hyper only needs *an* error to abort the upstream request; the flag says why.
+                return Poll::Ready(Some(Err(self.refuse(|u| &u.stalled, "client request body stalled"))));
+            }
+            return Poll::Pending;
         };
-        if let Some(stall) = self.stall.as_mut() {
+        if let Some(stall) = state.stall.as_mut() {
             stall.progress();
         }
         if let Some(Ok(data)) = frame.as_ref().map(|r| r.as_ref().map(Frame::data_ref)) {
             let n = data.map_or(0, Bytes::len) as u64;
-            if n > self.room {
+            if n > state.room {
                 return Poll::Ready(Some(Err(self.refuse(|u| &u.too_large, "request body too large"))));
             }
-            self.room -= n;
-            if self.rate.as_mut().is_some_and(|rate| !rate.arrived(n)) {
+            state.room -= n;
+            if state.rate.as_mut().is_some_and(|rate| !rate.arrived(n)) {
                 return Poll::Ready(Some(Err(self.refuse(|u| &u.stalled, "client request body too slow"))));
             }
-            if let Some(received) = &self.received {
+            if let Some(received) = &state.received {
                 received.increment(n);
             }
         }
-        if let Some(upload) = &self.upload {
+        if let Some(upload) = &state.upload {
             match &frame {
                 Some(Err(_)) => upload.broken.store(true, Ordering::Relaxed),
                 None => {
@@ -446,7 +459,7 @@ impl RequestBody {
 
     /// Stops reading the client: sets the flag that says why, and gives hyper the error to abort with.
     fn refuse(&mut self, flag: impl Fn(&Upload) -> &AtomicBool, why: &'static str) -> BoxError {
-        if let Some(upload) = &self.upload {
+        if let Some(upload) = self.state.as_ref().and_then(|s| s.upload.as_ref()) {
             flag(upload).store(true, Ordering::Relaxed);
         }
         self.inner = None;
@@ -456,19 +469,8 @@ impl RequestBody {
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        if let Some(tx) = self.handback.take() {
-            let body = Self {
-                ahead: std::mem::take(&mut self.ahead),
-                trailers: self.trailers.take(),
-                inner: self.inner.take(),
-                upload: self.upload.take(),
-                stall: self.stall.take(),
-                rate: self.rate.take(),
-                room: self.room,
-                received: self.received.take(),
-                hold: self.hold.take(),
-                handback: None,
-            };
+        if let Some(tx) = self.state.as_mut().and_then(|s| s.handback.take()) {
+            let body = Self { inner: self.inner.take(), state: self.state.take() };
             let _ = tx.send(body);
         }
     }
@@ -483,25 +485,28 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        // Read once: the body can no longer be sent anywhere else.
-        this.handback = None;
-        if let Some(data) = this.ahead.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
+        if let Some(state) = this.state.as_deref_mut() {
+            // Read once: the body can no longer be sent anywhere else.
+            state.handback = None;
+            if let Some(data) = state.ahead.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
         }
         match ready!(this.poll_client(cx)) {
-            None => Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            None => Poll::Ready(
+                this.state.as_mut().and_then(|s| s.trailers.take()).map(|t| Ok(Frame::trailers(t))),
+            ),
             frame => Poll::Ready(frame),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ahead.is_empty()
-            && self.trailers.is_none()
+        self.state.as_deref().is_none_or(|s| s.ahead.is_empty() && s.trailers.is_none())
             && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        let ahead: u64 = self.ahead.iter().map(|b| b.len() as u64).sum();
+        let ahead: u64 = self.state.as_deref().map_or(0, |s| s.ahead.iter().map(|b| b.len() as u64).sum());
         let rest = self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
         let mut hint = SizeHint::new();
         hint.set_lower(rest.lower().saturating_add(ahead));

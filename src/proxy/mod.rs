@@ -220,8 +220,16 @@ impl Trace {
 }
 
 /// The client's `X-Request-Id` if it is a sane token (printable, at most 128 bytes), else a new
-/// random 128-bit id in hex.
+/// random 128-bit id in hex. Marked sensitive, which to HTTP/2's header compression means "never
+/// index": a value unique to one message would only evict reusable entries from the connection's
+/// table, and every later id would be compared against the ones it holds.
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    let mut id = new_request_id(headers);
+    id.set_sensitive(true);
+    id
+}
+
+fn new_request_id(headers: &http::HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
         if !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) {
             return v.clone();
