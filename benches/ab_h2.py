@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Interleaved A/B of lb builds over HTTP/2 + TLS, for a change's before and after in one session.
 
-Usage: python3 benches/ab_h2.py ROUNDS DURATION NAME=BINARY ...
+Usage: python3 benches/ab_h2.py ROUNDS DURATION NAME=BINARY[:ENV=VAL;...] ...
 e.g.   python3 benches/ab_h2.py 5 5 before=/tmp/lb-before after=target/release/lb
 
 benches/load.py's TLS config (a self-signed ECDSA certificate, three upstreams from
@@ -14,8 +14,14 @@ import os, re, statistics, subprocess, sys, tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load
 rounds, dur = int(sys.argv[1]), int(sys.argv[2])
-builds = [a.split("=", 1) for a in sys.argv[3:]]
-res = {n: [] for n, _ in builds}
+def minor_faults(pid):
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[7])
+builds = []
+for a in sys.argv[3:]:
+    name, rest = a.split("=", 1)
+    binary, _, envs = rest.partition(":")
+    builds.append((name, binary, dict(kv.split("=", 1) for kv in filter(None, envs.split(";")))))
+res = {n: [] for n, _, _ in builds}
 up = subprocess.Popen(["taskset", "-c", "0", os.path.join(load.ROOT, "target/release/examples/upstream"), *load.UPSTREAMS], stdout=subprocess.PIPE)
 up.stdout.readline()
 try:
@@ -26,22 +32,24 @@ try:
         port = load.PORTS["lb-tls"]
         for r in range(rounds):
             order = builds[r % len(builds):] + builds[:r % len(builds)]
-            for name, binary in order:
+            for name, binary, extra in order:
                 c = ["taskset", "-c", "1", binary] + cmd[1:]
-                p = subprocess.Popen(c, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                p = subprocess.Popen(c, env={**os.environ, **env, **extra}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:
                     load.wait_port(port)
                     url = f"https://127.0.0.1:{port}/"
                     subprocess.run(["taskset", "-c", "0", "h2load", "-c", "32", "-m", "8", "-D", "2", url], capture_output=True)
                     pids = load.process_tree(p.pid)
                     before = load.cpu_seconds(pids)
+                    faults = minor_faults(p.pid)
                     out = subprocess.run(["taskset", "-c", "0", "h2load", "-c", "32", "-m", "8", "-D", str(dur), url], capture_output=True, text=True).stdout
                     cpu = load.cpu_seconds(pids) - before
+                    faults = minor_faults(p.pid) - faults
                     m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
                     done = int(m.group(2))
                     us = cpu / done * 1e6
                     res[name].append(us)
-                    print(f"round {r+1} {name:8} {us:6.1f} us/req  {done/dur:8.0f} req/s", flush=True)
+                    print(f"round {r+1} {name:8} {us:6.1f} us/req  {done/dur:8.0f} req/s  {faults/done:5.2f} page faults/req", flush=True)
                 finally:
                     p.terminate(); p.wait()
 finally:
