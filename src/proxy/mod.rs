@@ -264,3 +264,26 @@ fn log_failure(e: &ProxyError, client: SocketAddr) {
         _ => tracing::warn!(%client, status, error = %e, "request failed"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_when_sane_made_otherwise_and_never_indexed() {
+        let mut headers = http::HeaderMap::new();
+        let made = request_id(&headers);
+        assert_eq!(made.len(), 32);
+        assert!(made.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        // Unique per message: HTTP/2's header compression must not add it to its table.
+        assert!(made.is_sensitive());
+
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        let kept = request_id(&headers);
+        assert_eq!(kept, "abc-123");
+        assert!(kept.is_sensitive());
+
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_eq!(request_id(&headers).len(), 32);
+    }
+}
