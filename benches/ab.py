@@ -8,7 +8,11 @@ Three upstreams (examples/upstream.rs, built in release mode first: `cargo build
 upstream`) and wrk -t1 run on CPU 0, lb alone on CPU 1 (one runtime worker), as in the reference
 harness's pinned mode. Each round runs every build once (order rotated): a fresh lb, 2 s of warm-up,
 then DURATION seconds of wrk with CONNS keep-alive connections. Prints lb's CPU per request (user +
-system from /proc), req/s and wrk's p50/p99 per run, then the median (min-max) over rounds.
+system from /proc), req/s and wrk's p50/p99 per run, then the median (min-max) over rounds. Each run
+also prints the inter-processor interrupts CPU 0 received per request ("ipi": rescheduling and
+function-call interrupts from /proc/interrupts) and how idle CPU 0 was: lb sends most of them when its
+writes wake wrk or an upstream on an idle CPU 0, and in a VM each costs the sender several
+microseconds of system time (docs/performance.md, "Wake-up interrupts").
 Needs wrk and taskset; all traffic stays on 127.0.0.1 and every run is bounded by DURATION.
 AB_ROUTE_EXTRA, when set, is appended to the one route's keys (e.g. an edge policy), for every build."""
 import os, re, subprocess, sys, time, socket, statistics, signal, tempfile
@@ -47,6 +51,21 @@ def wait(port):
             socket.create_connection(("127.0.0.1", port), 0.2).close(); return
         except OSError: time.sleep(0.05)
     raise SystemExit(f"port {port} not ready")
+def ipis():
+    """Rescheduling + function-call interrupts received so far by CPU 0."""
+    n = 0
+    for line in open("/proc/interrupts"):
+        f = line.split()
+        if f and f[0] in ("RES:", "CAL:"):
+            n += int(f[1])
+    return n
+def idle0():
+    """CPU 0's idle and total jiffies so far."""
+    for line in open("/proc/stat"):
+        f = line.split()
+        if f[0] == "cpu0":
+            v = [int(x) for x in f[1:]]
+            return v[3], sum(v)
 def cpu(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) / TICK, int(f[12]) / TICK)
@@ -63,9 +82,9 @@ try:
             lb = subprocess.Popen(["taskset", "-c", "1", binary, "--config", conf], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait(18080)
             subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", "-d2", f"http://127.0.0.1:18080{path}"], capture_output=True, timeout=60)
-            u0, s0 = cpu(lb.pid)
+            u0, s0 = cpu(lb.pid); i0 = ipis(); d0 = idle0()
             out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{dur}", "--latency", f"http://127.0.0.1:18080{path}"], capture_output=True, text=True, timeout=dur + 60).stdout
-            u1, s1 = cpu(lb.pid)
+            u1, s1 = cpu(lb.pid); i1 = ipis(); d1 = idle0()
             lb.send_signal(signal.SIGTERM); lb.wait(timeout=30)
             reqs = int(re.search(r"(\d+) requests in", out).group(1))
             rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -74,7 +93,7 @@ try:
                 v = float(m.group(1)); return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
             us = ((u1 - u0) + (s1 - s0)) * 1e6 / reqs
             res[name].append((us, rps, lat(50), lat(99)))
-            print(f"round {r+1} {name:16} {us:6.1f} us/req  {rps:9.0f} req/s  p50 {lat(50):7.2f} ms  p99 {lat(99):7.2f} ms  user {(u1-u0)*1e6/reqs:5.1f} sys {(s1-s0)*1e6/reqs:5.1f}", flush=True)
+            print(f"round {r+1} {name:16} {us:6.1f} us/req  {rps:9.0f} req/s  p50 {lat(50):7.2f} ms  p99 {lat(99):7.2f} ms  user {(u1-u0)*1e6/reqs:5.1f} sys {(s1-s0)*1e6/reqs:5.1f}  ipi {(i1-i0)/reqs:5.3f}  cpu0 idle {100*(d1[0]-d0[0])/max(1, d1[1]-d0[1]):4.1f}%", flush=True)
             time.sleep(1)
 finally:
     be.terminate()
