@@ -1,6 +1,6 @@
 //! The request path: route -> pool -> strategy -> upstream connection -> streamed response.
 //!
-//! [`Proxy`] is a `tower::Service` built once per client connection. Each request loads the runtime
+//! [`Proxy`] is built once per client connection and answers its requests ([`Proxy::call`]). Each request loads the runtime
 //! snapshot once and uses it to the end; `forward.rs` takes it from the route to the response head. Failures become responses in exactly one place
 //! ([`error::error_response`]), called from `Proxy::call`, which logs each with its cause first.
 
@@ -29,9 +29,7 @@ use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// What every request of one client connection shares.
@@ -75,23 +73,22 @@ impl Proxy {
     }
 }
 
-impl tower::Service<Request<Incoming>> for Proxy {
-    type Response = Response<ResponseBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+impl Proxy {
+    /// Answers one request. The future is returned unboxed: hyper keeps an HTTP/1 connection's
+    /// request future in a slot it allocates once per connection, so a boxed future here would cost
+    /// an allocation and a copy of the whole future (about 5 KB) per request (wrapped for hyper by
+    /// `hyper::service::service_fn`, which names its type).
+    pub fn call(
+        &self,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
         let start = tokio::time::Instant::now();
         let active = self.conn.as_ref().map(ActiveRequest::begin);
         let shared = Arc::clone(&self.shared);
         let client = self.client_addr;
         let client_ip = self.client_ip.clone();
         let (tls, hsts) = (self.tls, self.hsts.clone());
-        Box::pin(async move {
+        async move {
             let snap = shared.runtime.snapshot();
             let version = req.version();
             let (mut parts, body) = req.into_parts();
@@ -144,7 +141,7 @@ impl tower::Service<Request<Incoming>> for Proxy {
                 resp.body_mut().hold_conn(active);
             }
             Ok(resp)
-        })
+        }
     }
 }
 

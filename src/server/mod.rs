@@ -21,7 +21,6 @@ use arc_swap::ArcSwap;
 use conn::ClientConn;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::TokioTimer;
-use hyper_util::service::TowerToHyperService;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -519,10 +518,18 @@ impl Accepted {
         activity: &Arc<Activity>,
         listener: &ListenerCtx,
         tls: bool,
-    ) -> TowerToHyperService<Proxy> {
+    ) -> impl hyper::service::HttpService<
+        hyper::body::Incoming,
+        ResBody = crate::proxy::body::ResponseBody,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+           + Unpin
+           + Send
+           + 'static {
         let proxy = Proxy::new(Arc::clone(&self.serve.shared), peer, Some(Arc::clone(activity)))
             .behind(tls, listener.hsts.clone());
-        TowerToHyperService::new(proxy)
+        hyper::service::service_fn(move |req| proxy.call(req))
     }
 
     /// Completes the TLS handshake (within `client_header`), then serves HTTP over it.

@@ -29,20 +29,26 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        let stream = Isolated(Box::pin(fut));
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Box::pin(stream));
+        let stream: Stream = Box::pin(Isolated { stream: fut });
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(stream);
     }
 }
 
-/// A stream whose panic ends it alone, not its connection and the other streams on it.
-struct Isolated(Stream);
+pin_project_lite::pin_project! {
+    /// A stream whose panic ends it alone, not its connection and the other streams on it. Holds
+    /// the stream inline: one allocation per stream.
+    struct Isolated<F> {
+        #[pin]
+        stream: F,
+    }
+}
 
-impl Future for Isolated {
+impl<F: Future<Output = ()>> Future for Isolated<F> {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let stream = &mut self.0;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream.as_mut().poll(cx))) {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let stream = self.project().stream;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream.poll(cx))) {
             Ok(poll) => poll,
             Err(_) => {
                 tracing::error!("an HTTP/2 stream panicked; it is dropped, its connection goes on");
