@@ -57,6 +57,11 @@ impl H1 {
         }
     }
 
+    /// Whether hyper has asked for another request, without polling the connection.
+    fn ready(&self) -> bool {
+        !self.done && self.send.is_ready()
+    }
+
     /// Whether another request may be sent on it now. Polls it once without waiting, so a peer that
     /// closed the connection or wrote on it while it idled is found here (hyper's idle read sees the
     /// end of file or the unexpected bytes and closes).
@@ -157,9 +162,12 @@ impl Lease {
     }
 
     /// The response body ended: the connection goes back to its server's idle stack if hyper is
-    /// ready to send another request on it, and is closed otherwise.
+    /// ready to send another request on it, and is closed otherwise. Usually hyper already stands
+    /// ready (the poll that read the body's end went on to wait for the next request), and then it
+    /// is not driven again here: that would only look for a peer that closed, which the check-out
+    /// does before any reuse.
     pub fn finish(mut self) {
-        if self.reusable && self.conn.usable() {
+        if self.reusable && (self.conn.ready() || self.conn.usable()) {
             self.home.conns.checkin(self.conn, self.cap);
         }
     }
