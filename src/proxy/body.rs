@@ -161,6 +161,26 @@ impl ResponseBody {
     }
 }
 
+/// The next frame of an upstream body. A frame hyper has already read (a small response's whole
+/// body comes with its head) is taken without driving the connection. Otherwise the connection is
+/// driven to read one, and after a frame that is not the last it is driven again, so that hyper reads
+/// ahead while this one is written to the client.
+fn take_frame(
+    mut body: Pin<&mut Incoming>,
+    lease: Option<&mut Lease>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    let Some(lease) = lease else { return body.poll_frame(cx) };
+    if let Poll::Ready(frame) = body.as_mut().poll_frame(cx) {
+        if matches!(frame, Some(Ok(_))) && !body.is_end_stream() {
+            lease.drive(cx);
+        }
+        return Poll::Ready(frame);
+    }
+    lease.drive(cx);
+    body.poll_frame(cx)
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -170,11 +190,8 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        if let Some(lease) = this.lease.as_mut() {
-            lease.drive(cx);
-        }
         let frame = match this.inner.as_mut().project() {
-            InnerProj::Stream { mut body } => match body.as_mut().poll_frame(cx) {
+            InnerProj::Stream { mut body } => match take_frame(body.as_mut(), this.lease.as_mut(), cx) {
                 Poll::Ready(frame) => {
                     if let Some(stall) = this.stall.as_mut() {
                         stall.progress();
