@@ -43,6 +43,10 @@ where
     /// Resolves when the listener stops: HTTP/1 then closes after the current response, HTTP/2
     /// sends GOAWAY, an idle connection closes.
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// A copy of `stop`'s receiver, to see whether the listener stopped without polling `stop`:
+    /// once `stop` waits with this task's waker it needs no polling until then (a poll takes a lock).
+    stop_seen: watch::Receiver<bool>,
+    stop_armed: Option<std::task::Waker>,
     stopping: bool,
 
     peer: SocketAddr,
@@ -87,11 +91,12 @@ impl<I, S: HttpService<Incoming>> ClientConn<I, S> {
         peer: SocketAddr,
         service: S,
     ) -> Self {
+        let stop_seen = stop.clone();
         let stop = Box::pin(async move {
             let _ = stop.changed().await;
         });
         let state = State::Waiting { io, got: Bytes::new(), service, first: true, _idle: None };
-        Self { ctx, activity, stop, stopping: false, peer, state }
+        Self { ctx, activity, stop, stop_seen, stop_armed: None, stopping: false, peer, state }
     }
 }
 
@@ -125,6 +130,13 @@ where
         // Boxed: allocated while hyper serves, freed while the connection idles without it.
         let conn = self.ctx.h1.serve_connection(TokioIo::new(Rewind::new(io, got)), service).with_upgrades();
         self.state = State::Http1 { conn: Box::new(conn), releasing: false };
+    }
+
+    /// Whether `stop` must be polled: it has not yet waited with this waker, or the listener's
+    /// signal changed (or its sender went away) since.
+    fn stop_needs_poll(&self, cx: &Context<'_>) -> bool {
+        !self.stop_armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+            || self.stop_seen.has_changed().unwrap_or(true)
     }
 
     /// The listener stops: a connection with a request in progress finishes it first.
@@ -206,8 +218,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if !this.stopping && this.stop.as_mut().poll(cx).is_ready() {
-            this.stop();
+        if !this.stopping && this.stop_needs_poll(cx) {
+            if this.stop.as_mut().poll(cx).is_ready() {
+                this.stop();
+            } else {
+                this.stop_armed = Some(cx.waker().clone());
+            }
         }
         loop {
             match &mut this.state {
