@@ -18,6 +18,36 @@ fn next(sock: &UnixDatagram) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// Like [`next`], but a timeout fails with what lb's threads were doing (state and kernel wait
+/// channel of each, from /proc): a notification that never came once in CI left nothing to go on.
+fn next_from(sock: &UnixDatagram, pid: u32) -> String {
+    let mut buf = [0u8; 4096];
+    match sock.recv(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(e) => {
+            let mut threads = String::from(" none: the process is gone");
+            if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+                threads.clear();
+                for task in dir.flatten() {
+                    let path = task.path();
+                    let read = |f: &str| std::fs::read_to_string(path.join(f)).unwrap_or_default();
+                    let stat = read("stat");
+                    let state =
+                        stat.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("?");
+                    let name = read("comm");
+                    threads += &format!(
+                        "\n  {} {} state {state} wchan {}",
+                        path.display(),
+                        name.trim(),
+                        read("wchan")
+                    );
+                }
+            }
+            panic!("no notification within 20s ({e}); lb {pid}'s threads:{threads}");
+        }
+    }
+}
+
 /// The `lb` binary in front of `backend`, with `NOTIFY_SOCKET` naming a datagram socket bound here
 /// (read with a 20 s timeout); its stdout is piped, for the startup lines.
 fn start_notifying(backend: &Backend) -> (tempfile::TempDir, UnixDatagram, std::process::Child) {
@@ -84,7 +114,7 @@ async fn lb_notifies_ready_reloading_and_stopping() {
     }
 
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let stopping = next(&sock);
+    let stopping = next_from(&sock, child.id());
     assert!(stopping.starts_with("STOPPING=1"), "{stopping:?}");
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert!(status.success(), "{status:?}");
