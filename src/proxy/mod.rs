@@ -71,9 +71,7 @@ impl Proxy {
         self.hsts = hsts;
         self
     }
-}
 
-impl Proxy {
     /// Answers one request. The future is returned unboxed: hyper keeps an HTTP/1 connection's
     /// request future in a slot it allocates once per connection, so a boxed future here would cost
     /// an allocation and a copy of the whole future (about 5 KB) per request (wrapped for hyper by

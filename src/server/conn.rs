@@ -14,6 +14,7 @@
 //! connection's task holds exactly its socket, its service and a few handles: an `async fn`
 //! keeps room for every argument of every call it awaits.
 
+use super::armed::Armed;
 use super::idle::{Activity, Idle, IdleIo};
 use super::rewind::{join, Rewind, H2_PREFACE};
 use super::streams::{StreamExec, Streams};
@@ -43,10 +44,10 @@ where
     /// Resolves when the listener stops: HTTP/1 then closes after the current response, HTTP/2
     /// sends GOAWAY, an idle connection closes.
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
-    /// A copy of `stop`'s receiver, to see whether the listener stopped without polling `stop`:
-    /// once `stop` waits with this task's waker it needs no polling until then (a poll takes a lock).
+    /// A copy of `stop`'s receiver, to see whether the listener stopped without polling `stop`
+    /// (see [`Armed`]).
     stop_seen: watch::Receiver<bool>,
-    stop_armed: Option<std::task::Waker>,
+    stop_armed: Armed,
     stopping: bool,
 
     peer: SocketAddr,
@@ -96,7 +97,7 @@ impl<I, S: HttpService<Incoming>> ClientConn<I, S> {
             let _ = stop.changed().await;
         });
         let state = State::Waiting { io, got: Bytes::new(), service, first: true, _idle: None };
-        Self { ctx, activity, stop, stop_seen, stop_armed: None, stopping: false, peer, state }
+        Self { ctx, activity, stop, stop_seen, stop_armed: Armed::default(), stopping: false, peer, state }
     }
 }
 
@@ -135,8 +136,7 @@ where
     /// Whether `stop` must be polled: it has not yet waited with this waker, or the listener's
     /// signal changed (or its sender went away) since.
     fn stop_needs_poll(&self, cx: &Context<'_>) -> bool {
-        !self.stop_armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
-            || self.stop_seen.has_changed().unwrap_or(true)
+        !self.stop_armed.holds(cx) || self.stop_seen.has_changed().unwrap_or(true)
     }
 
     /// The listener stops: a connection with a request in progress finishes it first.
@@ -222,7 +222,7 @@ where
             if this.stop.as_mut().poll(cx).is_ready() {
                 this.stop();
             } else {
-                this.stop_armed = Some(cx.waker().clone());
+                this.stop_armed.set(cx);
             }
         }
         loop {

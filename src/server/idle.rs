@@ -19,11 +19,12 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::armed::Armed;
 use crate::config::Timeouts;
 use crate::stall::Stall;
 
@@ -211,10 +212,9 @@ pin_project! {
         head: Option<(u64, u64)>,
         // HTTP/2 multiplexes requests and pings: only the idle rule applies.
         h2: bool,
-        // The waker the timer last registered and that it has not fired or been reset since: a read
-        // that finds no data with this same waker need not poll the timer again (each poll costs
-        // about as much as the read itself, and hyper tries several reads per request).
-        armed: Option<Waker>,
+        // The timer's registration: a read that finds no data need not poll it again while it holds
+        // the same waker and has not fired (hyper tries several reads per request).
+        armed: Armed,
     }
 }
 
@@ -234,7 +234,7 @@ impl<T> IdleIo<T> {
             send: Stall::new(timeouts.client_send),
             head: Some((0, 0)),
             h2: false,
-            armed: None,
+            armed: Armed::default(),
         }
     }
 
@@ -295,14 +295,14 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
                     let due = this.activity.at(now) + (*this.client_header).min(BUSY_LOOK);
                     if due < this.timer.deadline() {
                         this.timer.as_mut().reset(due);
-                        *this.armed = None;
+                        this.armed.clear();
                     }
                 }
             }
             return Poll::Ready(result);
         }
         // No data: the timer decides whether waiting any longer is allowed.
-        if this.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) && !this.timer.is_elapsed() {
+        if this.armed.holds(cx) && !this.timer.is_elapsed() {
             return Poll::Pending;
         }
         while this.timer.as_mut().poll(cx).is_ready() {
@@ -331,7 +331,7 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
             }
             this.timer.as_mut().reset(next);
         }
-        *this.armed = Some(cx.waker().clone());
+        this.armed.set(cx);
         Poll::Pending
     }
 }

@@ -5,6 +5,7 @@
 //! response, HTTP/2 sends GOAWAY), and [`serve`] returns once all connections are gone or the drain
 //! timeout has passed.
 
+mod armed;
 mod conn;
 mod idle;
 mod redirect;

@@ -67,7 +67,7 @@ impl H1 {
     /// end of file or the unexpected bytes and closes).
     pub fn usable(&mut self) -> bool {
         self.drive(&mut Context::from_waker(Waker::noop()));
-        !self.done && self.send.is_ready()
+        self.ready()
     }
 
     /// Lets hyper's state go (its read buffer, request channel and connection state) and keeps the
