@@ -284,17 +284,19 @@ fn rewrite(
         sticky::strip_cookies(&mut parts.headers, &snap.sticky_cookies);
     }
 
-    let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
-    // gRPC needs `te: trailers` end to end; forwarded to pools that speak HTTP/2 (as nginx's
-    // grpc_pass does), stripped as hop-by-hop everywhere else.
-    let te_trailers = pool.http2() && headers::accepts_trailers(&parts.headers);
-    headers::strip_hop_by_hop(&mut parts.headers);
-    if te_trailers {
-        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if let Some(id) = request_id {
-        // Even if the client named it in `Connection`: the upstream always gets the id.
-        parts.headers.insert(X_REQUEST_ID.clone(), id);
+    if headers::has_hop_by_hop(&parts.headers) {
+        let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
+        // gRPC needs `te: trailers` end to end; forwarded to pools that speak HTTP/2 (as nginx's
+        // grpc_pass does), stripped as hop-by-hop everywhere else.
+        let te_trailers = pool.http2() && headers::accepts_trailers(&parts.headers);
+        headers::strip_hop_by_hop(&mut parts.headers);
+        if te_trailers {
+            parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if let Some(id) = request_id {
+            // Even if the client named it in `Connection`: the upstream always gets the id.
+            parts.headers.insert(X_REQUEST_ID.clone(), id);
+        }
     }
     if let Some(token) = upgrade {
         if let Ok(value) = HeaderValue::from_str(token) {

@@ -29,14 +29,15 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        let stream: Stream = Box::pin(Isolated { stream: fut });
+        // Boxed as it is, wrapped outside the box: `Box::pin(Isolated { .. })` would copy the stream
+        // (kilobytes: it holds the request's future) twice, into the wrapper and then into the box.
+        let stream: Stream = Box::pin(fut);
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(stream);
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A stream whose panic ends it alone, not its connection and the other streams on it. Holds
-    /// the stream inline: one allocation per stream.
+    /// A stream whose panic ends it alone, not its connection and the other streams on it.
     struct Isolated<F> {
         #[pin]
         stream: F,
@@ -62,7 +63,7 @@ impl<F: Future<Output = ()>> Future for Isolated<F> {
 #[derive(Default)]
 pub(super) struct Streams {
     exec: StreamExec,
-    running: FuturesUnordered<Stream>,
+    running: FuturesUnordered<Isolated<Stream>>,
 }
 
 impl Streams {
@@ -82,7 +83,7 @@ impl Streams {
     fn take_new(&mut self) -> bool {
         let mut queued = self.exec.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let any = !queued.is_empty();
-        self.running.extend(queued.drain(..));
+        self.running.extend(queued.drain(..).map(|stream| Isolated { stream }));
         any
     }
 }

@@ -135,9 +135,11 @@ pub(super) fn method_has_defined_payload_semantics(method: &Method) -> bool {
 
 #[cfg(feature = "http2")]
 pub(super) fn set_content_length_if_missing(headers: &mut HeaderMap, len: u64) {
-    headers
-        .entry(CONTENT_LENGTH)
-        .or_insert_with(|| HeaderValue::from(len));
+    // Not `entry`: it makes room for an insert before looking, so a full map would grow (rehashing
+    // every field) even when the field is already there, as it usually is.
+    if !headers.contains_key(CONTENT_LENGTH) {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
 }
 
 #[cfg(all(feature = "client", feature = "http1"))]

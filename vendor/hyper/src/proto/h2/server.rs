@@ -475,10 +475,10 @@ where
                     );
 
                     // set Date header if it isn't already set if instructed
-                    if *me.date_header {
+                    // (not `entry`, which makes room before looking: see `set_content_length_if_missing`)
+                    if *me.date_header && !res.headers().contains_key(::http::header::DATE) {
                         res.headers_mut()
-                            .entry(::http::header::DATE)
-                            .or_insert_with(date::update_and_header_value);
+                            .insert(::http::header::DATE, date::update_and_header_value());
                     }
 
                     if let Some(connect_parts) = connect_parts.take() {
