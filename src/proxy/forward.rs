@@ -31,170 +31,174 @@ pub(super) struct Requester<'a> {
     pub(super) tls: bool,
 }
 
-/// Takes the client's body under the request's rules: a declared length over `max_body_size` (the
-/// route's, else `limits.max_body_size`; `0` for none) is
-/// refused at once, and a body of at most `request_buffer` bytes is read whole before a server is
-/// chosen, so its framing is checked before any server sees a byte, a slow client holds no server, and
-/// the body can be sent again. Returns the body, its upload state (`None` once nothing more comes from
-/// the client), and a copy to resend when it was read whole.
-pub(super) async fn forward(
-    shared: &Arc<Shared>,
-    snap: &Arc<Snapshot>,
-    from: Requester<'_>,
-    req: Request<Incoming>,
-    active: &mut Option<ActiveRequest>,
-    trace: &mut Trace,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    if req.method() == http::Method::CONNECT {
-        // lb is a reverse proxy: it does not open tunnels to arbitrary destinations.
-        return Err(ProxyError::MethodNotAllowed);
-    }
-    let (client, tls) = (from.addr, from.tls);
-    let (mut parts, body) = req.into_parts();
-    syntax::check_head(&parts)?;
-    let host = request_host(&parts)?;
-    syntax::underscore_headers(&mut parts.headers, snap.config.http.underscore_headers)?;
-    // Routes, their rules and the server all see the path in one normal form.
-    if let Some(path) = super::normal_path::normalize(parts.uri.path()) {
-        set_path(&mut parts, path)?;
-    }
-    let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-    let route_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
-    let route = snap.config.routes.get(route_index).ok_or(ProxyError::NoRoute)?;
-    // `None` for a route that only redirects.
-    let pool = snap.pools.get(route.pool);
-    trace.pool = pool.map(|_| route.pool);
-    let policy = route.policy.as_deref();
-    if let Some(policy) = policy {
-        // Boxed: only routes with a policy pay for its future.
-        if let Some(answer) = Box::pin(super::edge::admit(policy, client.ip(), &mut parts)).await? {
-            return Ok(answer);
+/// Takes one request from its head to the client's response head: checks the head, routes it,
+/// applies the route's policy, rate limits and cache, takes the body under its rules ([`intake`]),
+/// claims a server, [`rewrite`]s the head, [`send_with_retries`] and builds the
+/// [`client_response`].
+///
+/// Not an `async fn`: those keep each argument twice in their state (as received and as the
+/// local it becomes), and this future is copied whole as hyper moves the request's future about.
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn` (above)
+pub(super) fn forward<'a>(
+    shared: &'a Arc<Shared>,
+    snap: &'a Arc<Snapshot>,
+    from: Requester<'a>,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    active: &'a mut Option<ActiveRequest>,
+    trace: &'a mut Trace,
+) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
+    async move {
+        if parts.method == http::Method::CONNECT {
+            // lb is a reverse proxy: it does not open tunnels to arbitrary destinations.
+            return Err(ProxyError::MethodNotAllowed);
         }
-    }
-    // Counted before the body is read or a server chosen: a refused request costs no upstream work.
-    let mut limit_headers = None;
-    if !snap.rate_limits.is_empty() {
-        let request = crate::ratelimit::Request { client, parts: &parts, host: host_str, route };
-        let route_rules = policy.map_or(&[][..], |p| &p.rate_limits[..]);
-        match Box::pin(snap.rate_limits.check(request, route_rules)).await {
-            Ok(headers) => limit_headers = headers,
-            Err(limited) => return Err(ProxyError::RateLimited(Box::new(limited))),
+        let (client, tls) = (from.addr, from.tls);
+        syntax::check_head(&parts)?;
+        let host = request_host(&parts)?;
+        syntax::underscore_headers(&mut parts.headers, snap.config.http.underscore_headers)?;
+        // Routes, their rules and the server all see the path in one normal form.
+        if let Some(path) = super::normal_path::normalize(parts.uri.path()) {
+            set_path(&mut parts, path)?;
         }
-    }
-    // A cached route answers from its cache, or notes what the upstream's answer means to it.
-    let mut cache = None;
-    if let Some(store) = route.cache.and_then(|i| snap.caches.get(i)) {
-        let refresh = |upstream, pending| {
-            let requester = Refresher { addr: client, ip: from.ip.clone(), tls, host: host.clone() };
-            let snap = Arc::clone(snap);
-            tokio::spawn(super::cache::refresh(
-                Arc::clone(shared),
-                snap,
-                route_index,
-                upstream,
-                pending,
-                requester,
-            ));
-        };
-        match Box::pin(super::cache::lookup(store, &mut parts, host.as_ref(), tls, refresh)).await {
-            super::cache::Lookup::Answer(resp) => {
-                let mut resp = *resp;
-                let request_id = parts.headers.get(&X_REQUEST_ID);
-                let vars = Vars { client: client.ip(), request_id, host: host.as_ref(), tls };
-                if let Some(policy) = policy.filter(|p| !p.response_headers.is_empty()) {
-                    policy.response_headers.apply(resp.headers_mut(), &vars);
-                }
-                if let Some(limit) = limit_headers {
-                    limit.apply(resp.headers_mut());
-                }
-                return Ok(resp);
-            }
-            super::cache::Lookup::Forward(pending) | super::cache::Lookup::Bypass(pending) => {
-                cache = Some((pending, parts.method.clone()));
+        let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+        let route_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
+        let route = snap.config.routes.get(route_index).ok_or(ProxyError::NoRoute)?;
+        // `None` for a route that only redirects.
+        let pool = snap.pools.get(route.pool);
+        trace.pool = pool.map(|_| route.pool);
+        let policy = route.policy.as_deref();
+        if let Some(policy) = policy {
+            // Boxed: only routes with a policy pay for its future.
+            if let Some(answer) = Box::pin(super::edge::admit(policy, client.ip(), &mut parts)).await? {
+                return Ok(answer);
             }
         }
-    }
-    let pool = pool.ok_or(ProxyError::NoRoute)?;
-    let max_body_size = route.max_body_size.unwrap_or(snap.config.limits.max_body_size);
-    let (body, upload, whole) = intake(shared, snap, pool, max_body_size, body).await?;
-    // A reserved slot on the chosen server (its in-flight guard), or a wait in the pool's queue.
-    let (choice, guard) = match pool.claim(client, &parts) {
-        Some(claimed) => claimed,
-        // Boxed: queueing is the rare path, and its timers would enlarge every request's future.
-        None => match Box::pin(pool.wait_for_room(client, &parts)).await {
-            Ok(claimed) => claimed,
-            // No server can take it: a stale object within `stale-if-error` answers instead.
-            Err(why) => match cache.as_ref().and_then(|(pending, method)| pending.on_failure(method)) {
-                Some(stale) => return Ok(stale),
-                None => return Err(no_server(pool, why)),
+        // Counted before the body is read or a server chosen: a refused request costs no upstream work.
+        let mut limit_headers = None;
+        if !snap.rate_limits.is_empty() {
+            let request = crate::ratelimit::Request { client, parts: &parts, host: host_str, route };
+            let route_rules = policy.map_or(&[][..], |p| &p.rate_limits[..]);
+            match Box::pin(snap.rate_limits.check(request, route_rules)).await {
+                Ok(headers) => limit_headers = headers,
+                Err(limited) => return Err(ProxyError::RateLimited(Box::new(limited))),
+            }
+        }
+        // A cached route answers from its cache, or notes what the upstream's answer means to it.
+        let mut cache = None;
+        if let Some(store) = route.cache.and_then(|i| snap.caches.get(i)) {
+            let refresh = |upstream, pending| {
+                let requester = Refresher { addr: client, ip: from.ip.clone(), tls, host: host.clone() };
+                let snap = Arc::clone(snap);
+                tokio::spawn(super::cache::refresh(
+                    Arc::clone(shared),
+                    snap,
+                    route_index,
+                    upstream,
+                    pending,
+                    requester,
+                ));
+            };
+            match Box::pin(super::cache::lookup(store, &mut parts, host.as_ref(), tls, refresh)).await {
+                super::cache::Lookup::Answer(resp) => {
+                    let mut resp = *resp;
+                    let request_id = parts.headers.get(&X_REQUEST_ID);
+                    let vars = Vars { client: client.ip(), request_id, host: host.as_ref(), tls };
+                    if let Some(policy) = policy.filter(|p| !p.response_headers.is_empty()) {
+                        policy.response_headers.apply(resp.headers_mut(), &vars);
+                    }
+                    if let Some(limit) = limit_headers {
+                        limit.apply(resp.headers_mut());
+                    }
+                    return Ok(resp);
+                }
+                super::cache::Lookup::Forward(pending) | super::cache::Lookup::Bypass(pending) => {
+                    cache = Some((pending, parts.method.clone()));
+                }
+            }
+        }
+        let pool = pool.ok_or(ProxyError::NoRoute)?;
+        let max_body_size = route.max_body_size.unwrap_or(snap.config.limits.max_body_size);
+        let (body, upload, whole) = intake(shared, snap, pool, max_body_size, body).await?;
+        // A reserved slot on the chosen server (its in-flight guard), or a wait in the pool's queue.
+        let (choice, guard) = match pool.claim(client, &parts) {
+            Some(claimed) => claimed,
+            // Boxed: queueing is the rare path, and its timers would enlarge every request's future.
+            None => match Box::pin(pool.wait_for_room(client, &parts)).await {
+                Ok(claimed) => claimed,
+                // No server can take it: a stale object within `stale-if-error` answers instead.
+                Err(why) => match cache.as_ref().and_then(|(pending, method)| pending.on_failure(method)) {
+                    Some(stale) => return Ok(stale),
+                    None => return Err(no_server(pool, why)),
+                },
             },
-        },
-    };
-    let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
-    let client_upgrade =
-        upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
-    if let Some(path) =
-        policy.and_then(|p| super::edge::rewritten_path(p, route.path_prefix.as_deref(), parts.uri.path()))
-    {
-        set_path(&mut parts, path)?;
-    }
-    rewrite(
-        &mut parts,
-        snap,
-        pool,
-        &from,
-        host.as_ref(),
-        upgrade.as_deref().filter(|_| client_upgrade.is_some()),
-    );
-    // The operator's header rules have the last word, after lb's own (but cannot touch framing).
-    let request_id = policy.and_then(|_| parts.headers.get(&X_REQUEST_ID).cloned());
-    let vars = Vars { client: client.ip(), request_id: request_id.as_ref(), host: host.as_ref(), tls };
-    if let Some(policy) = policy.filter(|p| !p.request_headers.is_empty()) {
-        policy.request_headers.apply(&mut parts.headers, &vars);
-    }
-    let target = std::mem::take(&mut parts.uri);
+        };
+        let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
+        let client_upgrade =
+            upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+        if let Some(path) = policy
+            .and_then(|p| super::edge::rewritten_path(p, route.path_prefix.as_deref(), parts.uri.path()))
+        {
+            set_path(&mut parts, path)?;
+        }
+        rewrite(
+            &mut parts,
+            snap,
+            pool,
+            &from,
+            host.as_ref(),
+            upgrade.as_deref().filter(|_| client_upgrade.is_some()),
+        );
+        // The operator's header rules have the last word, after lb's own (but cannot touch framing).
+        let request_id = policy.and_then(|_| parts.headers.get(&X_REQUEST_ID).cloned());
+        let vars = Vars { client: client.ip(), request_id: request_id.as_ref(), host: host.as_ref(), tls };
+        if let Some(policy) = policy.filter(|p| !p.request_headers.is_empty()) {
+            policy.request_headers.apply(&mut parts.headers, &vars);
+        }
+        let target = std::mem::take(&mut parts.uri);
 
-    // A failed attempt may be retried on another server (see `may_retry`); the head is kept for that
-    // only when the pool allows retries and has another server.
-    let spare =
-        (client_upgrade.is_none() && pool.retry.attempts > 0 && pool.upstreams.len() > 1).then(|| {
-            // With the original target: a consistent-hash pool may hash its path or query again.
-            let mut head = copy_head(&parts);
-            head.uri = target.clone();
-            head
-        });
-    let exchange = Exchange {
-        shared,
-        snap,
-        pool,
-        client,
-        target,
-        spare,
-        upload,
-        whole,
-        upgrading: client_upgrade.is_some(),
-    };
-    let sent = send_with_retries(&exchange, parts, body, choice, guard, trace).await;
-    let (resp, guard, lease, choice) = match sent {
-        Ok(sent) => sent,
-        // The origin failed: a stale object within `stale-if-error` answers instead.
-        Err(e) => match cache.as_ref().and_then(|(pending, method)| pending.on_failure(method)) {
-            Some(stale) => return Ok(stale),
-            None => return Err(e),
-        },
-    };
-    let upstream = cache.as_ref().map(|_| super::cache::upstream_head(&resp));
-    let mut resp = client_response(snap, pool, tls, resp, guard, lease, choice, client_upgrade, active)?;
-    if let (Some((pending, method)), Some(upstream)) = (cache, upstream) {
-        resp = pending.respond(upstream, resp, &method);
+        // A failed attempt may be retried on another server (see `may_retry`); the head is kept for that
+        // only when the pool allows retries and has another server.
+        let spare =
+            (client_upgrade.is_none() && pool.retry.attempts > 0 && pool.upstreams.len() > 1).then(|| {
+                // With the original target: a consistent-hash pool may hash its path or query again.
+                let mut head = copy_head(&parts);
+                head.uri = target.clone();
+                head
+            });
+        let exchange = Exchange {
+            shared,
+            snap,
+            pool,
+            client,
+            target,
+            spare,
+            upload,
+            whole,
+            upgrading: client_upgrade.is_some(),
+        };
+        let sent = send_with_retries(&exchange, parts, body, choice, guard, trace).await;
+        let (resp, guard, lease, choice) = match sent {
+            Ok(sent) => sent,
+            // The origin failed: a stale object within `stale-if-error` answers instead.
+            Err(e) => match cache.as_ref().and_then(|(pending, method)| pending.on_failure(method)) {
+                Some(stale) => return Ok(stale),
+                None => return Err(e),
+            },
+        };
+        let upstream = cache.as_ref().map(|_| super::cache::upstream_head(&resp));
+        let mut resp = client_response(snap, pool, tls, resp, guard, lease, choice, client_upgrade, active)?;
+        if let (Some((pending, method)), Some(upstream)) = (cache, upstream) {
+            resp = pending.respond(upstream, resp, &method);
+        }
+        if let Some(policy) = policy.filter(|p| !p.response_headers.is_empty()) {
+            policy.response_headers.apply(resp.headers_mut(), &vars);
+        }
+        if let Some(limit) = limit_headers {
+            limit.apply(resp.headers_mut());
+        }
+        Ok(resp)
     }
-    if let Some(policy) = policy.filter(|p| !p.response_headers.is_empty()) {
-        policy.response_headers.apply(resp.headers_mut(), &vars);
-    }
-    if let Some(limit) = limit_headers {
-        limit.apply(resp.headers_mut());
-    }
-    Ok(resp)
 }
 
 /// Who a background refresh is made for: the client whose request found the object stale (its
@@ -338,110 +342,120 @@ struct Exchange<'a> {
 /// Sends the request to the chosen server and, when an attempt fails and the pool's rules allow it,
 /// to another (see `Attempt::may_retry`). Returns the response head, the in-flight guard and the
 /// connection lease of the attempt that answered, and which server that was.
-async fn send_with_retries<'a>(
-    x: &Exchange<'a>,
+/// Not an `async fn`, for the reason given at [`forward`].
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn` (above)
+fn send_with_retries<'a, 'b>(
+    x: &'b Exchange<'a>,
     mut parts: http::request::Parts,
     mut body: RequestBody,
     mut choice: Choice<'a>,
     mut guard: InFlight,
-    trace: &mut Trace,
-) -> Result<(Response<Incoming>, InFlight, Option<Lease>, Choice<'a>), ProxyError> {
-    let (snap, pool, client, target, spare, upload, whole) =
-        (x.snap, x.pool, x.client, &x.target, &x.spare, &x.upload, &x.whole);
-    let idempotent = is_idempotent(&parts.method);
-    let timeout = snap.config.timeouts.response;
-    let limits = x.shared.runtime.conn_limits();
-    let conn_settings = ConnSettings {
-        connect: snap.config.timeouts.connect,
-        idle: snap.config.timeouts.upstream_idle,
-        idle_per_server: snap.config.limits.upstream_idle_per_server,
-    };
-    let mut tried = Vec::new();
-    // Held while a retry is in progress: the retry budget counts it.
-    let mut _retrying = None;
-    loop {
-        let upstream = choice.upstream;
-        // Recorded before the attempt, so a failure is counted and logged against this server.
-        trace.server = Some(choice.index);
-        parts.uri = origin_form(target);
-        let bodyless = body.is_end_stream();
-        let handback = (spare.is_some() && !bodyless && whole.is_none()).then(|| body.returnable());
-        let sent_at = tokio::time::Instant::now();
-        let request = Request::from_parts(parts, body);
-        // Built in place: a named local would be a second copy of the send future (kilobytes) in
-        // this function's state.
-        let sending = |request| lease::send(limits, upstream, conn_settings, request, x.upgrading);
-        let (failure, attempt) = match respond_within(timeout, upload.as_deref(), sending(request)).await {
-            Some(Ok((resp, lease))) if ambiguous_framing(resp.headers()) => {
-                // hyper let Transfer-Encoding win, but the server meant something lb cannot know:
-                // nothing of it is relayed, and the connection is closed (what follows on it cannot
-                // be trusted either).
-                drop((resp, lease));
-                let reason = "response with both Transfer-Encoding and Content-Length".to_owned();
-                (ProxyError::Upstream { upstream: who(upstream), reason }, Attempt::Invalid)
-            }
-            Some(Ok((resp, mut lease))) => {
-                // A response that came while the client's body was still being sent leaves the rest
-                // of that body unsent: the connection cannot carry another request.
-                if let (Some(lease), Some(upload)) = (lease.as_mut(), upload.as_ref()) {
-                    if upload.done_at.get().is_none() {
-                        lease.forbid_reuse();
-                    }
+    trace: &'b mut Trace,
+) -> impl Future<Output = Result<(Response<Incoming>, InFlight, Option<Lease>, Choice<'a>), ProxyError>> + Send + 'b
+where
+    'a: 'b,
+{
+    async move {
+        let (snap, pool, client, target, spare, upload, whole) =
+            (x.snap, x.pool, x.client, &x.target, &x.spare, &x.upload, &x.whole);
+        let idempotent = is_idempotent(&parts.method);
+        let timeout = snap.config.timeouts.response;
+        let limits = x.shared.runtime.conn_limits();
+        let conn_settings = ConnSettings {
+            connect: snap.config.timeouts.connect,
+            idle: snap.config.timeouts.upstream_idle,
+            idle_per_server: snap.config.limits.upstream_idle_per_server,
+        };
+        let mut tried = Vec::new();
+        // Held while a retry is in progress: the retry budget counts it.
+        let mut _retrying = None;
+        loop {
+            let upstream = choice.upstream;
+            // Recorded before the attempt, so a failure is counted and logged against this server.
+            trace.server = Some(choice.index);
+            parts.uri = origin_form(target);
+            let bodyless = body.is_end_stream();
+            let handback = (spare.is_some() && !bodyless && whole.is_none()).then(|| body.returnable());
+            let sent_at = tokio::time::Instant::now();
+            let request = Request::from_parts(parts, body);
+            // Built in place: a named local would be a second copy of the send future (kilobytes) in
+            // this function's state.
+            let sending = |request| lease::send(limits, upstream, conn_settings, request, x.upgrading);
+            let (failure, attempt) = match respond_within(timeout, upload.as_deref(), sending(request)).await
+            {
+                Some(Ok((resp, lease))) if ambiguous_framing(resp.headers()) => {
+                    // hyper let Transfer-Encoding win, but the server meant something lb cannot know:
+                    // nothing of it is relayed, and the connection is closed (what follows on it cannot
+                    // be trusted either).
+                    drop((resp, lease));
+                    let reason = "response with both Transfer-Encoding and Content-Length".to_owned();
+                    (ProxyError::Upstream { upstream: who(upstream), reason }, Attempt::Invalid)
                 }
-                let outcome =
-                    if resp.status().is_server_error() { Outcome::Status5xx } else { Outcome::Success };
+                Some(Ok((resp, mut lease))) => {
+                    // A response that came while the client's body was still being sent leaves the rest
+                    // of that body unsent: the connection cannot carry another request.
+                    if let (Some(lease), Some(upload)) = (lease.as_mut(), upload.as_ref()) {
+                        if upload.done_at.get().is_none() {
+                            lease.forbid_reuse();
+                        }
+                    }
+                    let outcome =
+                        if resp.status().is_server_error() { Outcome::Status5xx } else { Outcome::Success };
+                    pool.observe(upstream, outcome);
+                    // The upstream's time starts once the client's upload is over (it is the client's).
+                    let from = upload.as_ref().and_then(|u| u.done_at.get().copied()).unwrap_or(sent_at);
+                    let elapsed = from.elapsed();
+                    upstream.metrics.ttfb.record(elapsed.as_secs_f64());
+                    trace.upstream_time = Some(elapsed);
+                    return Ok((resp, guard, lease, choice));
+                }
+                None => (ProxyError::Timeout { upstream: who(upstream), after: timeout }, Attempt::Timeout),
+                Some(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled.load(Ordering::Relaxed)) => {
+                    return Err(ProxyError::ClientTimeout);
+                }
+                Some(Err(_)) if upload.as_ref().is_some_and(|u| u.too_large.load(Ordering::Relaxed)) => {
+                    return Err(ProxyError::BodyTooLarge);
+                }
+                Some(Err(e)) if upload.as_ref().is_some_and(|u| u.broken.load(Ordering::Relaxed)) => {
+                    return Err(ProxyError::ClientBody(e.to_string()));
+                }
+                Some(Err(e)) => classify(&e, upstream),
+            };
+            metrics::upstream_error(&upstream.key.pool, &upstream.key.name, attempt.label());
+            if let Some(outcome) = attempt.outcome() {
                 pool.observe(upstream, outcome);
-                // The upstream's time starts once the client's upload is over (it is the client's).
-                let from = upload.as_ref().and_then(|u| u.done_at.get().copied()).unwrap_or(sent_at);
-                let elapsed = from.elapsed();
-                upstream.metrics.ttfb.record(elapsed.as_secs_f64());
-                trace.upstream_time = Some(elapsed);
-                return Ok((resp, guard, lease, choice));
             }
-            None => (ProxyError::Timeout { upstream: who(upstream), after: timeout }, Attempt::Timeout),
-            Some(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled.load(Ordering::Relaxed)) => {
-                return Err(ProxyError::ClientTimeout);
+            drop(guard);
+            // The body, if it can still be sent: empty, read whole ahead of time, or never read by the
+            // failed attempt.
+            let unsent = if bodyless {
+                Some(RequestBody::empty())
+            } else if let Some(whole) = whole {
+                whole.replay()
+            } else {
+                handback.and_then(|mut rx| rx.try_recv().ok())
+            };
+            let (Some(head), Some(next_body)) = (spare, unsent) else { return Err(failure) };
+            if tried.len() >= pool.retry.attempts as usize || !attempt.may_retry(idempotent) {
+                return Err(failure);
             }
-            Some(Err(_)) if upload.as_ref().is_some_and(|u| u.too_large.load(Ordering::Relaxed)) => {
-                return Err(ProxyError::BodyTooLarge);
-            }
-            Some(Err(e)) if upload.as_ref().is_some_and(|u| u.broken.load(Ordering::Relaxed)) => {
-                return Err(ProxyError::ClientBody(e.to_string()));
-            }
-            Some(Err(e)) => classify(&e, upstream),
-        };
-        metrics::upstream_error(&upstream.key.pool, &upstream.key.name, attempt.label());
-        if let Some(outcome) = attempt.outcome() {
-            pool.observe(upstream, outcome);
-        }
-        drop(guard);
-        // The body, if it can still be sent: empty, read whole ahead of time, or never read by the
-        // failed attempt.
-        let unsent = if bodyless {
-            Some(RequestBody::empty())
-        } else if let Some(whole) = whole {
-            whole.replay()
-        } else {
-            handback.and_then(|mut rx| rx.try_recv().ok())
-        };
-        let (Some(head), Some(next_body)) = (spare, unsent) else { return Err(failure) };
-        if tried.len() >= pool.retry.attempts as usize || !attempt.may_retry(idempotent) {
-            return Err(failure);
-        }
-        tried.push(choice.index);
-        let Some((next, next_guard)) = pool.claim_other(client, head, &tried) else { return Err(failure) };
-        // This request's previous retry, if any, is over: its slot goes back before taking another.
-        _retrying = None;
-        if attempt.budgeted() {
-            let Some(slot) = pool.retry_slot() else {
-                tracing::warn!(%client, error = %failure, pool = %pool.name, "not retried: retry budget spent");
+            tried.push(choice.index);
+            let Some((next, next_guard)) = pool.claim_other(client, head, &tried) else {
                 return Err(failure);
             };
-            _retrying = Some(slot);
+            // This request's previous retry, if any, is over: its slot goes back before taking another.
+            _retrying = None;
+            if attempt.budgeted() {
+                let Some(slot) = pool.retry_slot() else {
+                    tracing::warn!(%client, error = %failure, pool = %pool.name, "not retried: retry budget spent");
+                    return Err(failure);
+                };
+                _retrying = Some(slot);
+            }
+            tracing::warn!(%client, error = %failure, to = %who(next.upstream), "retrying on another server");
+            pool.metrics.retries.increment(1);
+            (parts, body, choice, guard) = (copy_head(head), next_body, next, next_guard);
         }
-        tracing::warn!(%client, error = %failure, to = %who(next.upstream), "retrying on another server");
-        pool.metrics.retries.increment(1);
-        (parts, body, choice, guard) = (copy_head(head), next_body, next, next_guard);
     }
 }
 

@@ -86,10 +86,11 @@ impl Proxy {
         let client = self.client_addr;
         let client_ip = self.client_ip.clone();
         let (tls, hsts) = (self.tls, self.hsts.clone());
+        // Taken apart here, not in the future: it would keep the request and its parts both.
+        let (mut parts, body) = req.into_parts();
         async move {
             let snap = shared.runtime.snapshot();
-            let version = req.version();
-            let (mut parts, body) = req.into_parts();
+            let version = parts.version;
             // Behind a trusted proxy, the address it names; every use below sees this one.
             let client = snap.config.client_address.resolve(client, &parts.headers);
             let request_id = request_id(&parts.headers);
@@ -102,9 +103,8 @@ impl Proxy {
             // and the guard records the request as 499 (client closed), as nginx does.
             let mut watch =
                 Unanswered { start, snap: Arc::clone(&snap), trace: Trace::default(), access, armed: true };
-            let req = Request::from_parts(parts, body);
             let from = Requester { addr: client, ip: &client_ip, tls };
-            let result = forward(&shared, &snap, from, req, &mut active, &mut watch.trace).await;
+            let result = forward(&shared, &snap, from, parts, body, &mut active, &mut watch.trace).await;
             watch.armed = false;
             let (trace, mut access) = (std::mem::take(&mut watch.trace), watch.access.take());
             let mut resp = match result {

@@ -299,52 +299,58 @@ async fn open(
 ///
 /// A request that fails on a reused connection before hyper wrote any of it is sent once more on a new
 /// connection (the server closed an idle connection just as it was taken).
-pub async fn send(
-    limits: &ConnLimits,
-    upstream: &Upstream,
+///
+/// Not an `async fn`: those keep each argument twice in their state, and this future is part of
+/// every request's, which is copied whole as it moves.
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn` (above)
+pub fn send<'a>(
+    limits: &'a ConnLimits,
+    upstream: &'a Upstream,
     settings: ConnSettings,
     mut req: Request<RequestBody>,
     upgrade: bool,
-) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-    if let Some(h2) = upstream.stats.conns.shared_h2(upstream.tls.as_ref()) {
-        return Box::pin(send_h2(h2, upstream, req)).await;
-    }
-    let mut fresh_only = false;
-    loop {
-        let taken = if fresh_only {
-            let slot = match limits.get(&upstream.addr) {
-                Some(limit) => Some(
-                    tokio::time::timeout(settings.connect, limit.acquire())
-                        .await
-                        .map_err(|_| SendError::Connect(ConnectError::AtLimit(settings.connect)))?,
-                ),
-                None => None,
-            };
-            Taken::New(Box::pin(open(upstream, slot, settings.connect)).await?)
-        } else {
-            take(limits, upstream, settings).await?
-        };
-        let (conn, was_reused) = match taken {
-            Taken::Idle(conn) => (conn, true),
-            Taken::New(Opened::H1(conn)) => (conn, false),
-            Taken::New(Opened::H2(h2)) => return Box::pin(send_h2(h2, upstream, req)).await,
-        };
-        if !req.headers().contains_key(header::HOST) {
-            req.headers_mut().insert(header::HOST, header_value(&upstream.authority));
+) -> impl Future<Output = Result<(Response<Incoming>, Option<Lease>), SendError>> + Send + 'a {
+    async move {
+        if let Some(h2) = upstream.stats.conns.shared_h2(upstream.tls.as_ref()) {
+            return Box::pin(send_h2(h2, upstream, req)).await;
         }
-        // The rare kinds are boxed, so they do not enlarge every request's future.
-        let result = if upgrade {
-            Box::pin(send_upgrade(conn, req)).await
-        } else {
-            send_h1(conn, req, upstream, settings).await
-        };
-        match result {
-            Err(SendError::Http { error, unsent: Some(back) }) if was_reused => {
-                tracing::debug!(error = %error, "idle upstream connection closed as it was taken; sending on a new one");
-                req = *back;
-                fresh_only = true;
+        let mut fresh_only = false;
+        loop {
+            let taken = if fresh_only {
+                let slot = match limits.get(&upstream.addr) {
+                    Some(limit) => Some(
+                        tokio::time::timeout(settings.connect, limit.acquire())
+                            .await
+                            .map_err(|_| SendError::Connect(ConnectError::AtLimit(settings.connect)))?,
+                    ),
+                    None => None,
+                };
+                Taken::New(Box::pin(open(upstream, slot, settings.connect)).await?)
+            } else {
+                take(limits, upstream, settings).await?
+            };
+            let (conn, was_reused) = match taken {
+                Taken::Idle(conn) => (conn, true),
+                Taken::New(Opened::H1(conn)) => (conn, false),
+                Taken::New(Opened::H2(h2)) => return Box::pin(send_h2(h2, upstream, req)).await,
+            };
+            if !req.headers().contains_key(header::HOST) {
+                req.headers_mut().insert(header::HOST, header_value(&upstream.authority));
             }
-            other => return other,
+            // The rare kinds are boxed, so they do not enlarge every request's future.
+            let result = if upgrade {
+                Box::pin(send_upgrade(conn, req)).await
+            } else {
+                send_h1(conn, req, upstream, settings).await
+            };
+            match result {
+                Err(SendError::Http { error, unsent: Some(back) }) if was_reused => {
+                    tracing::debug!(error = %error, "idle upstream connection closed as it was taken; sending on a new one");
+                    req = *back;
+                    fresh_only = true;
+                }
+                other => return other,
+            }
         }
     }
 }
