@@ -33,9 +33,11 @@ the same pool) and wrk asking for the last host, so the routing table's size is 
 from the plain lb run (one route).
 
 With --tls it then runs an HTTPS scenario on the same proxies (ECDSA P-256 certificate made with
-openssl, TLS 1.3, ALPN h2): h2load over HTTP/2 (64 connections, 10 streams each) for throughput and
-CPU per request, and `openssl s_time -new` for full handshakes per second and the proxy's CPU per
-handshake (one client process; the proxy's CPU is what compares).
+openssl, TLS 1.3, ALPN h2): h2load over HTTP/2 (--connections, --streams each; default 64 x 10) for
+throughput, CPU per request and p50/p99 (from h2load's per-request log), and `openssl s_time -new`
+for full handshakes per second and the proxy's CPU per handshake (one client process; the proxy's
+CPU is what compares). With --pinned as above (h2load with one thread on CPU 0); the HTTP/2 issue's
+cell is `--pinned --tls-only --connections 32 --streams 8`.
 
 Needs wrk (Debian: apt-get install wrk); --tls and --rate also need h2load (nghttp2-client), --tls
 openssl too. nginx and HAProxy are optional (apt-get install nginx-light haproxy). All traffic stays on 127.0.0.1;
@@ -67,6 +69,10 @@ WORKERS = 2
 PROXY_CPU, LOAD_CPU = [], []
 # Host header wrk sends to a proxy, when not the default (127.0.0.1:port).
 HOSTS = {}
+# h2load's per-request logs go here, not beside the proxies' configs: lb watches its config file's
+# directory, and a log written there would wake its watcher on every write (measured: 0.4 wake-ups
+# and 20% more CPU per HTTP/2 request).
+LOGS = tempfile.gettempdir()
 
 
 def cpu_seconds(pids):
@@ -262,7 +268,7 @@ def run_rate(name, make, tmp, args):
         rps = max(1, round(args.rate / args.connections))
         subprocess.run([*LOAD_CPU, "h2load", "--h1", "-t1", f"-c{args.connections}", "-D1", f"--rps={rps}", *host,
                         url], capture_output=True)
-        log = os.path.join(tmp, f"{name}-h2load.log")
+        log = os.path.join(LOGS, f"{name}-h2load.log")
         pids = process_tree(proc.pid)
         before = cpu_seconds(pids)
         subprocess.run([*LOAD_CPU, "h2load", "--h1", "-t1", f"-c{args.connections}", f"-D{args.duration}",
@@ -317,8 +323,11 @@ def lb_tls_config(tmp):
     with open(path, "w") as f:
         f.write(f'[[listeners]]\naddr = "127.0.0.1:{PORTS["lb-tls"]}"\n[listeners.tls]\n'
                 f'certificates = [{{ cert = "{cert}", key = "{key}" }}]\n\n'
+                # As many idle upstream connections as nginx's `keepalive` (see lb_variant).
+                f'[limits]\nupstream_idle_per_server = 1024\n\n'
                 f'[pools.app]\nstrategy = "round_robin"\nservers = [{servers}]\n\n[admin]\naddr = "127.0.0.1:0"\n')
-    return [os.path.join(ROOT, "target/release/lb"), "--config", path], {"LB_LOG": "warn", "TOKIO_WORKER_THREADS": "2"}
+    return ([*PROXY_CPU, os.path.join(ROOT, "target/release/lb"), "--config", path],
+            {"LB_LOG": "warn", "TOKIO_WORKER_THREADS": str(WORKERS)})
 
 
 def nginx_tls_config(tmp):
@@ -354,18 +363,25 @@ def run_tls_one(name, make, tmp, args):
     port = PORTS[name]
     with running(name, make, tmp) as proc:
         url = f"https://127.0.0.1:{port}/"
-        subprocess.run(["h2load", "-n", "2000", "-c", "8", "-m", "10", url], capture_output=True)
+        threads = "1" if LOAD_CPU else "2"
+        # Warm up with the measured load itself (as wrk's warm-up does for HTTP/1.1), so that the upstream
+        # connections it needs are open before the measurement starts.
+        subprocess.run([*LOAD_CPU, "h2load", "-t", threads, "-c", str(args.connections), "-m", str(args.streams),
+                        "-D", "2", url], capture_output=True)
         pids = process_tree(proc.pid)
         before = cpu_seconds(pids)
-        out = subprocess.run(["h2load", "-t", "2", "-c", str(args.connections), "-m", "10",
-                              "-D", str(args.duration), url],
+        log = os.path.join(LOGS, f"{name}-h2load.log")
+        out = subprocess.run([*LOAD_CPU, "h2load", "-t", threads, "-c", str(args.connections), "-m", str(args.streams),
+                              "-D", str(args.duration), f"--log-file={log}", url],
                              capture_output=True, text=True, timeout=args.duration + 30).stdout
         cpu = cpu_seconds(pids) - before
         rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
         m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out)
         done, failed = int(m.group(2)), int(m.group(3))
+        rows = [line.split("\t") for line in open(log).read().splitlines() if line.count("\t") >= 2]
+        ok = sorted(int(r[2]) / 1e3 for r in rows if r[1].startswith("2"))
         before = cpu_seconds(pids)
-        st = subprocess.run(["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
+        st = subprocess.run([*LOAD_CPU, "openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
                              "-time", str(args.duration)],
                             capture_output=True, text=True, timeout=args.duration + 30).stdout
         hs_cpu = cpu_seconds(pids) - before
@@ -373,6 +389,7 @@ def run_tls_one(name, make, tmp, args):
         handshakes = int(hm.group(1)) if hm else 0
         hs_rate = handshakes / max(int(hm.group(2)) if hm else 1, 1)
     return {"rps": rps, "failed": failed, "cpu_us_per_req": cpu / max(done, 1) * 1e6,
+            "p50_ms": percentile(ok, 50), "p99_ms": percentile(ok, 99),
             "handshakes_per_s": hs_rate, "cpu_us_per_handshake": hs_cpu / max(handshakes, 1) * 1e6}
 
 
@@ -399,18 +416,26 @@ def tls_phase(args, tmp):
         if shutil.which(name.split("-")[0]):
             proxies.append((name, make))
     results = run_rounds(proxies, run_tls_one, tmp, args, lambda res: (
-        f"{res['rps']:>10.0f} req/s  cpu {res['cpu_us_per_req']:.1f} us/req  failed {res['failed']}  "
+        f"{res['rps']:>10.0f} req/s  p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms  "
+        f"cpu {res['cpu_us_per_req']:.1f} us/req  failed {res['failed']}  "
         f"{res['handshakes_per_s']:.0f} handshakes/s  cpu {res['cpu_us_per_handshake']:.0f} us/handshake"))
-    print(f"\nHTTPS: median of {args.rounds} rounds; h2load {args.connections} connections x 10 streams, "
-          f"{args.duration}s; s_time -new {args.duration}s; TLS 1.3, ECDSA P-256")
-    print(f"{'proxy':12} {'req/s':>10} {'cpu us/req':>11} {'vs lb':>7} {'hs/s':>7} {'cpu us/hs':>10} {'vs lb':>7}")
-    base = {k: statistics.median(r[k] for r in results["lb-tls"]) for k in ("cpu_us_per_req", "cpu_us_per_handshake")}
+    print(f"\nHTTPS: median of {args.rounds} rounds; h2load {args.connections} connections x {args.streams} streams, "
+          f"{args.duration}s; s_time -new {args.duration}s; TLS 1.3, ECDSA P-256; "
+          + ("pinned: proxy alone on CPU 1 with one worker" if PROXY_CPU else f"{os.cpu_count()} cores"))
+    print(f"{'proxy':12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11} {'vs lb':>7} "
+          f"{'hs/s':>7} {'cpu us/hs':>10} {'vs lb':>7}")
+    keys = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "handshakes_per_s", "cpu_us_per_handshake")
+    med = {name: {k: statistics.median(r[k] for r in results[name]) for k in keys} for name, _ in proxies}
+    base = med["lb-tls"]
     for name, _ in proxies:
-        med = {k: statistics.median(r[k] for r in results[name])
-               for k in ("rps", "cpu_us_per_req", "handshakes_per_s", "cpu_us_per_handshake")}
-        print(f"{name:12} {med['rps']:>10.0f} {med['cpu_us_per_req']:>11.1f} "
-              f"{med['cpu_us_per_req'] / base['cpu_us_per_req']:>6.2f}x {med['handshakes_per_s']:>7.0f} "
-              f"{med['cpu_us_per_handshake']:>10.0f} {med['cpu_us_per_handshake'] / base['cpu_us_per_handshake']:>6.2f}x")
+        m = med[name]
+        print(f"{name:12} {m['rps']:>10.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['cpu_us_per_req']:>11.1f} "
+              f"{m['cpu_us_per_req'] / base['cpu_us_per_req']:>6.2f}x {m['handshakes_per_s']:>7.0f} "
+              f"{m['cpu_us_per_handshake']:>10.0f} {m['cpu_us_per_handshake'] / base['cpu_us_per_handshake']:>6.2f}x")
+    for peer in ("nginx-tls", "haproxy-tls"):
+        if peer in med:
+            print(f"lb / {peer.split('-')[0]}: {base['cpu_us_per_req'] / med[peer]['cpu_us_per_req']:.2f}x CPU per "
+                  f"HTTP/2 request, {base['p99_ms'] / med[peer]['p99_ms']:.2f}x p99")
 
 
 def main():
@@ -420,6 +445,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tls", action="store_true", help="also run the HTTPS scenario (h2load, s_time)")
     ap.add_argument("--tls-only", action="store_true", help="run only the HTTPS scenario")
+    ap.add_argument("--streams", type=int, default=10, help="HTTP/2 streams per connection in the HTTPS scenario")
     ap.add_argument("--observability", action="store_true",
                     help="also run lb without metrics and lb with a JSON access log, to price each")
     ap.add_argument("--routes", type=int, default=0,
@@ -433,7 +459,7 @@ def main():
                     help="upstreams: short body (plain), third one 10 ms slower (slow), 4 KiB bodies (4k); "
                          "or every proxy answering from its response cache (cache)")
     args = ap.parse_args()
-    global WORKERS, PROXY_CPU, LOAD_CPU, CACHE
+    global WORKERS, PROXY_CPU, LOAD_CPU, CACHE, LOGS
     CACHE = args.scenario == "cache"
     if args.pinned:
         if not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
@@ -467,7 +493,8 @@ def main():
                                 stdout=subprocess.PIPE)
     upstream.stdout.readline()
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as logs:
+            LOGS = logs
             if args.tls or args.tls_only:
                 tls_phase(args, tmp)
             if args.tls_only:
