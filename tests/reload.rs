@@ -319,3 +319,50 @@ async fn check_diff_prints_what_a_reload_would_change() {
     assert!(out.status.success());
     assert!(against_file.contains(share), "same share from a file: {against_file}");
 }
+
+/// The event masks of every inotify watch `pid` holds (from `/proc/PID/fdinfo`).
+fn inotify_masks(pid: u32) -> Vec<u32> {
+    let mut masks = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        for line in info.lines().filter(|l| l.starts_with("inotify wd:")) {
+            let mask = line.split_whitespace().find_map(|f| f.strip_prefix("mask:")).unwrap();
+            masks.push(u32::from_str_radix(mask, 16).unwrap());
+        }
+    }
+    masks
+}
+
+#[tokio::test]
+async fn a_file_written_in_place_is_noticed_and_writes_beside_it_are_not_watched() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let watch = "[reload]\ndebounce = \"50ms\"\n";
+    let lb = LbProcess::start(&config(&[("a", a.addr, 1)], watch));
+    let url = format!("http://{}/", lb.addr);
+    assert_eq!(answering(&url, 4).await, ["a"]);
+
+    // The config's directory is watched for changes only: a log kept open beside the config (lb's
+    // own stdout redirected there, say) must not wake lb on each write, nor lb's own reads.
+    const IN_ACCESS: u32 = 0x1;
+    const IN_MODIFY: u32 = 0x2;
+    const IN_ATTRIB: u32 = 0x4;
+    const IN_CLOSE_WRITE: u32 = 0x8;
+    const IN_CLOSE_NOWRITE: u32 = 0x10;
+    const IN_OPEN: u32 = 0x20;
+    const IN_MOVED_TO: u32 = 0x80;
+    let masks = inotify_masks(lb.child.id());
+    assert!(!masks.is_empty(), "lb watches its config directory");
+    for mask in masks {
+        assert_eq!(
+            mask & (IN_ACCESS | IN_MODIFY | IN_ATTRIB | IN_CLOSE_NOWRITE | IN_OPEN),
+            0,
+            "mask {mask:#x}"
+        );
+        assert_eq!(mask & (IN_CLOSE_WRITE | IN_MOVED_TO), IN_CLOSE_WRITE | IN_MOVED_TO, "mask {mask:#x}");
+    }
+
+    // The config written in place (open, write, close), as `cp` or an editor without a swap file do.
+    std::fs::write(lb.config_path(), with_test_admin(&config(&[("b", b.addr, 1)], watch))).unwrap();
+    until_served_by(&url, "b").await;
+    assert_eq!(lb.status().await["config"]["last_reload"]["trigger"], "file");
+}
