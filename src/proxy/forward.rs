@@ -342,6 +342,7 @@ struct Exchange<'a> {
 /// Sends the request to the chosen server and, when an attempt fails and the pool's rules allow it,
 /// to another (see `Attempt::may_retry`). Returns the response head, the in-flight guard and the
 /// connection lease of the attempt that answered, and which server that was.
+///
 /// Not an `async fn`, for the reason given at [`forward`].
 #[allow(clippy::manual_async_fn)] // deliberately not an `async fn` (above)
 fn send_with_retries<'a, 'b>(
