@@ -48,7 +48,13 @@ pub(super) async fn purge(runtime: &Runtime, body: &[u8]) -> Reply {
                     &json!({ "error": "url: an absolute http(s) URL, please" }),
                 );
             };
-            stores.iter().for_each(|s| s.invalidate(&key));
+            for store in &stores {
+                if let Err(e) = store.purge_url(&key).await {
+                    let error =
+                        format!("purged here, but Redis did not answer ({}): its copy stays", e.label());
+                    return json(StatusCode::BAD_GATEWAY, &json!({ "error": error }));
+                }
+            }
             tracing::info!(%url, "cache purged by URL");
         }
         (None, Some(prefix)) => {

@@ -385,6 +385,17 @@ impl Store {
         }
     }
 
+    /// Removes every variant stored for `key`, here and in the shared tier, and waits for the shared
+    /// tier to confirm (an error when Redis did not answer): for the admin API's purge, whose answer
+    /// must mean the object is gone everywhere. The request path uses [`Self::invalidate`].
+    pub async fn purge_url(&self, key: &str) -> Result<(), crate::ratelimit::redis::Failure> {
+        self.objects.invalidate(key);
+        match &self.shared {
+            Some(shared) => shared.delete_now(key).await,
+            None => Ok(()),
+        }
+    }
+
     /// Removes every object whose key starts with `prefix`, here and in the shared tier (an error
     /// when Redis did not answer).
     pub async fn purge_prefix(&self, prefix: &str) -> Result<(), crate::ratelimit::redis::Failure> {

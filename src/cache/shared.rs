@@ -103,6 +103,16 @@ impl Shared {
         self.in_background(key, "cache delete", del);
     }
 
+    /// Removes `key` and waits for Redis to confirm it: an operator's purge is over when it answers.
+    pub async fn delete_now(&self, key: &str) -> Result<(), Failure> {
+        let stored = self.redis_key(key);
+        self.redis
+            .run(hash(key), "cache purge", |mut conn| async move {
+                redis::cmd("DEL").arg(&stored).query_async::<()>(&mut conn).await
+            })
+            .await
+    }
+
     /// Runs `command` on `key`'s node in a task of its own: the request that caused it does not
     /// wait, and a failure only opens the node's breaker (`what` names it in the log).
     fn in_background(self: &Arc<Self>, key: &str, what: &'static str, command: redis::Cmd) {
