@@ -7,9 +7,9 @@ e.g.   python3 benches/instructions.py before=/tmp/lb-before after=target/releas
 
 For each build: three upstreams (examples/upstream.rs, built in release mode first), lb under
 `valgrind --tool=callgrind`, and `h2load --h1` sending 16 requests a second on each of 64 keep-alive
-connections for 15 s (a fixed rate valgrind's slowed lb keeps up with). Prints the runtime worker's
-instructions per request (what `tokio::runtime::scheduler::multi_thread::worker::run` ran, inclusive:
-start-up and the other threads are left out), and keeps each profile for `callgrind_annotate`.
+connections for 15 s (a fixed rate valgrind's slowed lb keeps up with). Prints the instructions per
+request of the threads lb starts, the runtime's worker among them (inclusive; start-up, on the main
+thread, is left out), and keeps each profile for `callgrind_annotate`.
 Needs valgrind and h2load; all traffic stays on 127.0.0.1."""
 import os, re, socket, subprocess, sys, tempfile, time
 
@@ -59,8 +59,10 @@ def measure(name, binary, work):
     done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", run).group(1))
     report = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", out],
                             capture_output=True, text=True).stdout
+    # The threads lb starts (the runtime's worker among them; start-up runs on the main thread). Not
+    # `worker::run` by name: whole-program LTO inlines it.
     worker = max(int(m.group(1).replace(",", "")) for m in
-                 re.finditer(r"^\s*([\d,]+).*multi_thread::worker::run \[", report, re.M))
+                 re.finditer(r"^\s*([\d,]+).*Thread>::new::thread_start \[", report, re.M))
     print(f"{name:12} {worker / done:9.0f} instructions per request ({done} requests; profile {out})", flush=True)
 
 

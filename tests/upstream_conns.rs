@@ -109,15 +109,29 @@ async fn post(client: &Client, url: &str, body: &'static str) -> StatusCode {
     status
 }
 
+/// `[limits]` for a test: `more`, and with `apart`, every upstream connection running in a task of its
+/// own (`upstream_tasks_above = 0`, what a pool with many requests in flight does).
+fn limits(apart: bool, more: &str) -> String {
+    let apart = if apart { "upstream_tasks_above = 0\n" } else { "" };
+    format!("[limits]\n{more}{apart}")
+}
+
 /// The server closes idle connections long before lb would: lb notices each close before it sends,
 /// so no GET fails and no POST is sent twice.
 #[tokio::test]
 async fn a_server_with_a_shorter_keepalive_costs_no_request_and_replays_no_post() {
+    for apart in [false, true] {
+        shorter_keepalive(apart).await;
+    }
+}
+
+async fn shorter_keepalive(apart: bool) {
     let (addr, raw) = raw_upstream(Duration::from_millis(20), false).await;
-    let lb = Lb::start(&config_with(&[("a", addr)], "[timeouts]\nupstream_idle = \"60s\"\n")).await;
+    let extra = format!("[timeouts]\nupstream_idle = \"60s\"\n{}", limits(apart, ""));
+    let lb = Lb::start(&config_with(&[("a", addr)], &extra)).await;
     let client = client();
     for round in 0..4 {
-        assert_eq!(get(&client, &lb.url("/")).await.0, StatusCode::OK, "GET in round {round}");
+        assert_eq!(get(&client, &lb.url("/")).await.0, StatusCode::OK, "GET in round {round}, apart {apart}");
         eventually(Duration::from_secs(5), || async { raw.closed.load(Ordering::SeqCst) > 2 * round }).await;
         assert_eq!(post(&client, &lb.url("/"), "once").await, StatusCode::OK, "POST in round {round}");
         eventually(Duration::from_secs(5), || async { raw.closed.load(Ordering::SeqCst) > 2 * round + 1 })
@@ -127,7 +141,7 @@ async fn a_server_with_a_shorter_keepalive_costs_no_request_and_replays_no_post(
     assert_eq!(
         methods.iter().filter(|m| *m == "POST").count(),
         4,
-        "each POST sent exactly once: {methods:?}"
+        "each POST sent exactly once (apart {apart}): {methods:?}"
     );
     assert_eq!(methods.len(), 8, "{methods:?}");
     assert_eq!(raw.connections.load(Ordering::SeqCst), 8, "a new connection for every request");
@@ -137,71 +151,104 @@ async fn a_server_with_a_shorter_keepalive_costs_no_request_and_replays_no_post(
 /// would read those bytes as the answer).
 #[tokio::test]
 async fn a_connection_the_server_wrote_on_while_idle_is_never_reused() {
-    let (addr, raw) = raw_upstream(Duration::from_millis(20), true).await;
-    let lb = Lb::start(&config_with(&[("a", addr)], "")).await;
-    let client = client();
-    for round in 1..=3 {
-        let (status, body) = get(&client, &lb.url("/")).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"), "round {round}");
-        eventually(Duration::from_secs(5), || async { raw.garbage.load(Ordering::SeqCst) >= round }).await;
+    for apart in [false, true] {
+        let (addr, raw) = raw_upstream(Duration::from_millis(20), true).await;
+        let lb = Lb::start(&config_with(&[("a", addr)], &limits(apart, ""))).await;
+        let client = client();
+        for round in 1..=3 {
+            let (status, body) = get(&client, &lb.url("/")).await;
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"), "round {round}, apart {apart}");
+            eventually(Duration::from_secs(5), || async { raw.garbage.load(Ordering::SeqCst) >= round })
+                .await;
+        }
+        let per_conn = raw.per_conn.lock().unwrap().clone();
+        assert_eq!(per_conn, vec![1, 1, 1], "each connection carried one request (apart {apart})");
+        // lb closed each of them.
+        eventually(Duration::from_secs(5), || async { raw.closed.load(Ordering::SeqCst) == 3 }).await;
     }
-    let per_conn = raw.per_conn.lock().unwrap().clone();
-    assert_eq!(per_conn, vec![1, 1, 1], "each connection carried one request");
-    // lb closed each of them.
-    eventually(Duration::from_secs(5), || async { raw.closed.load(Ordering::SeqCst) == 3 }).await;
 }
 
 /// Connections idle for `timeouts.upstream_idle` are closed by lb, on both ends.
 #[tokio::test]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
-    let a = Backend::start("a").await;
-    let lb = Lb::start(&config_with(&[("a", a.addr)], "[timeouts]\nupstream_idle = \"200ms\"\n")).await;
-    assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::OK);
-    let server = Arc::clone(&lb.runtime.snapshot().pools[0].upstreams[0]);
-    assert_eq!(a.seen.open.load(Ordering::SeqCst), 1, "kept open after the response");
-    eventually(Duration::from_secs(5), || async { a.seen.open.load(Ordering::SeqCst) == 0 }).await;
-    assert_eq!(server.stats.conns.idle_count(), 0);
-    // And a request after that opens a new one.
-    assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::OK);
-    assert_eq!(a.connections(), 2);
+    for apart in [false, true] {
+        let a = Backend::start("a").await;
+        let extra = format!("[timeouts]\nupstream_idle = \"200ms\"\n{}", limits(apart, ""));
+        let lb = Lb::start(&config_with(&[("a", a.addr)], &extra)).await;
+        assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::OK);
+        let server = Arc::clone(&lb.runtime.snapshot().pools[0].upstreams[0]);
+        assert_eq!(a.seen.open.load(Ordering::SeqCst), 1, "kept open after the response (apart {apart})");
+        eventually(Duration::from_secs(5), || async { a.seen.open.load(Ordering::SeqCst) == 0 }).await;
+        assert_eq!(server.stats.conns.idle_count(), 0);
+        // And a request after that opens a new one.
+        assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::OK);
+        assert_eq!(a.connections(), 2);
+    }
 }
 
 /// At most `limits.upstream_idle_per_server` connections stay open idle; the rest are closed as their
 /// responses end.
 #[tokio::test]
 async fn never_more_idle_connections_than_the_cap() {
-    let a = Backend::start_with_delay("a", Duration::from_millis(100)).await;
-    let lb = Lb::start(&config_with(&[("a", a.addr)], "[limits]\nupstream_idle_per_server = 2\n")).await;
-    let client = client();
-    let url = lb.url("/");
-    let all = futures_util::future::join_all((0..6).map(|_| get(&client, &url))).await;
-    assert!(all.iter().all(|(s, _)| *s == StatusCode::OK));
-    assert_eq!(a.seen.peak_open.load(Ordering::SeqCst), 6, "six at once need six connections");
-    let server = Arc::clone(&lb.runtime.snapshot().pools[0].upstreams[0]);
-    assert_eq!(server.stats.conns.idle_count(), 2);
-    eventually(Duration::from_secs(5), || async { a.seen.open.load(Ordering::SeqCst) == 2 }).await;
-    // Sequential requests now reuse the two.
-    for _ in 0..4 {
-        assert_eq!(get(&client, &lb.url("/")).await.0, StatusCode::OK);
+    for apart in [false, true] {
+        let a = Backend::start_with_delay("a", Duration::from_millis(100)).await;
+        let lb =
+            Lb::start(&config_with(&[("a", a.addr)], &limits(apart, "upstream_idle_per_server = 2\n"))).await;
+        let client = client();
+        let url = lb.url("/");
+        let all = futures_util::future::join_all((0..6).map(|_| get(&client, &url))).await;
+        assert!(all.iter().all(|(s, _)| *s == StatusCode::OK));
+        assert_eq!(a.seen.peak_open.load(Ordering::SeqCst), 6, "six at once need six connections");
+        let server = Arc::clone(&lb.runtime.snapshot().pools[0].upstreams[0]);
+        assert_eq!(server.stats.conns.idle_count(), 2);
+        let expected = if apart { 2 } else { 0 };
+        assert_eq!(server.stats.conns.apart_count(), expected, "idle connections in tasks of their own");
+        eventually(Duration::from_secs(5), || async { a.seen.open.load(Ordering::SeqCst) == 2 }).await;
+        // Sequential requests now reuse the two.
+        for _ in 0..4 {
+            assert_eq!(get(&client, &lb.url("/")).await.0, StatusCode::OK);
+        }
+        assert_eq!(a.connections(), 6, "apart {apart}");
     }
-    assert_eq!(a.connections(), 6);
 }
 
 /// A client that goes away mid-body leaves a connection in an unknown state: it is closed, never
 /// reused.
 #[tokio::test]
 async fn a_response_the_client_abandoned_closes_its_connection() {
+    for apart in [false, true] {
+        let a = Backend::start("a").await;
+        let lb = Lb::start(&config_with(&[("a", a.addr)], &limits(apart, ""))).await;
+        // The backend streams /big for a while; the client reads the head and leaves.
+        let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+        s.write_all(b"GET /big?bytes=50000000 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        drop(s);
+        eventually(Duration::from_secs(5), || async { a.seen.open.load(Ordering::SeqCst) == 0 }).await;
+        assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::OK);
+        assert_eq!(a.connections(), 2, "the abandoned connection was not reused (apart {apart})");
+    }
+}
+
+/// Once a pool is below half of `limits.upstream_tasks_above` again, the sweep closes the idle
+/// connections that ran in tasks of their own, and the next request opens one its own task drives
+/// (which parks when it idles, as such connections do).
+#[tokio::test]
+async fn connections_run_apart_only_while_the_pool_is_busy() {
     let a = Backend::start("a").await;
-    let lb = Lb::start(&config_with(&[("a", a.addr)], "")).await;
-    // The backend streams /big for a while; the client reads the head and leaves.
-    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
-    s.write_all(b"GET /big?bytes=50000000 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    let head = read_head(&mut s).await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    drop(s);
-    eventually(Duration::from_secs(5), || async { a.seen.open.load(Ordering::SeqCst) == 0 }).await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], &limits(true, ""))).await;
     assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::OK);
-    assert_eq!(a.connections(), 2, "the abandoned connection was not reused");
+    let server = Arc::clone(&lb.runtime.snapshot().pools[0].upstreams[0]);
+    assert_eq!(server.stats.conns.apart_count(), 1);
+    // The default threshold (256 per worker), and nothing in flight.
+    lb.runtime.apply(lb::config::Config::from_toml(&config_with(&[("a", a.addr)], "")).unwrap());
+    eventually(Duration::from_secs(5), || async { a.seen.open.load(Ordering::SeqCst) == 0 }).await;
+    assert_eq!(server.stats.conns.idle_count(), 0);
+    assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::OK);
+    assert_eq!(a.connections(), 2);
+    assert_eq!(server.stats.conns.apart_count(), 0, "driven by the request's task");
+    eventually(Duration::from_secs(5), || async { server.stats.conns.parked_count() == 1 }).await;
 }
 
 /// A connection idle for a second is parked (hyper's buffers dropped, its socket kept): the next

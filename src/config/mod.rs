@@ -291,6 +291,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most idle keep-alive connections kept per upstream server. Default 64.
     pub upstream_idle_per_server: usize,
+    /// Requests in flight in a pool, per runtime worker, above which each upstream HTTP/1.1
+    /// connection newly taken runs in a task of its own instead of the request's (fair service with
+    /// many connections; see `upstream::lease`). `0`: always. Default 256 (a worker's local run queue).
+    pub upstream_tasks_above: usize,
     /// Most concurrent streams per HTTP/2 client connection. Default 128 (nginx).
     pub h2_max_streams: u32,
     /// Largest request body in bytes (the payload, after chunked framing is removed); larger gets
@@ -314,6 +318,7 @@ impl Default for Limits {
             max_headers: 100,
             max_connections: 10_000,
             upstream_idle_per_server: 64,
+            upstream_tasks_above: 256,
             h2_max_streams: 128,
             max_body_size: 100 << 20,
             request_buffer: 64 << 10,

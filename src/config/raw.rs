@@ -141,6 +141,7 @@ pub(crate) struct RawLimits {
     pub max_headers: Option<i64>,
     pub max_connections: Option<i64>,
     pub upstream_idle_per_server: Option<i64>,
+    pub upstream_tasks_above: Option<i64>,
     pub h2_max_streams: Option<i64>,
     pub max_body_size: Option<RawSize>,
     pub request_buffer: Option<RawSize>,

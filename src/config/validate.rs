@@ -233,6 +233,12 @@ fn limits(raw: &RawLimits, out: &mut Issues<'_>) -> Limits {
             (0, 100_000),
             d.upstream_idle_per_server,
         ),
+        upstream_tasks_above: get(
+            "upstream_tasks_above",
+            raw.upstream_tasks_above,
+            (0, 1_000_000),
+            d.upstream_tasks_above,
+        ),
         h2_max_streams: count(
             "limits.h2_max_streams",
             raw.h2_max_streams,

@@ -366,6 +366,7 @@ where
             connect: snap.config.timeouts.connect,
             idle: snap.config.timeouts.upstream_idle,
             idle_per_server: snap.config.limits.upstream_idle_per_server,
+            apart: pool.crowded(snap.config.limits.upstream_tasks_above),
         };
         let mut tried = Vec::new();
         // Held while a retry is in progress: the retry budget counts it.

@@ -198,8 +198,14 @@ impl Runtime {
     fn sweep_conns(&self) -> Duration {
         let snap = self.snapshot();
         let idle = snap.config.timeouts.upstream_idle;
-        for upstream in snap.pools.iter().flat_map(|p| p.upstreams.iter()) {
-            upstream.stats.conns.sweep(idle);
+        for pool in snap.pools.iter() {
+            // Connections that run in tasks of their own are kept while the pool stays above half its
+            // threshold (`limits.upstream_tasks_above`): a load hovering at it does not make the
+            // sweep close connections that the next requests would open again.
+            let keep_apart = pool.crowded(snap.config.limits.upstream_tasks_above / 2);
+            for upstream in pool.upstreams.iter() {
+                upstream.stats.conns.sweep(idle, keep_apart);
+            }
         }
         idle
     }

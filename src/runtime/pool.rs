@@ -247,6 +247,13 @@ impl Pool {
         }
     }
 
+    /// Whether the pool has more than `per_worker` requests in flight for each of the runtime's
+    /// workers (`0`: always). Above `limits.upstream_tasks_above`, upstream HTTP/1.1 connections run
+    /// in tasks of their own (see `upstream::lease`).
+    pub fn crowded(&self, per_worker: usize) -> bool {
+        per_worker == 0 || self.stats.in_flight() > per_worker.saturating_mul(workers())
+    }
+
     /// Takes a retry slot if the retry budget allows one more retry in progress: at most
     /// `budget_percent` of the pool's requests in flight, and always at least `budget_min`.
     pub fn retry_slot(&self) -> Option<RetrySlot> {
@@ -297,4 +304,10 @@ impl Drop for RetrySlot {
     fn drop(&mut self) {
         self.0.retries.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The runtime's worker threads (1 outside a multi-thread runtime), read once.
+fn workers() -> usize {
+    static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WORKERS.get_or_init(|| tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers()))
 }

@@ -153,6 +153,11 @@ impl ServerConns {
         self.idle().len()
     }
 
+    /// Idle connections now that run in a task of their own (see `upstream::lease`).
+    pub fn apart_count(&self) -> usize {
+        self.idle().iter().filter(|i| matches!(&i.conn, Waiting::Live(c) if c.apart())).count()
+    }
+
     /// Idle connections now that are parked (hyper's state dropped, the socket kept).
     pub fn parked_count(&self) -> usize {
         self.idle().iter().filter(|i| matches!(i.conn, Waiting::Parked(_))).count()
@@ -181,8 +186,11 @@ impl ServerConns {
     }
 
     /// Closes what was idle for `max_idle` or more, and idle connections whose peer closed them or
-    /// wrote on them; parks what was idle for [`PARK_AFTER`]. Returns how many are left idle.
-    pub fn sweep(&self, max_idle: std::time::Duration) -> usize {
+    /// wrote on them; parks what was idle for [`PARK_AFTER`]. Connections that run in a task of
+    /// their own are never parked, and are closed unless `keep_apart` (their pool is still busy):
+    /// the next request opens one its own task drives, which costs less. Returns how many are left
+    /// idle.
+    pub fn sweep(&self, max_idle: std::time::Duration, keep_apart: bool) -> usize {
         let mut idle = self.idle();
         // Dropped outside the lock: closing a TLS connection writes its close_notify.
         let mut closing: Vec<Idle> = Vec::new();
@@ -191,14 +199,14 @@ impl ServerConns {
             let idled = idle[i].since.elapsed();
             let keep = idled < max_idle
                 && match &mut idle[i].conn {
-                    Waiting::Live(conn) => conn.usable(),
+                    Waiting::Live(conn) => (keep_apart || !conn.apart()) && conn.usable(),
                     Waiting::Parked(parked) => parked.alive(),
                 };
             if !keep {
                 closing.push(idle.swap_remove(i));
                 continue;
             }
-            if idled >= PARK_AFTER && matches!(idle[i].conn, Waiting::Live(_)) {
+            if idled >= PARK_AFTER && matches!(&idle[i].conn, Waiting::Live(conn) if !conn.apart()) {
                 let Idle { conn, since } = idle.swap_remove(i);
                 if let Waiting::Live(conn) = conn {
                     match conn.park() {

@@ -8,6 +8,15 @@
 //! is read; when the body ends, the connection goes back to its server's idle stack. hyper still
 //! writes and parses every byte.
 //!
+//! Under many concurrent requests a connection runs in a task of its own instead ([`ConnSettings`]'s
+//! `apart`, from `limits.upstream_tasks_above`). Driven by the request's task, hyper's channels wake the
+//! task that is already running, and tokio queues such a task again at the back of its worker's run
+//! queue: with more runnable tasks than that queue holds (256), the overflow goes to a global queue
+//! that a busy worker serves rarely, and some clients wait hundreds of milliseconds while others are
+//! served at once. A wake-up from another task goes to the worker's next slot instead, and the order
+//! stays fair. Below the threshold the request's own task is cheaper: fewer task switches, and fewer
+//! wake-ups of the processes on the other side (docs/performance.md, "The stack's floor").
+//!
 //! A connection is reused only when hyper says it is ready for another request after a complete
 //! exchange: never after `Connection: close`, an HTTP/1.0 response, a framing error, a response that
 //! came while the request body was still being sent, or a response body the client stopped reading.
@@ -29,7 +38,8 @@ use std::time::Duration;
 /// An idle or leased HTTP/1.1 connection: hyper's handle and the future that drives it.
 pub struct H1 {
     send: http1::SendRequest<RequestBody>,
-    conn: http1::Connection<Counted, RequestBody>,
+    /// `None` once it runs in a task of its own (see the module's notes).
+    conn: Option<http1::Connection<Counted, RequestBody>>,
     /// The `Connection` future finished (closed, or failed): it must not be polled again.
     done: bool,
     /// The TLS settings it was opened under.
@@ -50,10 +60,27 @@ impl H1 {
 
     /// Runs the connection's I/O as far as it can go now.
     fn drive(&mut self, cx: &mut Context<'_>) {
-        if !self.done && Pin::new(&mut self.conn).poll(cx).is_ready() {
+        let Some(conn) = self.conn.as_mut() else { return };
+        if !self.done && Pin::new(conn).poll(cx).is_ready() {
             // Closed (keep-alive off, peer closed) or failed; either way hyper has told the
             // request or body waiting on it, if any.
             self.done = true;
+        }
+    }
+
+    /// Whether it runs in a task of its own (then it cannot be parked).
+    pub fn apart(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    /// From now on, runs in a task of its own, which also completes protocol upgrades.
+    fn set_apart(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
         }
     }
 
@@ -72,12 +99,13 @@ impl H1 {
 
     /// Lets hyper's state go (its read buffer, request channel and connection state) and keeps the
     /// socket, for a connection that idles on: `None` if it is not reusable as it is (closed,
-    /// failed, or bytes arrived while it idled).
+    /// failed, or bytes arrived while it idled), or runs in a task of its own.
     pub fn park(mut self: Box<Self>) -> Option<Parked> {
         if !self.usable() {
             return None;
         }
         let H1 { send, conn, tls, .. } = *self;
+        let conn = conn?;
         drop(send);
         let parts = conn.into_parts();
         parts.read_buf.is_empty().then_some(Parked { io: parts.io, tls })
@@ -117,7 +145,7 @@ impl Parked {
         let handshake = pin!(http1::Builder::new().handshake(self.io));
         match handshake.poll(&mut cx) {
             std::task::Poll::Ready(Ok((send, conn))) => {
-                Some(Box::new(H1 { send, conn, done: false, tls: self.tls }))
+                Some(Box::new(H1 { send, conn: Some(conn), done: false, tls: self.tls }))
             }
             _ => None,
         }
@@ -133,6 +161,9 @@ pub struct ConnSettings {
     pub idle: Duration,
     /// `limits.upstream_idle_per_server`.
     pub idle_per_server: usize,
+    /// An HTTP/1.1 connection taken for this request runs in a task of its own (the pool is above
+    /// `limits.upstream_tasks_above`; see the module's notes).
+    pub apart: bool,
 }
 
 /// A connection in use by one response, returned to its server's idle stack when the response body
@@ -290,7 +321,7 @@ async fn open(
     }
     // No I/O happens in an HTTP/1 handshake.
     let (send, conn) = http1::Builder::new().handshake(io).await.map_err(handshake)?;
-    Ok(Opened::H1(Box::new(H1 { send, conn, done: false, tls })))
+    Ok(Opened::H1(Box::new(H1 { send, conn: Some(conn), done: false, tls })))
 }
 
 /// Sends `req` to `upstream` and returns the response head, with the lease of its connection when the
@@ -359,13 +390,17 @@ fn header_value(authority: &http::uri::Authority) -> http::HeaderValue {
     http::HeaderValue::from_str(authority.as_str()).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
-/// Sends on an HTTP/1.1 connection this task drives until the response head.
+/// Sends on an HTTP/1.1 connection this task drives until the response head (or that runs in a task
+/// of its own).
 async fn send_h1(
     mut conn: Box<H1>,
     req: Request<RequestBody>,
     upstream: &Upstream,
     settings: ConnSettings,
 ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+    if settings.apart {
+        conn.set_apart();
+    }
     let mut response = pin!(conn.send.try_send_request(req));
     let result = poll_fn(|cx| {
         conn.drive(cx);
@@ -394,15 +429,11 @@ async fn send_h1(
 /// Sends a protocol upgrade: the connection runs in its own task, which hands the socket over once
 /// the server switched protocols.
 async fn send_upgrade(
-    conn: Box<H1>,
+    mut conn: Box<H1>,
     req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-    let H1 { mut send, conn, .. } = *conn;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream upgrade connection ended");
-        }
-    });
+    conn.set_apart();
+    let H1 { mut send, .. } = *conn;
     match send.try_send_request(req).await {
         Ok(resp) => Ok((resp, None)),
         Err(mut e) => {
