@@ -288,6 +288,7 @@ async fn the_connection_limit_holds_at_the_connector() {
         connect: Duration::from_secs(5),
         idle: Duration::from_secs(60),
         idle_per_server: 8,
+        apart: false,
     };
     let send = || async {
         let req = http::Request::get("/").body(lb::proxy::body::RequestBody::empty()).unwrap();
