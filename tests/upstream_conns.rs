@@ -277,3 +277,19 @@ async fn a_parked_connection_is_reused_unless_its_server_closed_it_or_wrote_on_i
         assert_eq!(per_conn, expected, "{case}");
     }
 }
+
+/// An HTTP/2 client's requests keep connections their own task drives at any load: the streams share
+/// their connection's task, which moves many responses per wake-up that way.
+#[tokio::test]
+async fn an_http2_clients_requests_never_run_their_connection_apart() {
+    let a = Backend::start("a").await;
+    let lb = Lb::start(&config_with(&[("a", a.addr)], &limits(true, ""))).await;
+    assert_eq!(get(&h2_client(), &lb.url("/")).await.0, StatusCode::OK);
+    let server = Arc::clone(&lb.runtime.snapshot().pools[0].upstreams[0]);
+    assert_eq!(server.stats.conns.idle_count(), 1);
+    assert_eq!(server.stats.conns.apart_count(), 0, "driven by the request's task");
+    // An HTTP/1 client's request on the same pool takes it and runs it apart.
+    assert_eq!(get(&client(), &lb.url("/")).await.0, StatusCode::OK);
+    assert_eq!(server.stats.conns.apart_count(), 1);
+    assert_eq!(a.connections(), 1);
+}

@@ -292,8 +292,9 @@ pub struct Limits {
     /// Most idle keep-alive connections kept per upstream server. Default 64.
     pub upstream_idle_per_server: usize,
     /// Requests in flight in a pool, per runtime worker, above which each upstream HTTP/1.1
-    /// connection newly taken runs in a task of its own instead of the request's (fair service with
-    /// many connections; see `upstream::lease`). `0`: always. Default 256 (a worker's local run queue).
+    /// connection taken for an HTTP/1 client's request runs in a task of its own instead of the
+    /// request's (fair service with many connections; see `upstream::lease`). `0`: always. Default
+    /// 256 (a worker's local run queue).
     pub upstream_tasks_above: usize,
     /// Most concurrent streams per HTTP/2 client connection. Default 128 (nginx).
     pub h2_max_streams: u32,

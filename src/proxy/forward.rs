@@ -54,6 +54,9 @@ pub(super) fn forward<'a>(
             return Err(ProxyError::MethodNotAllowed);
         }
         let (client, tls) = (from.addr, from.tls);
+        // An HTTP/1 client has a task per request in flight; an HTTP/2 client's streams share their
+        // connection's task (see `ConnSettings::apart`).
+        let task_each = parts.version != Version::HTTP_2;
         syntax::check_head(&parts)?;
         let host = request_host(&parts)?;
         syntax::underscore_headers(&mut parts.headers, snap.config.http.underscore_headers)?;
@@ -176,6 +179,7 @@ pub(super) fn forward<'a>(
             upload,
             whole,
             upgrading: client_upgrade.is_some(),
+            task_each,
         };
         let sent = send_with_retries(&exchange, parts, body, choice, guard, trace).await;
         let (resp, guard, lease, choice) = match sent {
@@ -247,8 +251,19 @@ pub(super) async fn send_refresh(
         head.uri = target.clone();
         head
     });
-    let exchange =
-        Exchange { shared, snap, pool, client, target, spare, upload: None, whole: None, upgrading: false };
+    // A revalidation runs in a task of its own, as an HTTP/1 client's request does.
+    let exchange = Exchange {
+        shared,
+        snap,
+        pool,
+        client,
+        target,
+        spare,
+        upload: None,
+        whole: None,
+        upgrading: false,
+        task_each: true,
+    };
     let mut trace = Trace::default();
     let (resp, guard, lease, choice) =
         send_with_retries(&exchange, parts, RequestBody::empty(), choice, guard, &mut trace).await?;
@@ -337,6 +352,8 @@ struct Exchange<'a> {
     whole: Option<RequestBody>,
     /// The request asks to switch protocols (and the client side can).
     upgrading: bool,
+    /// The client's request has a task of its own (HTTP/1), not a stream of a shared connection.
+    task_each: bool,
 }
 
 /// Sends the request to the chosen server and, when an attempt fails and the pool's rules allow it,
@@ -366,7 +383,11 @@ where
             connect: snap.config.timeouts.connect,
             idle: snap.config.timeouts.upstream_idle,
             idle_per_server: snap.config.limits.upstream_idle_per_server,
-            apart: pool.crowded(snap.config.limits.upstream_tasks_above),
+            // Only for HTTP/1 clients: an HTTP/2 connection's task polls all its streams, and
+            // upstream connections in tasks of their own would wake it once per response instead of
+            // letting one poll move many (HTTP/2 with 64 x 16 streams: 29.8 µs per request apart,
+            // 20.3 driven; docs/performance.md).
+            apart: x.task_each && pool.crowded(snap.config.limits.upstream_tasks_above),
         };
         let mut tried = Vec::new();
         // Held while a retry is in progress: the retry budget counts it.

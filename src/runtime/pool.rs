@@ -248,8 +248,8 @@ impl Pool {
     }
 
     /// Whether the pool has more than `per_worker` requests in flight for each of the runtime's
-    /// workers (`0`: always). Above `limits.upstream_tasks_above`, upstream HTTP/1.1 connections run
-    /// in tasks of their own (see `upstream::lease`).
+    /// workers (`0`: always). Above `limits.upstream_tasks_above`, upstream HTTP/1.1 connections taken
+    /// for HTTP/1 clients run in tasks of their own (see `upstream::lease`).
     pub fn crowded(&self, per_worker: usize) -> bool {
         per_worker == 0 || self.stats.in_flight() > per_worker.saturating_mul(workers())
     }

@@ -8,8 +8,8 @@
 //! is read; when the body ends, the connection goes back to its server's idle stack. hyper still
 //! writes and parses every byte.
 //!
-//! Under many concurrent requests a connection runs in a task of its own instead ([`ConnSettings`]'s
-//! `apart`, from `limits.upstream_tasks_above`). Driven by the request's task, hyper's channels wake the
+//! Under many concurrent requests from HTTP/1 clients a connection runs in a task of its own instead
+//! ([`ConnSettings`]'s `apart`, from `limits.upstream_tasks_above`). Driven by the request's task, hyper's channels wake the
 //! task that is already running, and tokio queues such a task again at the back of its worker's run
 //! queue: with more runnable tasks than that queue holds (256), the overflow goes to a global queue
 //! that a busy worker serves rarely, and some clients wait hundreds of milliseconds while others are
