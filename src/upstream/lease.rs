@@ -9,13 +9,15 @@
 //! writes and parses every byte.
 //!
 //! Under many concurrent requests from HTTP/1 clients a connection runs in a task of its own instead
-//! ([`ConnSettings`]'s `apart`, from `limits.upstream_tasks_above`). Driven by the request's task, hyper's channels wake the
-//! task that is already running, and tokio queues such a task again at the back of its worker's run
-//! queue: with more runnable tasks than that queue holds (256), the overflow goes to a global queue
-//! that a busy worker serves rarely, and some clients wait hundreds of milliseconds while others are
-//! served at once. A wake-up from another task goes to the worker's next slot instead, and the order
-//! stays fair. Below the threshold the request's own task is cheaper: fewer task switches, and fewer
-//! wake-ups of the processes on the other side (docs/performance.md, "The stack's floor").
+//! ([`ConnSettings`]'s `apart`, from `limits.upstream_tasks_above`). Driven by the request's task,
+//! hyper's channels wake the task that is already running, and tokio queues such a task again at the
+//! back of its worker's run queue: with more runnable tasks than that queue holds (256), the overflow
+//! goes to a global queue that a busy worker serves rarely, and some clients wait hundreds of
+//! milliseconds while others are served at once. A wake-up from another task goes to the worker's
+//! next slot instead, and the order stays fair. Below the threshold the request's own task is
+//! cheaper: fewer task switches, and fewer wake-ups of the processes on the other side. An HTTP/2
+//! client's streams keep it at any load: they share their connection's task, which then moves many
+//! responses per wake-up (docs/performance.md, "Fair service at 1,024 connections").
 //!
 //! A connection is reused only when hyper says it is ready for another request after a complete
 //! exchange: never after `Connection: close`, an HTTP/1.0 response, a framing error, a response that
