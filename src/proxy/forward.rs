@@ -328,8 +328,11 @@ fn rewrite(
         parts.headers.remove(header::HOST);
     } else if let Some(h) = host {
         // The upstream speaks HTTP/1.1: the host travels as Host (taken from :authority or an
-        // absolute-form target when the client sent one).
-        parts.headers.insert(header::HOST, h.clone());
+        // absolute-form target when the client sent one). Usually it is the client's own Host
+        // field, already in place.
+        if parts.headers.get(header::HOST) != Some(h) {
+            parts.headers.insert(header::HOST, h.clone());
+        }
     }
     let proto = if from.tls { "https" } else { "http" };
     headers::set_forwarded(&mut parts.headers, from.ip, proto, host);
@@ -404,46 +407,51 @@ where
             // Built in place: a named local would be a second copy of the send future (kilobytes) in
             // this function's state.
             let sending = |request| lease::send(limits, upstream, conn_settings, request, x.upgrading);
-            let (failure, attempt) = match respond_within(timeout, upload.as_deref(), sending(request)).await
-            {
-                Some(Ok((resp, lease))) if ambiguous_framing(resp.headers()) => {
-                    // hyper let Transfer-Encoding win, but the server meant something lb cannot know:
-                    // nothing of it is relayed, and the connection is closed (what follows on it cannot
-                    // be trusted either).
-                    drop((resp, lease));
-                    let reason = "response with both Transfer-Encoding and Content-Length".to_owned();
-                    (ProxyError::Upstream { upstream: who(upstream), reason }, Attempt::Invalid)
-                }
-                Some(Ok((resp, mut lease))) => {
-                    // A response that came while the client's body was still being sent leaves the rest
-                    // of that body unsent: the connection cannot carry another request.
-                    if let (Some(lease), Some(upload)) = (lease.as_mut(), upload.as_ref()) {
-                        if upload.done_at.get().is_none() {
-                            lease.forbid_reuse();
-                        }
+            let (failure, attempt) =
+                match respond_within(timeout, sent_at, upload.as_deref(), sending(request)).await {
+                    Some(Ok((resp, lease))) if ambiguous_framing(resp.headers()) => {
+                        // hyper let Transfer-Encoding win, but the server meant something lb cannot know:
+                        // nothing of it is relayed, and the connection is closed (what follows on it cannot
+                        // be trusted either).
+                        drop((resp, lease));
+                        let reason = "response with both Transfer-Encoding and Content-Length".to_owned();
+                        (ProxyError::Upstream { upstream: who(upstream), reason }, Attempt::Invalid)
                     }
-                    let outcome =
-                        if resp.status().is_server_error() { Outcome::Status5xx } else { Outcome::Success };
-                    pool.observe(upstream, outcome);
-                    // The upstream's time starts once the client's upload is over (it is the client's).
-                    let from = upload.as_ref().and_then(|u| u.done_at.get().copied()).unwrap_or(sent_at);
-                    let elapsed = from.elapsed();
-                    upstream.metrics.ttfb.record(elapsed.as_secs_f64());
-                    trace.upstream_time = Some(elapsed);
-                    return Ok((resp, guard, lease, choice));
-                }
-                None => (ProxyError::Timeout { upstream: who(upstream), after: timeout }, Attempt::Timeout),
-                Some(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled.load(Ordering::Relaxed)) => {
-                    return Err(ProxyError::ClientTimeout);
-                }
-                Some(Err(_)) if upload.as_ref().is_some_and(|u| u.too_large.load(Ordering::Relaxed)) => {
-                    return Err(ProxyError::BodyTooLarge);
-                }
-                Some(Err(e)) if upload.as_ref().is_some_and(|u| u.broken.load(Ordering::Relaxed)) => {
-                    return Err(ProxyError::ClientBody(e.to_string()));
-                }
-                Some(Err(e)) => classify(&e, upstream),
-            };
+                    Some(Ok((resp, mut lease))) => {
+                        // A response that came while the client's body was still being sent leaves the rest
+                        // of that body unsent: the connection cannot carry another request.
+                        if let (Some(lease), Some(upload)) = (lease.as_mut(), upload.as_ref()) {
+                            if upload.done_at.get().is_none() {
+                                lease.forbid_reuse();
+                            }
+                        }
+                        let outcome = if resp.status().is_server_error() {
+                            Outcome::Status5xx
+                        } else {
+                            Outcome::Success
+                        };
+                        pool.observe(upstream, outcome);
+                        // The upstream's time starts once the client's upload is over (it is the client's).
+                        let from = upload.as_ref().and_then(|u| u.done_at.get().copied()).unwrap_or(sent_at);
+                        let elapsed = from.elapsed();
+                        upstream.metrics.ttfb.record(elapsed.as_secs_f64());
+                        trace.upstream_time = Some(elapsed);
+                        return Ok((resp, guard, lease, choice));
+                    }
+                    None => {
+                        (ProxyError::Timeout { upstream: who(upstream), after: timeout }, Attempt::Timeout)
+                    }
+                    Some(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled.load(Ordering::Relaxed)) => {
+                        return Err(ProxyError::ClientTimeout);
+                    }
+                    Some(Err(_)) if upload.as_ref().is_some_and(|u| u.too_large.load(Ordering::Relaxed)) => {
+                        return Err(ProxyError::BodyTooLarge);
+                    }
+                    Some(Err(e)) if upload.as_ref().is_some_and(|u| u.broken.load(Ordering::Relaxed)) => {
+                        return Err(ProxyError::ClientBody(e.to_string()));
+                    }
+                    Some(Err(e)) => classify(&e, upstream),
+                };
             metrics::upstream_error(&upstream.key.pool, &upstream.key.name, attempt.label());
             if let Some(outcome) = attempt.outcome() {
                 pool.observe(upstream, outcome);
@@ -597,18 +605,23 @@ async fn intake(
 }
 
 /// Awaits the upstream's response head, allowing `timeout` from the end of the client's upload (from
-/// now, for bodyless requests): a slow upload is the client's time, not the upstream's. `None` when
-/// the timeout passed.
+/// `sent_at`, the attempt's start, when nothing is still being uploaded): a slow upload is the
+/// client's time, not the upstream's. `None` when the timeout passed.
 fn respond_within<'a, F: Future>(
     timeout: Duration,
+    sent_at: tokio::time::Instant,
     upload: Option<&'a Upload>,
     sending: F,
 ) -> Within<F, impl Future<Output = ()> + 'a> {
     let deadline = async move {
-        if let Some(upload) = upload {
-            upload.sent.notified().await;
+        match upload {
+            Some(upload) => {
+                upload.sent.notified().await;
+                tokio::time::sleep(timeout).await;
+            }
+            // From the time already read for the attempt: no second clock read.
+            None => tokio::time::sleep_until(sent_at + timeout).await,
         }
-        tokio::time::sleep(timeout).await;
     };
     Within { sending, deadline }
 }

@@ -4,7 +4,7 @@
 //! field it names, `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Connection`.
 //! hyper frames each side's body itself, so dropping `Transfer-Encoding` never loses the body.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 use std::net::IpAddr;
 
@@ -108,29 +108,33 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let xff = match joined(headers, &X_FORWARDED_FOR) {
-        // Joining needs a new value; the common case (no prior field) reuses the connection's.
-        Some(prior) => {
-            let ip = client.to_str().unwrap_or("unknown");
-            HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
+    // One hashed look-up for both the prior field and the new one.
+    match headers.entry(&X_FORWARDED_FOR) {
+        // The common case (no prior field) reuses the connection's value.
+        Entry::Vacant(slot) => {
+            slot.insert(client.clone());
         }
-        None => Some(client.clone()),
-    };
-    if let Some(value) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        Entry::Occupied(mut prior) => {
+            let mut values = prior.iter().filter_map(|v| v.to_str().ok());
+            let joined = match values.next() {
+                Some(first) => {
+                    let ip = client.to_str().unwrap_or("unknown");
+                    let all = values.fold(first.to_owned(), |acc, v| acc + ", " + v);
+                    HeaderValue::from_str(&format!("{all}, {ip}")).ok()
+                }
+                None => Some(client.clone()),
+            };
+            if let Some(value) = joined {
+                // Replaces every prior value.
+                prior.insert(value);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
         None => headers.remove(&X_FORWARDED_HOST),
     };
-}
-
-/// All values of a repeated field joined with ", " (RFC 9110 section 5.3), if any is present.
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-    let first = values.next()?.to_owned();
-    Some(values.fold(first, |acc, v| acc + ", " + v))
 }
 
 #[cfg(test)]

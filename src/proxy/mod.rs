@@ -232,12 +232,14 @@ fn new_request_id(headers: &http::HeaderMap) -> HeaderValue {
     }
     static IDS: std::sync::OnceLock<crate::balance::rng::Rng> = std::sync::OnceLock::new();
     let rng = IDS.get_or_init(crate::balance::rng::Rng::from_entropy);
-    // Rendered on the stack: the header value's own copy is the only allocation.
+    // Rendered on the stack, two digits per byte: the header value's own copy is the only
+    // allocation.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 32];
-    for (half, n) in id.chunks_mut(16).zip([rng.next_u64(), rng.next_u64()]) {
-        for (i, digit) in half.iter_mut().enumerate() {
-            *digit = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
-        }
+    let bytes = ((u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64())).to_be_bytes();
+    for (pair, byte) in id.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }

@@ -132,7 +132,7 @@ fn valid_ipvfuture(literal: &[u8]) -> bool {
 /// Applies `http.underscore_headers` to request fields whose name contains `_`: drops them (default),
 /// refuses the request, or leaves them.
 pub(super) fn underscore_headers(headers: &mut HeaderMap, rule: UnderscoreHeaders) -> Result<(), ProxyError> {
-    if rule == UnderscoreHeaders::Pass || !headers.keys().any(|k| k.as_str().contains('_')) {
+    if rule == UnderscoreHeaders::Pass || !headers.keys().any(|k| k.as_str().as_bytes().contains(&b'_')) {
         return Ok(());
     }
     if rule == UnderscoreHeaders::Reject {

@@ -127,6 +127,17 @@ impl Counted {
     pub fn is_h2(&self) -> bool {
         self.h2
     }
+
+    /// Whether the socket is known to have had no event (no data, no close) since a read last found
+    /// it empty: then nothing has happened on the connection that hyper has not seen. Looks at the
+    /// runtime's readiness flags, with no system call. Only plain TCP can tell; a TLS session may
+    /// hold records of its own, so it always answers no.
+    pub fn quiet(&self) -> bool {
+        let Stream::Plain(tcp) = &self.io else { return false };
+        // Out of budget, the readiness check answers "not ready" whatever the socket's state.
+        tokio::task::coop::has_budget_remaining()
+            && tcp.inner().poll_read_ready(&mut Context::from_waker(std::task::Waker::noop())).is_pending()
+    }
 }
 
 impl Drop for Counted {

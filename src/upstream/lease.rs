@@ -95,6 +95,12 @@ impl H1 {
     /// closed the connection or wrote on it while it idled is found here (hyper's idle read sees the
     /// end of file or the unexpected bytes and closes).
     pub fn usable(&mut self) -> bool {
+        // Usually hyper already waits for a request and its last read found the socket empty. If the
+        // socket has had no event since, polling hyper would find nothing to do: skipped, it was
+        // most of a check-out's cost (docs/performance.md, "Check-out without polling hyper").
+        if self.ready() && self.conn.as_ref().is_some_and(|c| c.get_ref().quiet()) {
+            return true;
+        }
         self.drive(&mut Context::from_waker(Waker::noop()));
         self.ready()
     }

@@ -80,6 +80,15 @@ where
         Parts { io, read_buf }
     }
 
+    /// Returns a reference to the inner IO object.
+    ///
+    /// Reading from or writing to it directly would corrupt the connection;
+    /// it is meant for looking at the transport's state, e.g. whether an
+    /// idle connection's socket has seen any event since its last read.
+    pub fn get_ref(&self) -> &T {
+        self.inner.io_ref()
+    }
+
     /// Poll the connection for completion, but without calling `shutdown`
     /// on the underlying IO.
     ///

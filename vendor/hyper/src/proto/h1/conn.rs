@@ -165,6 +165,10 @@ where
         self.io.into_inner()
     }
 
+    pub(crate) fn io_ref(&self) -> &I {
+        self.io.io_ref()
+    }
+
     pub(crate) fn pending_upgrade(&mut self) -> Option<crate::upgrade::Pending> {
         self.state.upgrade.take()
     }

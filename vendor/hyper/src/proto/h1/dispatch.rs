@@ -104,6 +104,10 @@ where
         (io, buf, self.dispatch)
     }
 
+    pub(crate) fn io_ref(&self) -> &I {
+        self.conn.io_ref()
+    }
+
     /// Run this dispatcher until HTTP says this connection is done,
     /// but don't call `Write::shutdown` on the underlying IO.
     ///

@@ -284,6 +284,10 @@ where
         (self.io, self.read_buf.freeze())
     }
 
+    pub(crate) fn io_ref(&self) -> &T {
+        &self.io
+    }
+
     pub(crate) fn is_read_blocked(&self) -> bool {
         self.read_blocked
     }
