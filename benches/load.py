@@ -7,8 +7,9 @@ Usage: python3 benches/load.py [--duration 10] [--connections 64] [--rounds 3] [
 Builds lb and the benchmark upstream (examples/upstream.rs) in release mode, starts three upstream
 servers on 127.0.0.1, then for each round runs every proxy in turn (lb, then nginx and HAProxy when
 installed) with an equivalent config: round robin over the three servers, keep-alive to clients and
-upstreams (up to 1,024 idle upstream connections each), X-Forwarded-For/Proto/Host set, access logs
-off, two worker threads/processes. wrk drives
+upstreams (up to 1,024 idle upstream connections each), X-Forwarded-For/Proto/Host set, an
+X-Request-Id to the upstream and the client (the client's own if it sent one, else a new one, as lb
+does by default), access logs off, two worker threads/processes. wrk drives
 each with HTTP/1.1 keep-alive. For each run it prints requests/s, p50 and p99 latency and the proxy's
 CPU time per request (user + system, all its processes and threads, from /proc). The summary is the
 median over rounds and the ratio of each peer to lb.
@@ -159,6 +160,7 @@ http {{
   upstream app {{
 {servers}    keepalive 1024;
   }}
+  map $http_x_request_id $lb_request_id {{ default $http_x_request_id; "" $request_id; }}
 {nginx_cache_path(tmp)}
   server {{
     listen 127.0.0.1:{PORTS["nginx"]};
@@ -170,6 +172,8 @@ http {{
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto $scheme;
       proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Request-Id $lb_request_id;
+      add_header X-Request-Id $lb_request_id always;
 {"      proxy_cache c;" if CACHE else ""}
     }}
   }}
@@ -205,6 +209,9 @@ frontend fe
   bind 127.0.0.1:{PORTS["haproxy"]}
   http-request set-header X-Forwarded-Proto http
   http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Request-Id %[uuid()] unless {{ req.hdr(x-request-id) -m found }}
+  http-request set-var(txn.rid) req.hdr(x-request-id)
+  http-after-response set-header X-Request-Id %[var(txn.rid)]
   default_backend be
 backend be
   balance roundrobin
