@@ -161,14 +161,8 @@ pub(super) fn forward<'a>(
         let target = std::mem::take(&mut parts.uri);
 
         // A failed attempt may be retried on another server (see `may_retry`); the head is kept for that
-        // only when the pool allows retries and has another server.
-        let spare =
-            (client_upgrade.is_none() && pool.retry.attempts > 0 && pool.upstreams.len() > 1).then(|| {
-                // With the original target: a consistent-hash pool may hash its path or query again.
-                let mut head = copy_head(&parts);
-                head.uri = target.clone();
-                head
-            });
+        // only when the pool allows retries and has another server, and never for an upgrade.
+        let spare = client_upgrade.is_none().then(|| spare_head(pool, &parts, &target)).flatten();
         let exchange = Exchange {
             shared,
             snap,
@@ -246,11 +240,7 @@ pub(super) async fn send_refresh(
         policy.request_headers.apply(&mut parts.headers, &vars);
     }
     let target = std::mem::take(&mut parts.uri);
-    let spare = (pool.retry.attempts > 0 && pool.upstreams.len() > 1).then(|| {
-        let mut head = copy_head(&parts);
-        head.uri = target.clone();
-        head
-    });
+    let spare = spare_head(pool, &parts, &target);
     // A revalidation runs in a task of its own, as an HTTP/1 client's request does.
     let exchange = Exchange {
         shared,
@@ -731,6 +721,17 @@ fn no_server(pool: &crate::runtime::Pool, why: NoServer) -> ProxyError {
 /// "pool/server", for logs and errors.
 fn who(upstream: &crate::upstream::Upstream) -> String {
     format!("{}/{}", upstream.key.pool, upstream.key.name)
+}
+
+/// The copy of a request head kept for another attempt, when `pool` may retry (retries allowed and
+/// another server to take them): with the client's `target`, since a consistent-hash pool may hash
+/// its path or query again.
+fn spare_head(pool: &Pool, parts: &http::request::Parts, target: &Uri) -> Option<http::request::Parts> {
+    (pool.retry.attempts > 0 && pool.upstreams.len() > 1).then(|| {
+        let mut head = copy_head(parts);
+        head.uri = target.clone();
+        head
+    })
 }
 
 /// A copy of a request head (method, target, version, headers) for sending it again.
