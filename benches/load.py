@@ -2,7 +2,7 @@
 """Load benchmark: lb against nginx and HAProxy, same upstreams, same load, interleaved rounds.
 
 Usage: python3 benches/load.py [--duration 10] [--connections 64] [--rounds 3] [--observability]
-                               [--routes N] [--lb-only] [--pinned] [--scenario plain|slow|4k|cache]
+                               [--routes N] [--lb-only] [--floor] [--pinned] [--scenario plain|slow|4k|cache]
 
 Builds lb and the benchmark upstream (examples/upstream.rs) in release mode, starts three upstream
 servers on 127.0.0.1, then for each round runs every proxy in turn (lb, then nginx and HAProxy when
@@ -33,6 +33,11 @@ With --routes N it also runs lb with N exact-host routes (h0.bench.test .. h{N-1
 the same pool) and wrk asking for the last host, so the routing table's size is the only difference
 from the plain lb run (one route).
 
+With --floor it also runs examples/floor.rs, the stack lb is built on (tokio's runtime as lb's, hyper's
+HTTP/1 server and client, round robin over kept-alive connections) with none of lb's own work: what
+lb's features cost is the distance between the two. It has one worker, so compare it with --pinned.
+The summary then prints each one's p99 against its own p50 and against nginx's p99, round by round.
+
 With --tls it then runs an HTTPS scenario on the same proxies (ECDSA P-256 certificate made with
 openssl, TLS 1.3, ALPN h2): h2load over HTTP/2 (--connections, --streams each; default 64 x 10) for
 throughput, CPU per request and p50/p99 (from h2load's per-request log), and `openssl s_time -new`
@@ -61,7 +66,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UPSTREAMS = ["127.0.0.1:19101", "127.0.0.1:19102", "127.0.0.1:19103"]
 PORTS = {"lb": 18080, "nginx": 18081, "haproxy": 18082, "lb-nometrics": 18083, "lb-access": 18084,
-         "lb-routes": 18085,
+         "lb-routes": 18085, "floor": 18086,
          "lb-tls": 18443, "nginx-tls": 18444, "haproxy-tls": 18445}
 TICK = os.sysconf("SC_CLK_TCK")
 # Worker threads/processes per proxy (1 with --pinned), and the CPU prefixes for the proxy and for the
@@ -135,6 +140,12 @@ def lb_variant(name, extra):
 
 
 lb_config = lb_variant("lb", '[admin]\naddr = "127.0.0.1:0"')
+
+
+def floor_config(tmp):
+    """examples/floor.rs: hyper and tokio as lb sets them up, and nothing of lb's own (one worker)."""
+    return [*PROXY_CPU, os.path.join(ROOT, "target/release/examples/floor"), f"127.0.0.1:{PORTS['floor']}",
+            *UPSTREAMS], {}
 
 # --scenario cache: every proxy answers from its response cache (all requests are for one URL, so
 # every request after the first is a hit). The upstreams say `Cache-Control: max-age=60`. nginx's
@@ -458,6 +469,9 @@ def main():
     ap.add_argument("--routes", type=int, default=0,
                     help="also run lb with this many exact-host routes, requesting the last host")
     ap.add_argument("--lb-only", action="store_true", help="skip nginx and HAProxy")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run examples/floor.rs (the stack without lb's own work; one worker, so "
+                         "with --pinned)")
     ap.add_argument("--pinned", action="store_true",
                     help="proxy alone on CPU 1 with one worker; wrk and upstreams on CPU 0")
     ap.add_argument("--rate", type=int, default=0,
@@ -474,8 +488,11 @@ def main():
         WORKERS, PROXY_CPU, LOAD_CPU = 1, ["taskset", "-c", "1"], ["taskset", "-c", "0"]
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install -y wrk")
-    subprocess.run(["cargo", "build", "--release", "--bin", "lb", "--example", "upstream"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--bin", "lb", "--example", "upstream",
+                    *(["--example", "floor"] if args.floor else [])], cwd=ROOT, check=True)
     proxies = [("lb", lb_cache_config if CACHE else lb_config)]
+    if args.floor:
+        proxies.append(("floor", floor_config))
     if args.observability:
         proxies += [("lb-nometrics", lb_variant("lb-nometrics", "[admin]\nenabled = false")),
                     ("lb-access", lb_variant("lb-access", '[admin]\naddr = "127.0.0.1:0"\n[log]\naccess = "json"'))]
@@ -523,10 +540,16 @@ def main():
                for k in ("rps", "p50_ms", "p99_ms", "p999_ms", "cpu_us_per_req")}
         print(f"{name:12} {med['rps']:>10.0f} {med['p50_ms']:>8.2f} {med['p99_ms']:>8.2f} {med['p999_ms']:>9.2f} "
               f"{med['cpu_us_per_req']:>11.1f} {med['cpu_us_per_req'] / lb_cpu:>9.2f}x")
-    for peer in ("nginx", "haproxy"):
+    for peer in ("floor", "nginx", "haproxy"):
         if peer in results:
             ratio = lb_cpu / statistics.median(r["cpu_us_per_req"] for r in results[peer])
             print(f"lb / {peer}: {ratio:.2f}x CPU per request")
+    if "floor" in results and "nginx" in results:
+        for name in ("lb", "floor"):
+            own = [r["p99_ms"] / r["p50_ms"] for r in results[name]]
+            vs = [r["p99_ms"] / n["p99_ms"] for r, n in zip(results[name], results["nginx"])]
+            print(f"{name}: p99 / own p50 per round {' '.join(f'{x:.2f}' for x in own)}; "
+                  f"p99 / nginx's p99 per round {' '.join(f'{x:.2f}' for x in vs)}")
 
 
 if __name__ == "__main__":
