@@ -14,10 +14,15 @@ function-call interrupts from /proc/interrupts) and how idle CPU 0 was: lb sends
 writes wake wrk or an upstream on an idle CPU 0, and in a VM each costs the sender several
 microseconds of system time (docs/performance.md, "Wake-up interrupts").
 Needs wrk and taskset; all traffic stays on 127.0.0.1 and every run is bounded by DURATION.
-AB_ROUTE_EXTRA, when set, is appended to the one route's keys (e.g. an edge policy), for every build."""
+AB_ROUTE_EXTRA, when set, is appended to the one route's keys (e.g. an edge policy), for every build.
+AB_RATE=R, when set, sends R requests a second in all (h2load --h1 -t1, open load over the same CONNS
+connections) instead of wrk's closed loop: with a rate per connection below 100 a second, every
+request comes after an idle spell longer than lb's 10 ms release; the latency columns then show
+h2load's mean and max (its percentiles are not in its summary)."""
 import os, re, subprocess, sys, time, socket, statistics, signal, tempfile
 TICK = os.sysconf("SC_CLK_TCK")
 rounds, dur, conns, path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+RATE = int(os.environ.get("AB_RATE", "0"))
 variants = []
 for a in sys.argv[5:]:
     name, rest = a.split("=", 1)
@@ -81,16 +86,32 @@ try:
         for name, binary, env in order:
             lb = subprocess.Popen(["taskset", "-c", "1", binary, "--config", conf], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait(18080)
-            subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", "-d2", f"http://127.0.0.1:18080{path}"], capture_output=True, timeout=60)
+            url = f"http://127.0.0.1:18080{path}"
+            if RATE:
+                load = ["h2load", "--h1", "-t1", f"-c{conns}", f"--rps={max(1, RATE // conns)}", url]
+                subprocess.run(["taskset", "-c", "0", *load[:-1], "-D2", url], capture_output=True, timeout=60)
+                cmd = ["taskset", "-c", "0", *load[:-1], f"-D{dur}", url]
+            else:
+                subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", "-d2", url], capture_output=True, timeout=60)
+                cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{dur}", "--latency", url]
             u0, s0 = cpu(lb.pid); i0 = ipis(); d0 = idle0()
-            out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{dur}", "--latency", f"http://127.0.0.1:18080{path}"], capture_output=True, text=True, timeout=dur + 60).stdout
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=dur + 60).stdout
             u1, s1 = cpu(lb.pid); i1 = ipis(); d1 = idle0()
             lb.send_signal(signal.SIGTERM); lb.wait(timeout=30)
-            reqs = int(re.search(r"(\d+) requests in", out).group(1))
-            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-            def lat(p):
-                m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
-                v = float(m.group(1)); return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
+            if RATE:
+                reqs = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+                rps = reqs / dur
+                m = re.search(r"time for request:\s+[\d.]+\w+\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)", out)
+                def ms(v, unit):
+                    return float(v) / 1000 if unit == "us" else float(v) * 1000 if unit == "s" else float(v)
+                def lat(p):
+                    return ms(m.group(3), m.group(4)) if p == 50 else ms(m.group(1), m.group(2))
+            else:
+                reqs = int(re.search(r"(\d+) requests in", out).group(1))
+                rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+                def lat(p):
+                    m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+                    v = float(m.group(1)); return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
             us = ((u1 - u0) + (s1 - s0)) * 1e6 / reqs
             res[name].append((us, rps, lat(50), lat(99)))
             print(f"round {r+1} {name:16} {us:6.1f} us/req  {rps:9.0f} req/s  p50 {lat(50):7.2f} ms  p99 {lat(99):7.2f} ms  user {(u1-u0)*1e6/reqs:5.1f} sys {(s1-s0)*1e6/reqs:5.1f}  ipi {(i1-i0)/reqs:5.3f}  cpu0 idle {100*(d1[0]-d0[0])/max(1, d1[1]-d0[1]):4.1f}%", flush=True)

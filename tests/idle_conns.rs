@@ -146,6 +146,30 @@ async fn a_released_connection_serves_what_comes_next() {
     assert_eq!(&back, b"ping");
 }
 
+#[tokio::test]
+async fn a_released_connection_takes_a_head_longer_than_its_first_read() {
+    let _turn = SERIAL.lock().await;
+    let a = Backend::start("a").await;
+    let lb = start(&config_with(&[("a", a.addr)], "")).await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(GET).await.unwrap();
+    assert_eq!(answer(&mut s).await.1, "a");
+    until_released(&lb, 1).await;
+    // Longer than what the waiting connection reads at once (4 KiB) and than hyper's first read
+    // buffer (8 KiB): hyper reads the rest itself. A second request is pipelined behind it.
+    let cookie = "c".repeat(12_000);
+    let long = format!(
+        "GET /long HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    s.write_all(long.as_bytes()).await.unwrap();
+    let (head, body) = answer(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, "a");
+    let (head, _) = answer(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(a.last_head().uri.path(), "/after");
+}
+
 /// Reads until the server closes; how long that took.
 async fn closed_after(s: &mut TcpStream) -> Duration {
     let start = tokio::time::Instant::now();

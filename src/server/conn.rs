@@ -34,6 +34,14 @@ use tokio::sync::watch;
 
 type Io<I> = TokioIo<Rewind<IdleIo<I>>>;
 
+/// How much a connection waiting without hyper reads at once: a whole request head as most clients
+/// send one (nginx reads into 1 KiB first, `client_header_buffer_size`). hyper then parses the head
+/// from these bytes at its first read. Had it found only part of a head there, its second read would
+/// ask for a full read buffer beyond what it holds, and growing its 8 KiB buffer to 16 KiB copies all
+/// 8 KiB: on every request after an idle spell, and every connection's first (docs/performance.md,
+/// "A request after an idle spell").
+const WAITING_READ: usize = 4096;
+
 /// A client connection being served; resolves when it is closed.
 pub(super) struct ClientConn<I, S>
 where
@@ -257,8 +265,8 @@ where
                     return this.ended(result.map_err(Into::into));
                 }
                 State::Waiting { io, got, first, .. } => {
-                    let mut buf = [0u8; 64];
-                    let mut read = ReadBuf::new(&mut buf);
+                    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); WAITING_READ];
+                    let mut read = ReadBuf::uninit(&mut buf);
                     match std::task::ready!(Pin::new(io).poll_read(cx, &mut read)) {
                         // The keep-alive and header timeouts end the wait with an error (IdleIo).
                         Err(e) => return this.ended(Err(e.into())),
