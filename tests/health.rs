@@ -291,9 +291,11 @@ async fn the_connection_limit_holds_at_the_connector() {
         apart: false,
     };
     let send = || async {
-        let req = http::Request::get("/").body(lb::proxy::body::RequestBody::empty()).unwrap();
+        let (mut head, body) =
+            http::Request::get("/").body(lb::proxy::body::RequestBody::empty()).unwrap().into_parts();
         let (resp, lease) =
-            lb::upstream::lease::send(runtime.conn_limits(), server, settings, req, false).await?;
+            lb::upstream::lease::send(runtime.conn_limits(), server, settings, &mut head, body, false)
+                .await?;
         let status = resp.status();
         // Reading the body drives the connection to the end of the response; then it goes back idle.
         let mut body = lb::proxy::body::ResponseBody::stream(resp.into_body(), Duration::from_secs(5));

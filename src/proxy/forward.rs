@@ -43,7 +43,7 @@ pub(super) fn forward<'a>(
     shared: &'a Arc<Shared>,
     snap: &'a Arc<Snapshot>,
     from: Requester<'a>,
-    mut parts: http::request::Parts,
+    parts: &'a mut http::request::Parts,
     body: Incoming,
     active: &'a mut Option<ActiveRequest>,
     trace: &'a mut Trace,
@@ -57,12 +57,12 @@ pub(super) fn forward<'a>(
         // An HTTP/1 client has a task per request in flight; an HTTP/2 client's streams share their
         // connection's task (see `ConnSettings::apart`).
         let task_each = parts.version != Version::HTTP_2;
-        syntax::check_head(&parts)?;
-        let host = request_host(&parts)?;
+        syntax::check_head(parts)?;
+        let host = request_host(parts)?;
         syntax::underscore_headers(&mut parts.headers, snap.config.http.underscore_headers)?;
         // Routes, their rules and the server all see the path in one normal form.
         if let Some(path) = super::normal_path::normalize(parts.uri.path()) {
-            set_path(&mut parts, path)?;
+            set_path(parts, path)?;
         }
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let route_index = snap.router.route(host_str, parts.uri.path()).ok_or(ProxyError::NoRoute)?;
@@ -73,14 +73,14 @@ pub(super) fn forward<'a>(
         let policy = route.policy.as_deref();
         if let Some(policy) = policy {
             // Boxed: only routes with a policy pay for its future.
-            if let Some(answer) = Box::pin(super::edge::admit(policy, client.ip(), &mut parts)).await? {
+            if let Some(answer) = Box::pin(super::edge::admit(policy, client.ip(), parts)).await? {
                 return Ok(answer);
             }
         }
         // Counted before the body is read or a server chosen: a refused request costs no upstream work.
         let mut limit_headers = None;
         if !snap.rate_limits.is_empty() {
-            let request = crate::ratelimit::Request { client, parts: &parts, host: host_str, route };
+            let request = crate::ratelimit::Request { client, parts, host: host_str, route };
             let route_rules = policy.map_or(&[][..], |p| &p.rate_limits[..]);
             match Box::pin(snap.rate_limits.check(request, route_rules)).await {
                 Ok(headers) => limit_headers = headers,
@@ -102,7 +102,7 @@ pub(super) fn forward<'a>(
                     requester,
                 ));
             };
-            match Box::pin(super::cache::lookup(store, &mut parts, host.as_ref(), tls, refresh)).await {
+            match Box::pin(super::cache::lookup(store, parts, host.as_ref(), tls, refresh)).await {
                 super::cache::Lookup::Answer(resp) => {
                     let mut resp = *resp;
                     let request_id = parts.headers.get(&X_REQUEST_ID);
@@ -124,10 +124,10 @@ pub(super) fn forward<'a>(
         let max_body_size = route.max_body_size.unwrap_or(snap.config.limits.max_body_size);
         let (body, upload, whole) = intake(shared, snap, pool, max_body_size, body).await?;
         // A reserved slot on the chosen server (its in-flight guard), or a wait in the pool's queue.
-        let (choice, guard) = match pool.claim(client, &parts) {
+        let (choice, guard) = match pool.claim(client, parts) {
             Some(claimed) => claimed,
             // Boxed: queueing is the rare path, and its timers would enlarge every request's future.
-            None => match Box::pin(pool.wait_for_room(client, &parts)).await {
+            None => match Box::pin(pool.wait_for_room(client, parts)).await {
                 Ok(claimed) => claimed,
                 // No server can take it: a stale object within `stale-if-error` answers instead.
                 Err(why) => match cache.as_ref().and_then(|(pending, method)| pending.on_failure(method)) {
@@ -142,10 +142,10 @@ pub(super) fn forward<'a>(
         if let Some(path) = policy
             .and_then(|p| super::edge::rewritten_path(p, route.path_prefix.as_deref(), parts.uri.path()))
         {
-            set_path(&mut parts, path)?;
+            set_path(parts, path)?;
         }
         rewrite(
-            &mut parts,
+            parts,
             snap,
             pool,
             &from,
@@ -158,23 +158,24 @@ pub(super) fn forward<'a>(
         if let Some(policy) = policy.filter(|p| !p.request_headers.is_empty()) {
             policy.request_headers.apply(&mut parts.headers, &vars);
         }
-        let target = std::mem::take(&mut parts.uri);
-
-        // A failed attempt may be retried on another server (see `may_retry`); the head is kept for that
-        // only when the pool allows retries and has another server, and never for an upgrade.
-        let spare = client_upgrade.is_none().then(|| spare_head(pool, &parts, &target)).flatten();
-        let exchange = Exchange {
+        let mut exchange = Exchange {
             shared,
             snap,
             pool,
             client,
-            target,
-            spare,
+            // Moved in place: a named local would keep a slot of its own in this future.
+            target: std::mem::take(&mut parts.uri),
+            spare: None,
             upload,
             whole,
             upgrading: client_upgrade.is_some(),
             task_each,
         };
+        // A failed attempt may be retried on another server (see `may_retry`); the head is kept for that
+        // only when the pool allows retries and has another server, and never for an upgrade.
+        if client_upgrade.is_none() {
+            exchange.spare = spare_head(pool, parts, &exchange.target);
+        }
         let sent = send_with_retries(&exchange, parts, body, choice, guard, trace).await;
         let (resp, guard, lease, choice) = match sent {
             Ok(sent) => sent,
@@ -256,7 +257,7 @@ pub(super) async fn send_refresh(
     };
     let mut trace = Trace::default();
     let (resp, guard, lease, choice) =
-        send_with_retries(&exchange, parts, RequestBody::empty(), choice, guard, &mut trace).await?;
+        send_with_retries(&exchange, &mut parts, RequestBody::empty(), choice, guard, &mut trace).await?;
     let upstream = super::cache::upstream_head(&resp);
     let resp = client_response(snap, pool, tls, resp, guard, lease, choice, None, &mut None)?;
     Ok((resp, upstream))
@@ -357,7 +358,7 @@ struct Exchange<'a> {
 #[allow(clippy::manual_async_fn)] // deliberately not an `async fn` (above)
 fn send_with_retries<'a, 'b>(
     x: &'b Exchange<'a>,
-    mut parts: http::request::Parts,
+    parts: &'b mut http::request::Parts,
     mut body: RequestBody,
     mut choice: Choice<'a>,
     mut guard: InFlight,
@@ -393,12 +394,12 @@ where
             let bodyless = body.is_end_stream();
             let handback = (spare.is_some() && !bodyless && whole.is_none()).then(|| body.returnable());
             let sent_at = tokio::time::Instant::now();
-            let request = Request::from_parts(parts, body);
             // Built in place: a named local would be a second copy of the send future (kilobytes) in
             // this function's state.
-            let sending = |request| lease::send(limits, upstream, conn_settings, request, x.upgrading);
+            let sending =
+                |parts, body| lease::send(limits, upstream, conn_settings, parts, body, x.upgrading);
             let (failure, attempt) =
-                match respond_within(timeout, sent_at, upload.as_deref(), sending(request)).await {
+                match respond_within(timeout, sent_at, upload.as_deref(), sending(&mut *parts, body)).await {
                     Some(Ok((resp, lease))) if ambiguous_framing(resp.headers()) => {
                         // hyper let Transfer-Encoding win, but the server meant something lb cannot know:
                         // nothing of it is relayed, and the connection is closed (what follows on it cannot
@@ -475,7 +476,8 @@ where
             }
             tracing::warn!(%client, error = %failure, to = %who(next.upstream), "retrying on another server");
             pool.metrics.retries.increment(1);
-            (parts, body, choice, guard) = (copy_head(head), next_body, next, next_guard);
+            *parts = copy_head(head);
+            (body, choice, guard) = (next_body, next, next_guard);
         }
     }
 }

@@ -104,7 +104,7 @@ impl Proxy {
             let mut watch =
                 Unanswered { start, snap: Arc::clone(&snap), trace: Trace::default(), access, armed: true };
             let from = Requester { addr: client, ip: &client_ip, tls };
-            let result = forward(&shared, &snap, from, parts, body, &mut active, &mut watch.trace).await;
+            let result = forward(&shared, &snap, from, &mut parts, body, &mut active, &mut watch.trace).await;
             watch.armed = false;
             let (trace, mut access) = (std::mem::take(&mut watch.trace), watch.access.take());
             let mut resp = match result {

@@ -28,6 +28,7 @@ use super::connect::{self, ConnLimits, ConnectError, Counted};
 use super::conns::tls_identity;
 use super::{Upstream, UpstreamStats};
 use crate::proxy::body::RequestBody;
+use http::request::Parts;
 use http::{header, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -332,26 +333,32 @@ async fn open(
     Ok(Opened::H1(Box::new(H1 { send, conn: Some(conn), done: false, tls })))
 }
 
-/// Sends `req` to `upstream` and returns the response head, with the lease of its connection when the
-/// body must drive it. `upgrade`: the request asks to switch protocols, so its connection is handed
-/// to a task of its own that completes the upgrade and is never reused.
+/// Sends the request (`head` and `body`) to `upstream` and returns the response head, with the lease
+/// of its connection when the body must drive it. `upgrade`: the request asks to switch protocols, so
+/// its connection is handed to a task of its own that completes the upgrade and is never reused.
 ///
 /// A request that fails on a reused connection before hyper wrote any of it is sent once more on a new
-/// connection (the server closed an idle connection just as it was taken).
+/// connection (the server closed an idle connection just as it was taken); hyper gives it back, and
+/// its head is put back in `head`.
 ///
-/// Not an `async fn`: those keep each argument twice in their state, and this future is part of
-/// every request's, which is copied whole as it moves.
+/// The head is borrowed from the request's outermost future and taken out only into hyper's own
+/// future: each future between them would otherwise keep a slot of its size (224 bytes, 272 with the
+/// body) for a value it has handed on, and the request's future is copied whole into hyper's slot
+/// for it (docs/performance.md, "The request head in one place").
+///
+/// Not an `async fn`: those keep each argument twice in their state.
 #[allow(clippy::manual_async_fn)] // deliberately not an `async fn` (above)
 pub fn send<'a>(
     limits: &'a ConnLimits,
     upstream: &'a Upstream,
     settings: ConnSettings,
-    mut req: Request<RequestBody>,
+    head: &'a mut Parts,
+    mut body: RequestBody,
     upgrade: bool,
 ) -> impl Future<Output = Result<(Response<Incoming>, Option<Lease>), SendError>> + Send + 'a {
     async move {
         if let Some(h2) = upstream.stats.conns.shared_h2(upstream.tls.as_ref()) {
-            return Box::pin(send_h2(h2, upstream, req)).await;
+            return Box::pin(send_h2(h2, upstream, Request::from_parts(take_head(head), body))).await;
         }
         let mut fresh_only = false;
         loop {
@@ -371,21 +378,24 @@ pub fn send<'a>(
             let (conn, was_reused) = match taken {
                 Taken::Idle(conn) => (conn, true),
                 Taken::New(Opened::H1(conn)) => (conn, false),
-                Taken::New(Opened::H2(h2)) => return Box::pin(send_h2(h2, upstream, req)).await,
+                Taken::New(Opened::H2(h2)) => {
+                    return Box::pin(send_h2(h2, upstream, Request::from_parts(take_head(head), body))).await
+                }
             };
-            if !req.headers().contains_key(header::HOST) {
-                req.headers_mut().insert(header::HOST, header_value(&upstream.authority));
+            if !head.headers.contains_key(header::HOST) {
+                head.headers.insert(header::HOST, header_value(&upstream.authority));
             }
             // The rare kinds are boxed, so they do not enlarge every request's future.
             let result = if upgrade {
-                Box::pin(send_upgrade(conn, req)).await
+                Box::pin(send_upgrade(conn, Request::from_parts(take_head(head), body))).await
             } else {
-                send_h1(conn, req, upstream, settings).await
+                send_h1(conn, head, body, upstream, settings).await
             };
             match result {
                 Err(SendError::Http { error, unsent: Some(back) }) if was_reused => {
                     tracing::debug!(error = %error, "idle upstream connection closed as it was taken; sending on a new one");
-                    req = *back;
+                    let (back_head, back_body) = back.into_parts();
+                    (*head, body) = (back_head, back_body);
                     fresh_only = true;
                 }
                 other => return other,
@@ -398,18 +408,25 @@ fn header_value(authority: &http::uri::Authority) -> http::HeaderValue {
     http::HeaderValue::from_str(authority.as_str()).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
+/// The request head taken out of `head` (an empty one left in its place), for hyper to own.
+fn take_head(head: &mut Parts) -> Parts {
+    std::mem::replace(head, Request::new(()).into_parts().0)
+}
+
 /// Sends on an HTTP/1.1 connection this task drives until the response head (or that runs in a task
 /// of its own).
 async fn send_h1(
     mut conn: Box<H1>,
-    req: Request<RequestBody>,
+    head: &mut Parts,
+    body: RequestBody,
     upstream: &Upstream,
     settings: ConnSettings,
 ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
     if settings.apart {
         conn.set_apart();
     }
-    let mut response = pin!(conn.send.try_send_request(req));
+    // The request is built in the call: a named local would keep a slot of its size in this future.
+    let mut response = pin!(conn.send.try_send_request(Request::from_parts(take_head(head), body)));
     let result = poll_fn(|cx| {
         conn.drive(cx);
         // Polled right after the connection, which is all that can complete it: hyper's wake-up
