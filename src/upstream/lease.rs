@@ -493,3 +493,88 @@ async fn send_h2(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// The race `send` retries: the server closes an idle connection just as a request takes it, so
+    /// hyper hands the request back unwritten. The request then goes whole (its head was taken out
+    /// for hyper and must be put back) on a new connection.
+    #[tokio::test]
+    async fn a_request_handed_back_unsent_goes_whole_on_a_new_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close_first, closing) = tokio::sync::oneshot::channel::<()>();
+        let (closed_tx, closed) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            // The first connection idles until told, then closes without a word.
+            let (first, _) = listener.accept().await.unwrap();
+            closing.await.unwrap();
+            drop(first);
+            closed_tx.send(()).unwrap();
+            // The second answers one request, and says what it got.
+            let (mut second, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"\r\n\r\n") {
+                let n = second.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before a whole head: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            second.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            String::from_utf8(got).unwrap()
+        });
+
+        let toml = format!(
+            "[[listeners]]\naddr = \"127.0.0.1:0\"\n\n[pools.web]\nservers = [{{ name = \"a\", addr = \"{addr}\" }}]\n"
+        );
+        let runtime = crate::runtime::Runtime::new(crate::config::Config::from_toml(&toml).unwrap());
+        let snap = runtime.snapshot();
+        let upstream = &snap.pools[0].upstreams[0];
+
+        // An idle connection whose driver runs apart and has not yet seen the close.
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (handle, conn) =
+            http1::Builder::new().handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+        let mut conn = Box::pin(conn);
+        // One poll: hyper now asks for a request (and finds nothing to read yet).
+        assert!(futures_poll_once(conn.as_mut()).is_pending());
+        close_first.send(()).unwrap();
+        closed.await.unwrap();
+        let idle = Box::new(H1 { send: handle, conn: None, done: false, tls: None });
+        assert!(idle.ready(), "hyper still asks for a request: the close is not seen yet");
+        upstream.stats.conns.checkin(idle, 8);
+        // Runs once this task waits for the answer: it reads the close and hands the request back.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+
+        let (mut head, body) = Request::get("http://example.com/asked?q=1")
+            .header("x-kept", "yes")
+            .body(RequestBody::empty())
+            .unwrap()
+            .into_parts();
+        head.uri = "/asked?q=1".parse().unwrap();
+        let settings = ConnSettings {
+            connect: Duration::from_secs(5),
+            idle: Duration::from_secs(60),
+            idle_per_server: 8,
+            apart: true,
+        };
+        let (resp, _lease) =
+            super::send(runtime.conn_limits(), upstream, settings, &mut head, body, false).await.unwrap();
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        let seen = server.await.unwrap().to_ascii_lowercase();
+        assert!(seen.starts_with("get /asked?q=1 http/1.1\r\n"), "{seen}");
+        assert!(seen.contains("\r\nx-kept: yes\r\n"), "{seen}");
+        assert!(seen.contains(&format!("\r\nhost: {addr}\r\n")), "{seen}");
+    }
+
+    /// Polls `fut` once, with a waker that does nothing.
+    fn futures_poll_once<F: Future>(fut: Pin<&mut F>) -> std::task::Poll<F::Output> {
+        fut.poll(&mut Context::from_waker(Waker::noop()))
+    }
+}
