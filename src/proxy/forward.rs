@@ -381,7 +381,7 @@ where
             // upstream connections in tasks of their own would wake it once per response instead of
             // letting one poll move many (HTTP/2 with 64 x 16 streams: 29.8 µs per request apart,
             // 20.3 driven; docs/performance.md).
-            apart: x.task_each && pool.crowded(snap.config.limits.upstream_tasks_above),
+            apart: x.task_each && pool.take_apart(snap.config.limits.upstream_tasks_above),
         };
         let mut tried = Vec::new();
         // Held while a retry is in progress: the retry budget counts it.

@@ -200,9 +200,10 @@ impl Runtime {
         let idle = snap.config.timeouts.upstream_idle;
         for pool in snap.pools.iter() {
             // Connections that run in tasks of their own are kept while the pool stays above half its
-            // threshold (`limits.upstream_tasks_above`): a load hovering at it does not make the
-            // sweep close connections that the next requests would open again.
-            let keep_apart = pool.crowded(snap.config.limits.upstream_tasks_above / 2);
+            // threshold (`limits.upstream_tasks_above`), or went above it since the last pass: a
+            // load hovering at it, or coming in bursts, does not make the sweep close connections
+            // that the next requests would open again (`Pool::keep_apart`).
+            let keep_apart = pool.keep_apart(snap.config.limits.upstream_tasks_above);
             for upstream in pool.upstreams.iter() {
                 upstream.stats.conns.sweep(idle, keep_apart);
             }
@@ -500,6 +501,76 @@ mod tests {
             "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{servers}]\n{extra}"
         ))
         .unwrap()
+    }
+
+    /// A server that answers every request on a connection with `ok`, keeping the connection.
+    async fn keepalive_server() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        got.drain(..end);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Connections that ran in tasks of their own outlive a sweep that finds their pool calm if a
+    /// request found it crowded since the previous sweep (traffic in bursts keeps them), and are
+    /// closed by the next sweep if none did.
+    #[tokio::test]
+    async fn the_sweep_keeps_apart_connections_between_bursts() {
+        let addr = keepalive_server().await;
+        let rt = Runtime::new(config(&format!(r#"{{ name = "a", addr = "{addr}" }}"#)));
+        let snap = rt.snapshot();
+        let (pool, server) = (&snap.pools[0], &snap.pools[0].upstreams[0]);
+        let settings = crate::upstream::lease::ConnSettings {
+            connect: std::time::Duration::from_secs(5),
+            idle: std::time::Duration::from_secs(60),
+            idle_per_server: 8,
+            apart: true,
+        };
+        let request = || async {
+            let (mut head, body) =
+                http::Request::get("/").body(crate::proxy::body::RequestBody::empty()).unwrap().into_parts();
+            let (resp, lease) =
+                crate::upstream::lease::send(rt.conn_limits(), server, settings, &mut head, body, false)
+                    .await
+                    .unwrap();
+            let mut body =
+                crate::proxy::body::ResponseBody::stream(resp.into_body(), std::time::Duration::from_secs(5));
+            body.drive(lease.unwrap());
+            http_body_util::BodyExt::collect(body).await.unwrap();
+        };
+        for burst in 1..=3 {
+            // A request that finds the pool crowded (a threshold of 0 always does), as a burst's would.
+            assert!(pool.take_apart(0));
+            request().await;
+            assert_eq!(server.stats.conns.apart_count(), 1, "burst {burst}");
+            // The calm between bursts: the pool is below half its threshold when the sweep looks.
+            rt.sweep_conns();
+            assert_eq!(server.stats.conns.apart_count(), 1, "kept after burst {burst}");
+        }
+        rt.sweep_conns();
+        assert_eq!(server.stats.conns.idle_count(), 0, "closed once a whole pass saw no crowd");
     }
 
     #[test]

@@ -254,6 +254,26 @@ impl Pool {
         per_worker == 0 || self.stats.in_flight() > per_worker.saturating_mul(workers())
     }
 
+    /// Whether a request's upstream HTTP/1.1 connection runs in a task of its own: the pool is
+    /// [`crowded`](Self::crowded) above `threshold` (`limits.upstream_tasks_above`). Noted for the
+    /// idle sweep, which keeps such connections while the pool is crowded now or was since it last
+    /// looked: traffic that comes in bursts above the threshold then finds last burst's connections,
+    /// rather than opening them again after each calm spell.
+    pub fn take_apart(&self, threshold: usize) -> bool {
+        let crowded = self.crowded(threshold);
+        if crowded && !self.stats.crowded_lately.load(Ordering::Relaxed) {
+            self.stats.crowded_lately.store(true, Ordering::Relaxed);
+        }
+        crowded
+    }
+
+    /// For the idle sweep: whether connections that run in tasks of their own are still wanted. The
+    /// pool is above half `threshold` now, or went above `threshold` since the sweep last asked.
+    pub fn keep_apart(&self, threshold: usize) -> bool {
+        let lately = self.stats.crowded_lately.swap(false, Ordering::Relaxed);
+        lately || self.crowded(threshold / 2)
+    }
+
     /// Takes a retry slot if the retry budget allows one more retry in progress: at most
     /// `budget_percent` of the pool's requests in flight, and always at least `budget_min`.
     pub fn retry_slot(&self) -> Option<RetrySlot> {

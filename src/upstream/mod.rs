@@ -11,7 +11,7 @@ pub mod lease;
 use crate::control::{AdminCell, AdminState};
 use crate::health::Health;
 use crate::traffic::Traffic;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Stable identity of a server: its pool and its name. Never includes the weight, so a re-weighted
@@ -86,6 +86,9 @@ pub struct PoolStats {
     pub queued: AtomicUsize,
     /// Signalled when a request ends while others are queued.
     pub freed: tokio::sync::Notify,
+    /// A request found the pool above `limits.upstream_tasks_above` since the idle sweep last looked
+    /// (see `Pool::take_apart`).
+    pub crowded_lately: AtomicBool,
 }
 
 impl PoolStats {
