@@ -256,9 +256,9 @@ impl Pool {
 
     /// Whether a request's upstream HTTP/1.1 connection runs in a task of its own: the pool is
     /// [`crowded`](Self::crowded) above `threshold` (`limits.upstream_tasks_above`). Noted for the
-    /// idle sweep, which keeps such connections while the pool is crowded now or was since it last
-    /// looked: traffic that comes in bursts above the threshold then finds last burst's connections,
-    /// rather than opening them again after each calm spell.
+    /// idle sweep, which keeps such connections while the pool is above half the threshold, or was
+    /// above it since the sweep last looked: traffic that comes in bursts then finds the last
+    /// burst's connections, rather than opening them again after each calm spell.
     pub fn take_apart(&self, threshold: usize) -> bool {
         let crowded = self.crowded(threshold);
         if crowded && !self.stats.crowded_lately.load(Ordering::Relaxed) {
