@@ -112,15 +112,23 @@ async fn an_idle_http1_connection_holds_little_memory() {
 /// state was released.
 const BUDGET: f64 = 1500.0;
 
+/// A client connection to `lb` that got one answer and then idled until lb released it; the
+/// answer's body.
+async fn released_after_one_answer(lb: &Lb) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(GET).await.unwrap();
+    let (_, body) = answer(&mut s).await;
+    until_released(lb, 1).await;
+    (s, body)
+}
+
 #[tokio::test]
 async fn a_released_connection_serves_what_comes_next() {
     let _turn = SERIAL.lock().await;
     let a = Backend::start("a").await;
     let lb = start(&config_with(&[("a", a.addr)], "")).await;
-    let mut s = TcpStream::connect(lb.addr).await.unwrap();
-    s.write_all(GET).await.unwrap();
-    assert_eq!(answer(&mut s).await.1, "a");
-    until_released(&lb, 1).await;
+    let (mut s, body) = released_after_one_answer(&lb).await;
+    assert_eq!(body, "a");
     // A head split across the wait, then a second request pipelined behind it.
     s.write_all(b"GET /one HT").await.unwrap();
     s.flush().await.unwrap();
@@ -151,10 +159,8 @@ async fn a_released_connection_takes_a_head_longer_than_its_first_read() {
     let _turn = SERIAL.lock().await;
     let a = Backend::start("a").await;
     let lb = start(&config_with(&[("a", a.addr)], "")).await;
-    let mut s = TcpStream::connect(lb.addr).await.unwrap();
-    s.write_all(GET).await.unwrap();
-    assert_eq!(answer(&mut s).await.1, "a");
-    until_released(&lb, 1).await;
+    let (mut s, body) = released_after_one_answer(&lb).await;
+    assert_eq!(body, "a");
     // Longer than what the waiting connection reads at once (4 KiB) and than hyper's first read
     // buffer (8 KiB): hyper reads the rest itself. A second request is pipelined behind it.
     let cookie = "c".repeat(12_000);
@@ -195,10 +201,7 @@ async fn a_released_connection_keeps_its_timeouts() {
     assert!(idle >= Duration::from_millis(1900) && idle < Duration::from_secs(6), "{idle:?}");
     until_released(&lb, 0).await;
     // A head begun after the release must still end within client_header (well before keep-alive).
-    let mut s = TcpStream::connect(lb.addr).await.unwrap();
-    s.write_all(GET).await.unwrap();
-    answer(&mut s).await;
-    until_released(&lb, 1).await;
+    let (mut s, _) = released_after_one_answer(&lb).await;
     s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
     let stalled = closed_after(&mut s).await;
     assert!(stalled >= Duration::from_millis(450) && stalled < Duration::from_millis(1800), "{stalled:?}");
@@ -209,10 +212,7 @@ async fn shutdown_closes_released_connections_at_once() {
     let _turn = SERIAL.lock().await;
     let a = Backend::start("a").await;
     let lb = start(&config_with(&[("a", a.addr)], "")).await;
-    let mut s = TcpStream::connect(lb.addr).await.unwrap();
-    s.write_all(GET).await.unwrap();
-    answer(&mut s).await;
-    until_released(&lb, 1).await;
+    let (mut s, _) = released_after_one_answer(&lb).await;
     tokio::time::timeout(Duration::from_secs(5), lb.shutdown())
         .await
         .expect("drain waited on an idle connection");
