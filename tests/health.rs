@@ -123,6 +123,80 @@ async fn a_post_whose_body_was_sent_is_never_replayed() {
     assert_eq!((a.requests() - before.0, b.requests() - before.1), (1, 1), "tried on each server once");
 }
 
+/// A server that reads each request head and closes the connection without an answer; counts the heads.
+async fn head_dropper() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test]
+async fn a_retried_request_carries_its_whole_head() {
+    // The first server consumes the head and fails: the retry sends lb's kept copy to the second.
+    let (dropper, dropped) = head_dropper().await;
+    let b = Backend::start("b").await;
+    let lb =
+        Lb::start(&config_with(&[("a", dropper), ("b", b.addr)], "[pools.web.passive]\nenabled = false\n"))
+            .await;
+    let client = client();
+    for i in 0..4 {
+        let req = http::Request::get(lb.url("/some/path?q=1&r=two"))
+            .header("x-request-id", format!("req-{i}"))
+            .header("x-multi", "one")
+            .header("accept", "text/plain")
+            .header("x-multi", "two")
+            .header("x-custom", "value with spaces")
+            .header("authorization", "Bearer secret")
+            .header("x-multi", "three")
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+    }
+    assert!(dropped.load(Ordering::SeqCst) >= 1, "no request went to the failing server first");
+    let heads = b.seen.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 4);
+    // Retried or not, the second server saw the same head (only the request id differs).
+    let fields = |h: &http::request::Parts| {
+        let mut f: Vec<(String, Vec<u8>)> = h
+            .headers
+            .iter()
+            .filter(|(n, _)| *n != "x-request-id")
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        f.sort();
+        (h.method.clone(), h.uri.to_string(), f)
+    };
+    for head in &heads {
+        assert_eq!(fields(head), fields(&heads[0]));
+        assert_eq!(head.uri, "/some/path?q=1&r=two");
+        let multi: Vec<_> = head.headers.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["one", "two", "three"], "values of one name keep their order");
+        assert_eq!(head.headers["x-custom"], "value with spaces");
+        assert_eq!(head.headers["authorization"], "Bearer secret");
+        assert!(head.headers.contains_key("x-forwarded-for"));
+    }
+}
+
 #[tokio::test]
 async fn a_post_is_retried_when_nothing_was_sent() {
     let alive = Backend::start("alive").await;

@@ -3,6 +3,7 @@
 
 use super::body::{BodyRules, RequestBody, ResponseBody, Upload};
 use super::error::ProxyError;
+use super::spare::SpareHead;
 use super::{headers, syntax, tunnel, Shared, Trace, X_REQUEST_ID};
 use crate::edge::header_rules::Vars;
 use crate::health::passive::Outcome;
@@ -174,7 +175,7 @@ pub(super) fn forward<'a>(
         // A failed attempt may be retried on another server (see `may_retry`); the head is kept for that
         // only when the pool allows retries and has another server, and never for an upgrade.
         if client_upgrade.is_none() {
-            exchange.spare = spare_head(pool, parts, &exchange.target);
+            exchange.spare = spare_head(pool, parts);
         }
         let sent = send_with_retries(&exchange, parts, body, choice, guard, trace).await;
         let (resp, guard, lease, choice) = match sent {
@@ -241,7 +242,7 @@ pub(super) async fn send_refresh(
         policy.request_headers.apply(&mut parts.headers, &vars);
     }
     let target = std::mem::take(&mut parts.uri);
-    let spare = spare_head(pool, &parts, &target);
+    let spare = spare_head(pool, &parts);
     // A revalidation runs in a task of its own, as an HTTP/1 client's request does.
     let exchange = Exchange {
         shared,
@@ -339,7 +340,7 @@ struct Exchange<'a> {
     /// The client's target (the upstream gets its origin form).
     target: Uri,
     /// A copy of the head for another attempt, when the pool may retry.
-    spare: Option<http::request::Parts>,
+    spare: Option<SpareHead>,
     /// The client's upload, while it is still streaming.
     upload: Option<Arc<Upload>>,
     /// The body, when it was read whole and can be sent again.
@@ -457,12 +458,14 @@ where
             } else {
                 handback.and_then(|mut rx| rx.try_recv().ok())
             };
-            let (Some(head), Some(next_body)) = (spare, unsent) else { return Err(failure) };
+            let (Some(spare), Some(next_body)) = (spare, unsent) else { return Err(failure) };
             if tried.len() >= pool.retry.attempts as usize || !attempt.may_retry(idempotent) {
                 return Err(failure);
             }
+            // The client's target, as the first choice of server saw it.
+            let Some(head) = spare.to_parts(target) else { return Err(failure) };
             tried.push(choice.index);
-            let Some((next, next_guard)) = pool.claim_other(client, head, &tried) else {
+            let Some((next, next_guard)) = pool.claim_other(client, &head, &tried) else {
                 return Err(failure);
             };
             // This request's previous retry, if any, is over: its slot goes back before taking another.
@@ -476,7 +479,7 @@ where
             }
             tracing::warn!(%client, error = %failure, to = %who(next.upstream), "retrying on another server");
             pool.metrics.retries.increment(1);
-            *parts = copy_head(head);
+            *parts = head;
             (body, choice, guard) = (next_body, next, next_guard);
         }
     }
@@ -728,12 +731,8 @@ fn who(upstream: &crate::upstream::Upstream) -> String {
 /// The copy of a request head kept for another attempt, when `pool` may retry (retries allowed and
 /// another server to take them): with the client's `target`, since a consistent-hash pool may hash
 /// its path or query again.
-fn spare_head(pool: &Pool, parts: &http::request::Parts, target: &Uri) -> Option<http::request::Parts> {
-    (pool.retry.attempts > 0 && pool.upstreams.len() > 1).then(|| {
-        let mut head = copy_head(parts);
-        head.uri = target.clone();
-        head
-    })
+fn spare_head(pool: &Pool, parts: &http::request::Parts) -> Option<SpareHead> {
+    (pool.retry.attempts > 0 && pool.upstreams.len() > 1).then(|| SpareHead::copy(parts))
 }
 
 /// A copy of a request head (method, target, version, headers) for sending it again.

@@ -13,6 +13,7 @@ pub mod error;
 mod forward;
 pub mod headers;
 mod normal_path;
+mod spare;
 mod syntax;
 pub mod tunnel;
 
