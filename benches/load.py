@@ -11,7 +11,8 @@ upstreams (up to 1,024 idle upstream connections each), X-Forwarded-For/Proto/Ho
 X-Request-Id to the upstream and the client (the client's own if it sent one, else a new one, as lb
 does by default), access logs off, two worker threads/processes. wrk drives
 each with HTTP/1.1 keep-alive. For each run it prints requests/s, p50 and p99 latency and the proxy's
-CPU time per request (user + system, all its processes and threads, from /proc). The summary is the
+CPU time per request (user + system, all its processes and threads, from /proc; closed-loop runs also
+print the two apart). The summary is the
 median over rounds and the ratio of each peer to lb.
 
 With --pinned each proxy runs alone on CPU 1 with one worker (lb `TOKIO_WORKER_THREADS=1`, nginx
@@ -83,15 +84,21 @@ LOGS = tempfile.gettempdir()
 
 def cpu_seconds(pids):
     """User + system CPU seconds of the given processes (all their threads)."""
-    total = 0
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids):
+    """User and system CPU seconds of the given processes (all their threads), apart."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
         except FileNotFoundError:
             pass
-    return total / TICK
+    return user / TICK, system / TICK
 
 
 def process_tree(pid):
@@ -313,13 +320,15 @@ def run_one(name, make, tmp, args):
         threads = "-t1" if LOAD_CPU else "-t2"
         subprocess.run([*LOAD_CPU, "wrk", threads, f"-c{args.connections}", "-d1s", *host, url], capture_output=True)
         pids = process_tree(proc.pid)
-        before = cpu_seconds(pids)
+        before = cpu_split(pids)
         out = subprocess.run([*LOAD_CPU, "wrk", threads, f"-c{args.connections}", f"-d{args.duration}s", "--latency",
                               "-s", lua, *host, url],
                              capture_output=True, text=True, timeout=args.duration + 30).stdout
-        cpu = cpu_seconds(pids) - before
+        user, system = (after - b for after, b in zip(cpu_split(pids), before))
     result = parse_wrk(out)
-    result["cpu_us_per_req"] = cpu / max(result["requests"], 1) * 1e6
+    requests = max(result["requests"], 1)
+    result["cpu_us_per_req"] = (user + system) / requests * 1e6
+    result["user_us_per_req"], result["sys_us_per_req"] = user / requests * 1e6, system / requests * 1e6
     return result
 
 
@@ -526,7 +535,9 @@ def main():
             results = run_rounds(proxies, run_one, tmp, args, lambda res: (
                 f"{res['rps']:>10.0f} req/s  p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms  "
                 f"p99.9 {res['p999_ms']:.2f} ms  "
-                f"cpu {res['cpu_us_per_req']:.1f} us/req  non-2xx {res['non2xx']} {res['socket_errors']}"))
+                f"cpu {res['cpu_us_per_req']:.1f} us/req"
+                + (f" (user {res['user_us_per_req']:.1f}, sys {res['sys_us_per_req']:.1f})" if "user_us_per_req" in res else "")
+                + f"  non-2xx {res['non2xx']} {res['socket_errors']}"))
     finally:
         upstream.terminate()
     print(f"\nmedian of {args.rounds} rounds, {args.connections} connections, {args.duration}s each, "
@@ -538,8 +549,12 @@ def main():
     for name, _ in proxies:
         med = {k: statistics.median(r[k] for r in results[name])
                for k in ("rps", "p50_ms", "p99_ms", "p999_ms", "cpu_us_per_req")}
+        split = ""
+        if all("user_us_per_req" in r for r in results[name]):
+            split = (f"  user {statistics.median(r['user_us_per_req'] for r in results[name]):.1f}, "
+                     f"sys {statistics.median(r['sys_us_per_req'] for r in results[name]):.1f}")
         print(f"{name:12} {med['rps']:>10.0f} {med['p50_ms']:>8.2f} {med['p99_ms']:>8.2f} {med['p999_ms']:>9.2f} "
-              f"{med['cpu_us_per_req']:>11.1f} {med['cpu_us_per_req'] / lb_cpu:>9.2f}x")
+              f"{med['cpu_us_per_req']:>11.1f} {med['cpu_us_per_req'] / lb_cpu:>9.2f}x{split}")
     for peer in ("floor", "nginx", "haproxy"):
         if peer in results:
             ratio = lb_cpu / statistics.median(r["cpu_us_per_req"] for r in results[peer])
