@@ -25,11 +25,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// Who sent a request: address, its `X-Forwarded-For` element, and whether over TLS.
+/// Who sent a request: address, its `X-Forwarded-For` element, whether over TLS, and the request's
+/// id (`X-Request-Id`, as `Proxy::call` set it).
 pub(super) struct Requester<'a> {
     pub(super) addr: SocketAddr,
     pub(super) ip: &'a HeaderValue,
     pub(super) tls: bool,
+    pub(super) request_id: Option<&'a HeaderValue>,
 }
 
 /// Takes one request from its head to the client's response head: checks the head, routes it,
@@ -54,7 +56,6 @@ pub(super) fn forward<'a>(
             // lb is a reverse proxy: it does not open tunnels to arbitrary destinations.
             return Err(ProxyError::MethodNotAllowed);
         }
-        let (client, tls) = (from.addr, from.tls);
         // An HTTP/1 client has a task per request in flight; an HTTP/2 client's streams share their
         // connection's task (see `ConnSettings::apart`).
         let task_each = parts.version != Version::HTTP_2;
@@ -74,14 +75,14 @@ pub(super) fn forward<'a>(
         let policy = route.policy.as_deref();
         if let Some(policy) = policy {
             // Boxed: only routes with a policy pay for its future.
-            if let Some(answer) = Box::pin(super::edge::admit(policy, client.ip(), parts)).await? {
+            if let Some(answer) = Box::pin(super::edge::admit(policy, from.addr.ip(), parts)).await? {
                 return Ok(answer);
             }
         }
         // Counted before the body is read or a server chosen: a refused request costs no upstream work.
         let mut limit_headers = None;
         if !snap.rate_limits.is_empty() {
-            let request = crate::ratelimit::Request { client, parts, host: host_str, route };
+            let request = crate::ratelimit::Request { client: from.addr, parts, host: host_str, route };
             let route_rules = policy.map_or(&[][..], |p| &p.rate_limits[..]);
             match Box::pin(snap.rate_limits.check(request, route_rules)).await {
                 Ok(headers) => limit_headers = headers,
@@ -92,7 +93,8 @@ pub(super) fn forward<'a>(
         let mut cache = None;
         if let Some(store) = route.cache.and_then(|i| snap.caches.get(i)) {
             let refresh = |upstream, pending| {
-                let requester = Refresher { addr: client, ip: from.ip.clone(), tls, host: host.clone() };
+                let requester =
+                    Refresher { addr: from.addr, ip: from.ip.clone(), tls: from.tls, host: host.clone() };
                 let snap = Arc::clone(snap);
                 tokio::spawn(super::cache::refresh(
                     Arc::clone(shared),
@@ -103,11 +105,15 @@ pub(super) fn forward<'a>(
                     requester,
                 ));
             };
-            match Box::pin(super::cache::lookup(store, parts, host.as_ref(), tls, refresh)).await {
+            match Box::pin(super::cache::lookup(store, parts, host.as_ref(), from.tls, refresh)).await {
                 super::cache::Lookup::Answer(resp) => {
                     let mut resp = *resp;
-                    let request_id = parts.headers.get(&X_REQUEST_ID);
-                    let vars = Vars { client: client.ip(), request_id, host: host.as_ref(), tls };
+                    let vars = Vars {
+                        client: from.addr.ip(),
+                        request_id: from.request_id,
+                        host: host.as_ref(),
+                        tls: from.tls,
+                    };
                     if let Some(policy) = policy.filter(|p| !p.response_headers.is_empty()) {
                         policy.response_headers.apply(resp.headers_mut(), &vars);
                     }
@@ -125,10 +131,10 @@ pub(super) fn forward<'a>(
         let max_body_size = route.max_body_size.unwrap_or(snap.config.limits.max_body_size);
         let (body, upload, whole) = intake(shared, snap, pool, max_body_size, body).await?;
         // A reserved slot on the chosen server (its in-flight guard), or a wait in the pool's queue.
-        let (choice, guard) = match pool.claim(client, parts) {
+        let (choice, guard) = match pool.claim(from.addr, parts) {
             Some(claimed) => claimed,
             // Boxed: queueing is the rare path, and its timers would enlarge every request's future.
-            None => match Box::pin(pool.wait_for_room(client, parts)).await {
+            None => match Box::pin(pool.wait_for_room(from.addr, parts)).await {
                 Ok(claimed) => claimed,
                 // No server can take it: a stale object within `stale-if-error` answers instead.
                 Err(why) => match cache.as_ref().and_then(|(pending, method)| pending.on_failure(method)) {
@@ -137,33 +143,37 @@ pub(super) fn forward<'a>(
                 },
             },
         };
-        let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
-        let client_upgrade =
-            upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         if let Some(path) = policy
             .and_then(|p| super::edge::rewritten_path(p, route.path_prefix.as_deref(), parts.uri.path()))
         {
             set_path(parts, path)?;
         }
-        rewrite(
-            parts,
-            snap,
-            pool,
-            &from,
-            host.as_ref(),
-            upgrade.as_deref().filter(|_| client_upgrade.is_some()),
-        );
+        // In a block of its own: the token is not kept across the send below (an async block keeps
+        // a slot for every local still in scope at an await).
+        let client_upgrade = {
+            let upgrade = headers::allowed_upgrade(parts.version, &parts.headers, &snap.config.http.upgrades);
+            let client_upgrade =
+                upgrade.as_ref().and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+            let upgrade = upgrade.as_deref().filter(|_| client_upgrade.is_some());
+            rewrite(parts, snap, pool, &from, host.as_ref(), upgrade);
+            client_upgrade
+        };
         // The operator's header rules have the last word, after lb's own (but cannot touch framing).
-        let request_id = policy.and_then(|_| parts.headers.get(&X_REQUEST_ID).cloned());
-        let vars = Vars { client: client.ip(), request_id: request_id.as_ref(), host: host.as_ref(), tls };
+        // `vars` is built where it is used, so that it is not kept across the send either.
         if let Some(policy) = policy.filter(|p| !p.request_headers.is_empty()) {
+            let vars = Vars {
+                client: from.addr.ip(),
+                request_id: from.request_id,
+                host: host.as_ref(),
+                tls: from.tls,
+            };
             policy.request_headers.apply(&mut parts.headers, &vars);
         }
         let mut exchange = Exchange {
             shared,
             snap,
             pool,
-            client,
+            client: from.addr,
             // Moved in place: a named local would keep a slot of its own in this future.
             target: std::mem::take(&mut parts.uri),
             spare: None,
@@ -187,11 +197,19 @@ pub(super) fn forward<'a>(
             },
         };
         let upstream = cache.as_ref().map(|_| super::cache::upstream_head(&resp));
-        let mut resp = client_response(snap, pool, tls, resp, guard, lease, choice, client_upgrade, active)?;
+        let mut resp =
+            client_response(snap, pool, from.tls, resp, guard, lease, choice, client_upgrade, active)?;
         if let (Some((pending, method)), Some(upstream)) = (cache, upstream) {
             resp = pending.respond(upstream, resp, &method);
         }
         if let Some(policy) = policy.filter(|p| !p.response_headers.is_empty()) {
+            // From `from`, not the copies above: those are then not kept across the send.
+            let vars = Vars {
+                client: from.addr.ip(),
+                request_id: from.request_id,
+                host: host.as_ref(),
+                tls: from.tls,
+            };
             policy.response_headers.apply(resp.headers_mut(), &vars);
         }
         if let Some(limit) = limit_headers {
@@ -233,7 +251,7 @@ pub(super) async fn send_refresh(
     {
         set_path(&mut parts, path)?;
     }
-    let from = Requester { addr: client, ip, tls };
+    let from = Requester { addr: client, ip, tls, request_id: None };
     rewrite(&mut parts, snap, pool, &from, host, None);
     // The route's header rules, as for the request that found the object stale.
     if let Some(policy) = route.policy.as_deref().filter(|p| !p.request_headers.is_empty()) {

@@ -104,7 +104,7 @@ impl Proxy {
             // and the guard records the request as 499 (client closed), as nginx does.
             let mut watch =
                 Unanswered { start, snap: Arc::clone(&snap), trace: Trace::default(), access, armed: true };
-            let from = Requester { addr: client, ip: &client_ip, tls };
+            let from = Requester { addr: client, ip: &client_ip, tls, request_id: Some(&request_id) };
             let result = forward(&shared, &snap, from, &mut parts, body, &mut active, &mut watch.trace).await;
             watch.armed = false;
             let (trace, mut access) = (std::mem::take(&mut watch.trace), watch.access.take());
