@@ -34,6 +34,14 @@ pub(super) struct Requester<'a> {
     pub(super) request_id: Option<&'a HeaderValue>,
 }
 
+impl Requester<'_> {
+    /// What the route's header rules may use for this request, whose host is `host`. Built where
+    /// the rules apply, so that it is not kept across the send.
+    fn vars<'b>(&'b self, host: Option<&'b HeaderValue>) -> Vars<'b> {
+        Vars { client: self.addr.ip(), request_id: self.request_id, host, tls: self.tls }
+    }
+}
+
 /// Takes one request from its head to the client's response head: checks the head, routes it,
 /// applies the route's policy, rate limits and cache, takes the body under its rules ([`intake`]),
 /// claims a server, [`rewrite`]s the head, [`send_with_retries`] and builds the
@@ -108,12 +116,7 @@ pub(super) fn forward<'a>(
             match Box::pin(super::cache::lookup(store, parts, host.as_ref(), from.tls, refresh)).await {
                 super::cache::Lookup::Answer(resp) => {
                     let mut resp = *resp;
-                    let vars = Vars {
-                        client: from.addr.ip(),
-                        request_id: from.request_id,
-                        host: host.as_ref(),
-                        tls: from.tls,
-                    };
+                    let vars = from.vars(host.as_ref());
                     if let Some(policy) = policy.filter(|p| !p.response_headers.is_empty()) {
                         policy.response_headers.apply(resp.headers_mut(), &vars);
                     }
@@ -159,14 +162,8 @@ pub(super) fn forward<'a>(
             client_upgrade
         };
         // The operator's header rules have the last word, after lb's own (but cannot touch framing).
-        // `vars` is built where it is used, so that it is not kept across the send either.
         if let Some(policy) = policy.filter(|p| !p.request_headers.is_empty()) {
-            let vars = Vars {
-                client: from.addr.ip(),
-                request_id: from.request_id,
-                host: host.as_ref(),
-                tls: from.tls,
-            };
+            let vars = from.vars(host.as_ref());
             policy.request_headers.apply(&mut parts.headers, &vars);
         }
         let mut exchange = Exchange {
@@ -203,13 +200,7 @@ pub(super) fn forward<'a>(
             resp = pending.respond(upstream, resp, &method);
         }
         if let Some(policy) = policy.filter(|p| !p.response_headers.is_empty()) {
-            // From `from`, not the copies above: those are then not kept across the send.
-            let vars = Vars {
-                client: from.addr.ip(),
-                request_id: from.request_id,
-                host: host.as_ref(),
-                tls: from.tls,
-            };
+            let vars = from.vars(host.as_ref());
             policy.response_headers.apply(resp.headers_mut(), &vars);
         }
         if let Some(limit) = limit_headers {
@@ -747,8 +738,8 @@ fn who(upstream: &crate::upstream::Upstream) -> String {
 }
 
 /// The copy of a request head kept for another attempt, when `pool` may retry (retries allowed and
-/// another server to take them): with the client's `target`, since a consistent-hash pool may hash
-/// its path or query again.
+/// another server to take them). The retry gives it the client's target again (`SpareHead::to_parts`),
+/// since a consistent-hash pool may hash its path or query again.
 fn spare_head(pool: &Pool, parts: &http::request::Parts) -> Option<SpareHead> {
     (pool.retry.attempts > 0 && pool.upstreams.len() > 1).then(|| SpareHead::copy(parts))
 }
