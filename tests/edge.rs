@@ -430,6 +430,56 @@ async fn basic_auth_lets_in_the_right_password_only() {
     assert_eq!(send(lb.addr, "/open", &[]).await.status(), StatusCode::OK, "other routes are open");
 }
 
+/// Rate limits count a request before its credentials are checked, as nginx's `limit_req` runs
+/// before `auth_basic`: past the rule's burst, guesses are refused with 429 without a bcrypt check,
+/// and a rule can count by the `Authorization` header even when the route does not forward it.
+#[tokio::test]
+async fn password_guesses_are_rate_limited_before_their_check() {
+    use base64::Engine as _;
+    let b = Backend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    std::fs::write(&file, format!("alice:{}\n", bcrypt::hash("wonderland", 4).unwrap())).unwrap();
+    let toml = config_with(
+        &[("b", b.addr)],
+        &format!(
+            "[[rate_limits]]\nname = \"logins\"\nrate = \"1/m\"\nburst = 3\n\
+             [[rate_limits]]\nname = \"per-user\"\nrate = \"1/m\"\nburst = 2\nkey = \"header:Authorization\"\n\
+             [[routes]]\npath_prefix = \"/admin\"\npool = \"web\"\nrate_limits = [\"logins\"]\n\
+             auth = {{ htpasswd = \"{0}\" }}\n\
+             [[routes]]\npath_prefix = \"/api\"\npool = \"web\"\nrate_limits = [\"per-user\"]\n\
+             auth = {{ htpasswd = \"{0}\" }}\n\
+             [[routes]]\npool = \"web\"\n",
+            file.display()
+        ),
+    );
+    let lb = Lb::start(&toml).await;
+    let basic = |creds: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(creds));
+    let wrong = basic("alice:guess");
+    for i in 0..3 {
+        let refused = send(lb.addr, "/admin", &[("authorization", &wrong)]).await;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "guess {i} is within the burst");
+    }
+    let limited = send(lb.addr, "/admin", &[("authorization", &wrong)]).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS, "the fourth guess is not checked");
+    assert!(limited.headers().contains_key("retry-after"));
+    let right = send(lb.addr, "/admin", &[("authorization", &basic("alice:wonderland"))]).await;
+    assert_eq!(right.status(), StatusCode::TOO_MANY_REQUESTS, "the rule counts the client, as nginx's does");
+    assert_eq!(b.requests(), 0);
+
+    // Counted by the credentials sent, which the route then takes out before forwarding.
+    let alice = basic("alice:wonderland");
+    for _ in 0..2 {
+        assert_eq!(send(lb.addr, "/api", &[("authorization", &alice)]).await.status(), StatusCode::OK);
+    }
+    assert!(b.last_head().headers.get("authorization").is_none(), "not forwarded");
+    let over = send(lb.addr, "/api", &[("authorization", &alice)]).await;
+    assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS, "alice's third request");
+    let other = send(lb.addr, "/api", &[("authorization", &wrong)]).await;
+    assert_eq!(other.status(), StatusCode::UNAUTHORIZED, "other credentials have a bucket of their own");
+    assert_eq!(b.requests(), 2);
+}
+
 #[test]
 fn bad_edge_settings_are_config_errors_naming_their_key() {
     let dir = tempfile::tempdir().unwrap();

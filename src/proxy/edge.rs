@@ -1,4 +1,4 @@
-//! A route's edge policy on the request path: refuse (403, 401), answer a redirect, or change the
+//! A route's edge policy on the request path: check credentials (401), answer a redirect, or change the
 //! request (path prefix, headers) and later the response headers. Only routes that have a policy
 //! come here; see `crate::edge::policy`.
 
@@ -7,18 +7,14 @@ use super::error::ProxyError;
 use crate::edge::auth::Refusal;
 use crate::edge::policy::{replace_prefix, RoutePolicy};
 use http::{header, HeaderValue, Response};
-use std::net::IpAddr;
 
-/// Checks access and credentials, in that order; answers the redirect when the route is one. The
-/// `Authorization` header is taken out once checked, unless the route forwards it.
+/// Checks credentials; answers the redirect when the route is one. The `Authorization` header is
+/// taken out once checked, unless the route forwards it. The access lists were checked earlier (see
+/// `forward`), before the rate limits.
 pub(super) async fn admit(
     policy: &RoutePolicy,
-    client: IpAddr,
     parts: &mut http::request::Parts,
 ) -> Result<Option<Response<ResponseBody>>, ProxyError> {
-    if !policy.admits(client) {
-        return Err(ProxyError::Forbidden);
-    }
     if let Some(auth) = &policy.auth {
         match auth.check(&parts.headers).await {
             Ok(()) => {

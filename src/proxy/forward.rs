@@ -81,13 +81,12 @@ pub(super) fn forward<'a>(
         let pool = snap.pools.get(route.pool);
         trace.pool = pool.map(|_| route.pool);
         let policy = route.policy.as_deref();
-        if let Some(policy) = policy {
-            // Boxed: only routes with a policy pay for its future.
-            if let Some(answer) = Box::pin(super::edge::admit(policy, from.addr.ip(), parts)).await? {
-                return Ok(answer);
-            }
+        if policy.is_some_and(|p| !p.admits(from.addr.ip())) {
+            return Err(ProxyError::Forbidden);
         }
-        // Counted before the body is read or a server chosen: a refused request costs no upstream work.
+        // Counted before credentials are checked (as nginx's `limit_req` runs before `auth_basic`),
+        // so guessed passwords are refused at the rule's rate rather than each costing a bcrypt check;
+        // and before the body is read or a server chosen: a refused request costs no upstream work.
         let mut limit_headers = None;
         if !snap.rate_limits.is_empty() {
             let request = crate::ratelimit::Request { client: from.addr, parts, host: host_str, route };
@@ -95,6 +94,12 @@ pub(super) fn forward<'a>(
             match Box::pin(snap.rate_limits.check(request, route_rules)).await {
                 Ok(headers) => limit_headers = headers,
                 Err(limited) => return Err(ProxyError::RateLimited(Box::new(limited))),
+            }
+        }
+        if let Some(policy) = policy {
+            // Boxed: only routes with a policy pay for its future.
+            if let Some(answer) = Box::pin(super::edge::admit(policy, parts)).await? {
+                return Ok(answer);
             }
         }
         // A cached route answers from its cache, or notes what the upstream's answer means to it.
