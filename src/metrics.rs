@@ -61,6 +61,8 @@ pub const LISTENER_IN_FLIGHT: &str = "lb_listener_in_flight";
 pub const IDLE_CONNECTIONS: &str = "lb_idle_connections";
 /// Client connections accepted, by listener.
 pub const CONNECTIONS: &str = "lb_connections_total";
+/// Counter: client connections closed as soon as accepted, by listener and reason (`per_client`).
+pub const CONNECTIONS_REFUSED: &str = "lb_connections_refused_total";
 /// Configuration loads by outcome (`ok`, `error`).
 pub const CONFIG_RELOADS: &str = "lb_config_reloads_total";
 /// Generation of the running configuration (1 at start, +1 per applied reload).
@@ -141,6 +143,10 @@ pub fn describe() {
     describe_counter!(SENT_BYTES, Unit::Bytes, "Response body bytes sent to clients.");
     describe_gauge!(OPEN_CONNECTIONS, "Open client connections.");
     describe_counter!(CONNECTIONS, "Client connections accepted.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections closed as soon as accepted (reason per_client: limits.max_connections_per_client)."
+    );
     describe_gauge!(LISTENER_IN_FLIGHT, "Requests in progress, by listener.");
     describe_gauge!(
         IDLE_CONNECTIONS,

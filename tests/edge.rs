@@ -480,6 +480,82 @@ async fn password_guesses_are_rate_limited_before_their_check() {
     assert_eq!(b.requests(), 2);
 }
 
+/// Whether lb closes `s` within a few seconds without answering: what a refused connection sees.
+/// (A connection lb serves stays open far longer: `timeouts.client_header` is 10 s.)
+async fn closed_at_once(mut s: TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+}
+
+/// A keep-alive connection from `source` that got one answer, so lb has surely counted it.
+async fn served_from(source: &str, to: SocketAddr, proxy_header: &[u8]) -> TcpStream {
+    let mut s = connect_from(source, to).await;
+    s.write_all(&[proxy_header, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"].concat()).await.unwrap();
+    let mut status = [0u8; 12];
+    s.read_exact(&mut status).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+    s
+}
+
+/// `limits.max_connections_per_client`: past it, a client's new connections are closed at once and
+/// counted in `lb_connections_refused_total`; other clients are served; a closed connection frees
+/// its place; a reload's new limit applies to new connections.
+#[tokio::test]
+async fn connections_per_client_are_limited() {
+    let b = Backend::start("b").await;
+    let config = |limit: usize| {
+        format!(
+            "[[listeners]]\naddr = \"127.0.0.1:0\"\n{}[limits]\nmax_connections_per_client = {limit}\n",
+            pool_and_route(&b, "")
+        )
+    };
+    let lb = LbProcess::start(&config(2));
+    let mut held =
+        vec![served_from("127.0.0.3", lb.addr, b"").await, served_from("127.0.0.3", lb.addr, b"").await];
+    assert!(closed_at_once(connect_from("127.0.0.3", lb.addr).await).await, "a third connection");
+    let other = exchange(connect_from("127.0.0.4", lb.addr).await, GET_CLOSE).await;
+    assert!(other.starts_with("HTTP/1.1 200"), "another client is served: {other}");
+    let series = format!("lb_connections_refused_total{{listener=\"{}\",reason=\"per_client\"}}", lb.addr);
+    assert_eq!(lb.metric(&series).await, Some(1.0));
+
+    // Once lb has seen one of them close, the client may open another.
+    drop(held.pop());
+    let addr = lb.addr;
+    eventually(Duration::from_secs(10), || async move {
+        exchange(connect_from("127.0.0.3", addr).await, GET_CLOSE).await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+
+    // A reload raises the limit: a third connection is served beside the two open ones.
+    held.push(served_from("127.0.0.3", lb.addr, b"").await);
+    lb.replace_config(&config(3));
+    eventually(Duration::from_secs(10), || async move {
+        exchange(connect_from("127.0.0.3", addr).await, GET_CLOSE).await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    drop(held);
+}
+
+/// Behind a PROXY protocol peer, each client the header names counts for itself; the peer does not.
+#[tokio::test]
+async fn connections_per_client_count_the_client_a_proxy_header_names() {
+    let b = Backend::start("b").await;
+    let toml = format!(
+        "{}{}[limits]\nmax_connections_per_client = 1\n",
+        proxy_listener("\"127.0.0.2/32\""),
+        pool_and_route(&b, "")
+    );
+    let lb = Lb::start(&toml).await;
+    let one = b"PROXY TCP4 198.51.100.1 10.0.0.1 40000 80\r\n";
+    let two = b"PROXY TCP4 198.51.100.2 10.0.0.1 40000 80\r\n";
+    let _first = served_from("127.0.0.2", lb.addr, one).await;
+    let _second = served_from("127.0.0.2", lb.addr, two).await;
+    let mut again = connect_from("127.0.0.2", lb.addr).await;
+    again.write_all(&[&one[..], GET_CLOSE].concat()).await.unwrap();
+    assert!(closed_at_once(again).await, "198.51.100.1's second connection");
+    assert_eq!(b.requests(), 2);
+}
+
 #[test]
 fn bad_edge_settings_are_config_errors_naming_their_key() {
     let dir = tempfile::tempdir().unwrap();

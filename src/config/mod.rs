@@ -289,6 +289,9 @@ pub struct Limits {
     /// Most concurrent client connections across all listeners; further connections wait in the
     /// kernel's accept queue. Default 10000.
     pub max_connections: usize,
+    /// Most concurrent connections from one client address (IPv6: one /64); more are closed as
+    /// soon as accepted. `0`: no limit, the default (nginx and HAProxy set none either).
+    pub max_connections_per_client: usize,
     /// Most idle keep-alive connections kept per upstream server. Default 64.
     pub upstream_idle_per_server: usize,
     /// Requests in flight in a pool, per runtime worker, above which each upstream HTTP/1.1
@@ -318,6 +321,7 @@ impl Default for Limits {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_connections: 10_000,
+            max_connections_per_client: 0,
             upstream_idle_per_server: 64,
             upstream_tasks_above: 256,
             h2_max_streams: 128,

@@ -140,6 +140,7 @@ pub(crate) struct RawLimits {
     pub max_header_bytes: Option<i64>,
     pub max_headers: Option<i64>,
     pub max_connections: Option<i64>,
+    pub max_connections_per_client: Option<i64>,
     pub upstream_idle_per_server: Option<i64>,
     pub upstream_tasks_above: Option<i64>,
     pub h2_max_streams: Option<i64>,

@@ -227,6 +227,12 @@ fn limits(raw: &RawLimits, out: &mut Issues<'_>) -> Limits {
         max_header_bytes: get("max_header_bytes", raw.max_header_bytes, (8192, 1 << 20), d.max_header_bytes),
         max_headers: get("max_headers", raw.max_headers, (1, 1000), d.max_headers),
         max_connections: get("max_connections", raw.max_connections, (1, 1_000_000), d.max_connections),
+        max_connections_per_client: get(
+            "max_connections_per_client",
+            raw.max_connections_per_client,
+            (0, 1_000_000),
+            d.max_connections_per_client,
+        ),
         upstream_idle_per_server: get(
             "upstream_idle_per_server",
             raw.upstream_idle_per_server,

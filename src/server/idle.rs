@@ -18,7 +18,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -57,9 +57,11 @@ pub struct Activity {
     /// (its hyper task, its socket, an upgraded tunnel) holds this `Activity`, so the slot is
     /// returned only when the last of them is gone, and the shutdown drain waits for tunnels too.
     _slot: Option<crate::slots::Slot>,
+    /// The connection's count under `limits.max_connections_per_client`, held as long as the slot.
+    client: OnceLock<super::client_conns::ClientSlot>,
     /// The listener's gauges, shared by its connections (one pointer here, not three handles:
     /// an idle connection's memory is mostly records like this one).
-    gauges: Option<Arc<ListenerGauges>>,
+    pub(super) gauges: Option<Arc<ListenerGauges>>,
     /// Responses on this connection say `Connection: close` (set when a new process takes over).
     closing: AtomicBool,
 }
@@ -73,6 +75,8 @@ pub struct ListenerGauges {
     pub in_flight: metrics::Gauge,
     /// Connections waiting for a request with no hyper state held ([`Activity::idle`]).
     pub idle: metrics::Gauge,
+    /// Connections closed at once: their client had `limits.max_connections_per_client` open.
+    pub refused_per_client: metrics::Counter,
 }
 
 impl Drop for Activity {
@@ -125,8 +129,15 @@ impl Activity {
             release: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             _slot: slot,
+            client: OnceLock::new(),
             gauges,
         }
+    }
+
+    /// Holds the connection's count for its client (`limits.max_connections_per_client`) until
+    /// the last user of the connection is gone. Set once, when the client is known.
+    pub(crate) fn hold_client(&self, slot: super::client_conns::ClientSlot) {
+        let _ = self.client.set(slot);
     }
 
     /// Asks every later response on this connection to close it (`Connection: close`).

@@ -6,6 +6,7 @@
 //! timeout has passed.
 
 mod armed;
+mod client_conns;
 mod conn;
 mod idle;
 mod redirect;
@@ -19,6 +20,7 @@ use crate::proxy::{Proxy, Shared};
 use crate::runtime::Runtime;
 use crate::slots::Slots;
 use arc_swap::ArcSwap;
+use client_conns::ClientConns;
 use conn::ClientConn;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::TokioTimer;
@@ -51,6 +53,10 @@ struct ServeCtx {
     timeouts: Timeouts,
     /// Per listener (by configured address): TLS, redirect, HSTS.
     listeners: HashMap<SocketAddr, ListenerCtx>,
+    /// `limits.max_connections_per_client` (`0`: no limit), and the open connections it counts
+    /// (the server's, kept across reloads).
+    per_client: usize,
+    clients: Arc<ClientConns>,
 }
 
 /// What one listener does with a connection beyond plain HTTP.
@@ -84,13 +90,20 @@ impl ListenerCtx {
 }
 
 impl ServeCtx {
-    fn new(runtime: &Arc<Runtime>, config: &Config, resumption: &crate::tls::Resumption) -> Self {
+    fn new(
+        runtime: &Arc<Runtime>,
+        config: &Config,
+        resumption: &crate::tls::Resumption,
+        clients: &Arc<ClientConns>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared { runtime: Arc::clone(runtime) }),
             h1: http1_builder(config),
             h2: H2Settings::new(config),
             timeouts: config.timeouts,
             listeners: config.listeners.iter().map(|l| (l.addr, ListenerCtx::new(l, resumption))).collect(),
+            per_client: config.limits.max_connections_per_client,
+            clients: Arc::clone(clients),
         }
     }
 }
@@ -108,6 +121,8 @@ pub struct Server {
     /// Shared with the accept loops, which load it once per connection.
     ctx: Arc<ArcSwap<ServeCtx>>,
     slots: Arc<Slots>,
+    /// Open connections by client, for `limits.max_connections_per_client`.
+    clients: Arc<ClientConns>,
     listening: Mutex<Listening>,
     /// TLS session tickets and cache, kept across reloads so clients resume after one too.
     resumption: crate::tls::Resumption,
@@ -159,10 +174,17 @@ impl Server {
     ) -> io::Result<Arc<Self>> {
         let snap = runtime.snapshot();
         let resumption = crate::tls::Resumption::new();
+        let clients = Arc::new(ClientConns::default());
         let server = Arc::new(Self {
-            ctx: Arc::new(ArcSwap::from_pointee(ServeCtx::new(&runtime, &snap.config, &resumption))),
+            ctx: Arc::new(ArcSwap::from_pointee(ServeCtx::new(
+                &runtime,
+                &snap.config,
+                &resumption,
+                &clients,
+            ))),
             resumption,
             slots: Slots::new(snap.config.limits.max_connections),
+            clients,
             listening: Mutex::default(),
             runtime,
             inherited: Mutex::new(inherited),
@@ -211,7 +233,7 @@ impl Server {
         if listening.closed {
             return;
         }
-        let ctx = ServeCtx::new(&self.runtime, config, &self.resumption);
+        let ctx = ServeCtx::new(&self.runtime, config, &self.resumption, &self.clients);
         self.ctx.store(Arc::new(ctx));
         self.slots.resize(config.limits.max_connections);
         listening.by_addr.retain(|l| {
@@ -396,6 +418,11 @@ async fn accept_loop(listener: TcpListener, mut ctx: AcceptCtx) {
         open: metrics::gauge!(crate::metrics::OPEN_CONNECTIONS, "listener" => label.clone()),
         in_flight: metrics::gauge!(crate::metrics::LISTENER_IN_FLIGHT, "listener" => label.clone()),
         idle: metrics::gauge!(crate::metrics::IDLE_CONNECTIONS, "listener" => label.clone()),
+        refused_per_client: metrics::counter!(
+            crate::metrics::CONNECTIONS_REFUSED,
+            "listener" => label.clone(),
+            "reason" => "per_client"
+        ),
     });
     loop {
         // Take a connection slot first: at the limit, clients wait in the kernel's backlog.
@@ -475,9 +502,22 @@ impl Accepted {
         }
     }
 
-    /// Serves a connection whose client is `peer`: plain HTTP, or TLS first.
+    /// Serves a connection whose client is `peer`: plain HTTP, or TLS first. A client that has
+    /// `limits.max_connections_per_client` open already is closed at once, before any TLS work.
     fn start(self, stream: TcpStream, peer: SocketAddr, activity: Arc<Activity>) {
         let Some(listener) = self.serve.listeners.get(&self.listener) else { return };
+        if self.serve.per_client > 0 {
+            match self.serve.clients.open(peer.ip(), self.serve.per_client) {
+                Some(slot) => activity.hold_client(slot),
+                None => {
+                    if let Some(g) = &activity.gauges {
+                        g.refused_per_client.increment(1);
+                    }
+                    // Debug only: the client chooses how often this happens; the metric counts it.
+                    return tracing::debug!(client = %peer, listener = %self.label, "connection refused: limits.max_connections_per_client");
+                }
+            }
+        }
         match &listener.tls {
             None => {
                 let io = IdleIo::new(stream, Arc::clone(&activity), &self.serve.timeouts);
