@@ -489,12 +489,17 @@ async fn closed_at_once(mut s: TcpStream) -> bool {
 
 /// A keep-alive connection from `source` that got one answer, so lb has surely counted it.
 async fn served_from(source: &str, to: SocketAddr, proxy_header: &[u8]) -> TcpStream {
+    try_served_from(source, to, proxy_header).await.expect("a connection lb serves")
+}
+
+/// As [`served_from`], or `None` if lb closed the connection instead.
+async fn try_served_from(source: &str, to: SocketAddr, proxy_header: &[u8]) -> Option<TcpStream> {
     let mut s = connect_from(source, to).await;
-    s.write_all(&[proxy_header, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"].concat()).await.unwrap();
+    s.write_all(&[proxy_header, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"].concat()).await.ok()?;
     let mut status = [0u8; 12];
-    s.read_exact(&mut status).await.unwrap();
+    s.read_exact(&mut status).await.ok()?;
     assert_eq!(&status, b"HTTP/1.1 200");
-    s
+    Some(s)
 }
 
 /// `limits.max_connections_per_client`: past it, a client's new connections are closed at once and
@@ -520,14 +525,19 @@ async fn connections_per_client_are_limited() {
 
     // Once lb has seen one of them close, the client may open another.
     drop(held.pop());
-    let addr = lb.addr;
-    eventually(Duration::from_secs(10), || async move {
-        exchange(connect_from("127.0.0.3", addr).await, GET_CLOSE).await.starts_with("HTTP/1.1 200")
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        if let Some(s) = try_served_from("127.0.0.3", lb.addr, b"").await {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no place freed by the closed connection");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    held.push(again);
+    assert!(closed_at_once(connect_from("127.0.0.3", lb.addr).await).await, "two open again");
 
     // A reload raises the limit: a third connection is served beside the two open ones.
-    held.push(served_from("127.0.0.3", lb.addr, b"").await);
+    let addr = lb.addr;
     lb.replace_config(&config(3));
     eventually(Duration::from_secs(10), || async move {
         exchange(connect_from("127.0.0.3", addr).await, GET_CLOSE).await.starts_with("HTTP/1.1 200")
