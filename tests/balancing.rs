@@ -116,3 +116,53 @@ async fn consistent_hash_on_a_header_agrees_across_two_lb_processes() {
     }
     assert_eq!(spread.len(), 3, "keys spread over every server: {spread:?}");
 }
+
+/// Backup servers (`backup = true`) get no requests while another server of the pool is healthy;
+/// they take over when none is, and give the traffic back as soon as one is healthy again.
+#[tokio::test]
+async fn backup_servers_take_over_only_while_no_other_server_is_healthy() {
+    use lb::control::{AdminState, Change};
+    let (a, b, c) = (Backend::start("a").await, Backend::start("b").await, Backend::start("c").await);
+    // The backup is listed between the others: its place in the list does not matter.
+    let toml = format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{{ name = \"a\", addr = \"{}\" }}, \
+         {{ name = \"c\", addr = \"{}\", backup = true }}, {{ name = \"b\", addr = \"{}\" }}]\n",
+        a.addr, c.addr, b.addr
+    );
+    let lb = Lb::start(&toml).await;
+    let state = |server: &str, state| {
+        lb.runtime.set_override("web", server, Change { state: Some(state), weight: None }).unwrap();
+    };
+    let counts = count_answers(&lb, 20).await;
+    assert_eq!((counts.get("a"), counts.get("b"), counts.get("c")), (Some(&10), Some(&10), None));
+
+    state("a", AdminState::Maint);
+    assert_eq!(
+        count_answers(&lb, 6).await,
+        HashMap::from([("b".to_owned(), 6)]),
+        "one healthy server is enough"
+    );
+    state("b", AdminState::Maint);
+    assert_eq!(count_answers(&lb, 6).await, HashMap::from([("c".to_owned(), 6)]), "no other is healthy");
+    state("a", AdminState::Ready);
+    assert_eq!(count_answers(&lb, 6).await, HashMap::from([("a".to_owned(), 6)]), "a is back");
+}
+
+/// A request whose primary servers all fail is retried on a backup (as nginx's `backup` is), so a
+/// dead primary costs no failed request even before passive checks eject it.
+#[tokio::test]
+async fn a_request_that_fails_on_every_primary_is_retried_on_a_backup() {
+    let dead = closed_port().await;
+    let c = Backend::start("c").await;
+    let toml = format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.web]\nservers = [{{ name = \"a\", addr = \"{dead}\" }}, \
+         {{ name = \"c\", addr = \"{}\", backup = true }}]\n",
+        c.addr
+    );
+    let lb = Lb::start(&toml).await;
+    let client = client();
+    for i in 0..8 {
+        let (status, body) = get(&client, &lb.url("/")).await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "c"), "request {i}");
+    }
+}

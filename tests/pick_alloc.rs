@@ -60,3 +60,43 @@ fn no_strategy_allocates_when_picking() {
     }
     let _ = balance::rng::Rng::new(0);
 }
+
+/// Nor do picks in a pool whose backups are in use, nor retries that reach them.
+#[test]
+fn picking_among_backups_does_not_allocate() {
+    use lb::control::{AdminState, Change};
+    for strategy in ["round_robin", "weighted", "least_conn", "p2c", "consistent_hash"] {
+        let servers: Vec<String> = (0..20)
+            .map(|i| {
+                format!("{{ name = \"s{i}\", addr = \"127.0.0.1:{}\", backup = {} }}", 10_000 + i, i >= 10)
+            })
+            .collect();
+        let hash = if strategy == "consistent_hash" { "hash_key = \"client_ip\"\n" } else { "" };
+        let toml = format!(
+            "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.p]\nstrategy = \"{strategy}\"\n{hash}servers = [{}]\n",
+            servers.join(", ")
+        );
+        let runtime = Runtime::new(Config::from_toml(&toml).unwrap());
+        for i in 0..10 {
+            let maint = Change { state: Some(AdminState::Maint), weight: None };
+            runtime.set_override("p", &format!("s{i}"), maint).unwrap();
+        }
+        let snap = runtime.snapshot();
+        let pool = &snap.pools[0];
+        assert!(pool.backups_in_use());
+        let parts = http::Request::builder().body(()).unwrap().into_parts().0;
+        let client = "10.1.2.3:4000".parse().unwrap();
+        let tried = [0, 3, 12];
+        let before = on_this_thread();
+        let mut backups = 0;
+        for _ in 0..1_000 {
+            backups += usize::from(pool.choose(client, &parts).is_some_and(|c| pool.is_backup(c.index)));
+            backups += usize::from(
+                pool.choose_other(client, &parts, &tried).is_some_and(|c| pool.is_backup(c.index)),
+            );
+        }
+        let allocated = on_this_thread() - before;
+        assert_eq!(backups, 2_000, "{strategy}: every pick is a backup");
+        assert_eq!(allocated, 0, "{strategy}: {allocated} allocations in 2000 picks");
+    }
+}

@@ -82,7 +82,7 @@ pub fn status_with(
                     let configured = config
                         .and_then(|c| c.servers.get(j).filter(named).or_else(|| c.servers.iter().find(named)))
                         .map_or(u.weight, |s| s.weight);
-                    server(u, configured, overrides.get(&u.key), now_ms)
+                    server(u, configured, p.is_backup(j), overrides.get(&u.key), now_ms)
                 })
                 .collect();
             serde_json::json!({
@@ -90,6 +90,7 @@ pub fn status_with(
                 "strategy": strategy,
                 "queued": queued,
                 "ejected": ejected,
+                "backups_in_use": p.backups_in_use(),
                 "servers": servers,
             })
         })
@@ -144,7 +145,13 @@ fn now_ms() -> u64 {
 }
 
 /// One server's entry. Figures under `traffic` are cumulative: difference two readings.
-fn server(u: &Upstream, configured_weight: u32, over: Option<&Override>, now_ms: u64) -> serde_json::Value {
+fn server(
+    u: &Upstream,
+    configured_weight: u32,
+    backup: bool,
+    over: Option<&Override>,
+    now_ms: u64,
+) -> serde_json::Value {
     let health = &u.stats.health;
     let ejected_ms_left = health.is_ejected().then(|| health.ejected_until_ms().saturating_sub(now_ms));
     let traffic = u.stats.traffic.read();
@@ -153,6 +160,7 @@ fn server(u: &Upstream, configured_weight: u32, over: Option<&Override>, now_ms:
         "addr": u.addr,
         "weight": u.weight,
         "configured_weight": configured_weight,
+        "backup": backup,
         "ready": u.is_ready(),
         "state": display_state(u),
         "admin": u.stats.admin.get().as_str(),

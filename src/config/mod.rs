@@ -521,6 +521,9 @@ pub struct ServerConfig {
     pub max_requests: Option<usize>,
     /// Most open connections to this server; overrides the pool's `limits.max_connections`.
     pub max_connections: Option<usize>,
+    /// A backup server (nginx's and HAProxy's `backup`): it gets requests only while no other
+    /// server of the pool is healthy, or as a retry once they have all been tried. Default false.
+    pub backup: bool,
 }
 
 /// One routing rule: requests whose Host and path match go to `pool`.

@@ -239,6 +239,7 @@ pub(crate) struct RawServer {
     pub weight: Option<i64>,
     pub max_requests: Option<i64>,
     pub max_connections: Option<i64>,
+    pub backup: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -417,7 +417,15 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
         };
         let max_requests = health::per_server(&format!("{path}.max_requests"), s.max_requests, out);
         let max_connections = health::per_server(&format!("{path}.max_connections"), s.max_connections, out);
-        servers.push(ServerConfig { name, addr: addr.clone(), weight, max_requests, max_connections });
+        let backup = s.backup.unwrap_or(false);
+        servers.push(ServerConfig {
+            name,
+            addr: addr.clone(),
+            weight,
+            max_requests,
+            max_connections,
+            backup,
+        });
     }
     let hash = hash_options(&base, strategy, raw, out);
     let seed = match (raw.seed, strategy) {

@@ -118,7 +118,13 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig, out: &mut Vec<String>) {
     let new_servers: HashSet<&str> = new.servers.iter().map(|s| s.name.as_str()).collect();
     for s in &new.servers {
         match old_servers.get(s.name.as_str()) {
-            None => out.push(format!("~ pool {name}: + server {} ({}, weight {})", s.name, s.addr, s.weight)),
+            None => out.push(format!(
+                "~ pool {name}: + server {} ({}, weight {}{})",
+                s.name,
+                s.addr,
+                s.weight,
+                if s.backup { ", backup" } else { "" }
+            )),
             Some(o) => server_changes(name, o, s, out),
         }
     }
@@ -129,8 +135,9 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig, out: &mut Vec<String>) {
         ));
     }
     if let (StrategyKind::ConsistentHash, StrategyKind::ConsistentHash) = (old.strategy, new.strategy) {
+        // Backup servers have a ring of their own, used only while no other server is healthy.
         fn ring(p: &PoolConfig) -> Vec<(&str, u32)> {
-            p.servers.iter().map(|s| (s.name.as_str(), s.weight)).collect()
+            p.servers.iter().filter(|s| !s.backup).map(|s| (s.name.as_str(), s.weight)).collect()
         }
         let vnodes = |p: &PoolConfig| p.hash.as_ref().map_or(160, |h| h.vnodes);
         let (a, b) = (ring(old), ring(new));
@@ -190,6 +197,9 @@ fn server_changes(pool: &str, old: &ServerConfig, new: &ServerConfig, out: &mut 
     }
     if old.weight != new.weight {
         what.push(format!("weight {} -> {}", old.weight, new.weight));
+    }
+    if old.backup != new.backup {
+        what.push(format!("backup {} -> {}", old.backup, new.backup));
     }
     if old.max_requests != new.max_requests {
         what.push(format!(

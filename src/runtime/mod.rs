@@ -355,9 +355,11 @@ fn build(
         .map(|pool| {
             let name: Arc<str> = pool.name.as_str().into();
             let start_up = pool.health.as_ref().is_none_or(|h| h.start_up);
-            let upstreams: Box<[Arc<Upstream>]> = pool
-                .servers
-                .iter()
+            let mut primaries = 0;
+            // Backups after the others, so that each set is one slice for its strategy.
+            let in_order =
+                pool.servers.iter().filter(|s| !s.backup).chain(pool.servers.iter().filter(|s| s.backup));
+            let upstreams: Box<[Arc<Upstream>]> = in_order
                 .filter_map(|s| {
                     let key = UpstreamKey { pool: Arc::clone(&name), name: s.name.as_str().into() };
                     // Validation already checked the address; a failure here would be a bug, so skip
@@ -382,21 +384,30 @@ fn build(
                     let max_in_flight = limit(s.max_requests, pool.limits.max_requests)
                         .min(limit(s.max_connections, pool.limits.max_connections));
                     let metrics = ServerMetrics::new(&pool.name, &s.name, &stats);
-                    Some(Arc::new(Upstream {
-                        key,
-                        addr: s.addr.clone(),
-                        authority,
-                        weight,
-                        max_in_flight,
-                        checked: pool.health.is_some(),
-                        stats,
-                        tls,
-                        metrics,
-                    }))
+                    Some((
+                        s.backup,
+                        Arc::new(Upstream {
+                            key,
+                            addr: s.addr.clone(),
+                            authority,
+                            weight,
+                            max_in_flight,
+                            checked: pool.health.is_some(),
+                            stats,
+                            tls,
+                            metrics,
+                        }),
+                    ))
+                })
+                .map(|(backup, u)| {
+                    primaries += usize::from(!backup);
+                    u
                 })
                 .collect();
             let stats = Arc::clone(registry.pools.entry(Arc::clone(&name)).or_default());
-            let strategy = balance::build(pool, &upstreams, &stats);
+            let (main, backups) = upstreams.split_at(primaries);
+            let strategy = balance::build(pool, main, &stats);
+            let backup_strategy = (!backups.is_empty()).then(|| balance::build(pool, backups, &stats));
             let limited = upstreams.iter().any(|u| u.max_in_flight != usize::MAX)
                 || pool.servers.iter().any(|s| s.max_connections.is_some())
                 || pool.limits.max_connections.is_some();
@@ -405,7 +416,9 @@ fn build(
                 metrics: PoolMetrics::new(&name),
                 name,
                 upstreams,
+                primaries,
                 strategy,
+                backup_strategy,
                 hash: pool.hash.clone(),
                 sticky,
                 stats,

@@ -14,14 +14,22 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// Most servers of `tried` a retry looks at among the backups (a request makes at most
+/// `retry.attempts` + 1 = 11 tries).
+const MAX_TRIED: usize = 16;
+
 /// One pool as of one snapshot: its servers and its built strategy.
 #[derive(Debug)]
 pub struct Pool {
     /// The pool's name.
     pub name: Arc<str>,
-    /// Its servers, in config order.
+    /// Its servers in config order, the backup servers after all the others.
     pub upstreams: Box<[Arc<Upstream>]>,
+    /// How many of `upstreams` come before the backups.
+    pub(super) primaries: usize,
+    /// The strategy over the servers before the backups, and one over the backups if there are any.
     pub(super) strategy: Box<dyn Strategy>,
+    pub(super) backup_strategy: Option<Box<dyn Strategy>>,
     /// What to hash, for consistent-hash pools.
     pub(super) hash: Option<HashConfig>,
     /// Sticky-session cookies, when the pool has them.
@@ -65,8 +73,10 @@ impl Pool {
     /// otherwise the strategy's pick (with a cookie to set, for sticky pools). `None`: none is ready.
     pub fn choose(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<Choice<'_>> {
         if let Some(index) = self.sticky.as_ref().and_then(|s| s.lookup(&parts.headers)) {
-            // A draining server keeps the sessions bound to it (docs/console.md).
-            if let Some(upstream) = self.upstreams.get(index).filter(|u| u.keeps_sessions()) {
+            // A draining server keeps the sessions bound to it (docs/console.md); a backup keeps
+            // them only while it is in use, so that sessions go back once a primary is healthy.
+            let in_use = index < self.primaries || self.backups_in_use();
+            if let Some(upstream) = self.upstreams.get(index).filter(|u| in_use && u.keeps_sessions()) {
                 return Some(Choice { index, upstream, set_cookie: false });
             }
         }
@@ -75,7 +85,8 @@ impl Pool {
     }
 
     /// Chooses a ready server not in `tried` (for a retry), preferring the strategy's choice (for
-    /// consistent hashing, the next server on the ring). Sticky clients get a cookie for the new
+    /// consistent hashing, the next server on the ring): one of the primaries, else a backup (as
+    /// nginx does once a request has tried every primary). Sticky clients get a cookie for the new
     /// server: their session moved.
     pub fn choose_other(
         &self,
@@ -84,8 +95,40 @@ impl Pool {
         tried: &[usize],
     ) -> Option<Choice<'_>> {
         let ctx = self.ctx(client, parts);
-        let index = self.strategy.pick_other(&ctx, Upstreams(&self.upstreams), tried)?;
+        let primary = self.strategy.pick_other(&ctx, self.primary_servers(), tried);
+        let index = primary.or_else(|| {
+            let backups = self.backup_strategy.as_deref()?;
+            // `tried` in the backups' own numbering; a request tries a handful of servers at most.
+            let mut local = [0; MAX_TRIED];
+            let mut n = 0;
+            for i in tried.iter().filter_map(|i| i.checked_sub(self.primaries)).take(MAX_TRIED) {
+                local[n] = i;
+                n += 1;
+            }
+            Some(self.primaries + backups.pick_other(&ctx, self.backup_servers(), &local[..n])?)
+        })?;
         self.choice(index)
+    }
+
+    /// The servers before the backups.
+    fn primary_servers(&self) -> Upstreams<'_> {
+        Upstreams(self.upstreams.get(..self.primaries).unwrap_or_default())
+    }
+
+    /// The backup servers.
+    fn backup_servers(&self) -> Upstreams<'_> {
+        Upstreams(self.upstreams.get(self.primaries..).unwrap_or_default())
+    }
+
+    /// Whether new requests go to the backups: the pool has some, and none of its other servers is
+    /// healthy (servers at their limits are healthy: requests queue for them, as HAProxy's do).
+    pub fn backups_in_use(&self) -> bool {
+        self.backup_strategy.is_some() && !self.primary_servers().0.iter().any(|u| u.is_healthy())
+    }
+
+    /// Whether server `index` is a backup.
+    pub fn is_backup(&self, index: usize) -> bool {
+        index >= self.primaries
     }
 
     fn choice(&self, index: usize) -> Option<Choice<'_>> {
@@ -124,16 +167,19 @@ impl Pool {
 
     fn pick_index(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<usize> {
         let ctx = self.ctx(client, parts);
-        let ups = Upstreams(&self.upstreams);
-        let index = self.strategy.pick(&ctx, ups)?;
-        Some(self.warm(index, &ctx, ups))
+        let (strategy, ups, offset) = match &self.backup_strategy {
+            Some(backups) if self.backups_in_use() => (&**backups, self.backup_servers(), self.primaries),
+            _ => (&*self.strategy, self.primary_servers(), 0),
+        };
+        let index = strategy.pick(&ctx, ups)?;
+        Some(offset + self.warm(strategy, index, &ctx, ups))
     }
 
     /// Slow start: a pick of a server still warming up (share `w` of [`health::FULL`]) stands with
     /// probability `w`, otherwise goes to another server, so the server gets about `w` of its share
     /// whatever the strategy. Hashed requests draw from their key, so each key moves back once.
-    fn warm(&self, index: usize, ctx: &PickCtx<'_>, ups: Upstreams<'_>) -> usize {
-        let share = self.upstreams.get(index).map_or(health::FULL, |u| u.stats.health.warmup());
+    fn warm(&self, strategy: &dyn Strategy, index: usize, ctx: &PickCtx<'_>, ups: Upstreams<'_>) -> usize {
+        let share = ups.0.get(index).map_or(health::FULL, |u| u.stats.health.warmup());
         if share >= health::FULL {
             return index;
         }
@@ -141,7 +187,7 @@ impl Pool {
         if draw < u64::from(share) {
             return index;
         }
-        self.strategy.pick_other(ctx, ups, &[index]).unwrap_or(index)
+        strategy.pick_other(ctx, ups, &[index]).unwrap_or(index)
     }
 
     /// Whether requests that find every server at its limits may wait (the pool has limits and at

@@ -138,7 +138,9 @@ function serverRow(pool, s, now) {
   if (s.override && s.override.state) state.append(el("span", { class: "override", title: "set by an operator" }, "override"));
   const stateCell = cell("State", state, "state state-" + s.state.replace("+", "-"));
   const row = el("tr", { "data-server": s.name, "data-state": s.state },
-    cell("Server", el("span", {}, el("strong", {}, s.name), el("br"), el("span", { class: "muted mono" }, s.addr))),
+    cell("Server", el("span", {}, el("strong", {}, s.name),
+      s.backup ? el("span", { class: "override", title: "backup: gets requests only while no other server is healthy" }, "backup") : "",
+      el("br"), el("span", { class: "muted mono" }, s.addr))),
     stateCell,
     weightCell,
     cell("In flight", s.in_flight, "num"),
