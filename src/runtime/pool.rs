@@ -167,12 +167,21 @@ impl Pool {
 
     fn pick_index(&self, client: SocketAddr, parts: &http::request::Parts) -> Option<usize> {
         let ctx = self.ctx(client, parts);
-        let (strategy, ups, offset) = match &self.backup_strategy {
-            Some(backups) if self.backups_in_use() => (&**backups, self.backup_servers(), self.primaries),
-            _ => (&*self.strategy, self.primary_servers(), 0),
-        };
-        let index = strategy.pick(&ctx, ups)?;
-        Some(offset + self.warm(strategy, index, &ctx, ups))
+        if self.backup_strategy.is_some() && self.backups_in_use() {
+            return self.pick_backup(&ctx);
+        }
+        let ups = self.primary_servers();
+        let index = self.strategy.pick(&ctx, ups)?;
+        Some(self.warm(&*self.strategy, index, &ctx, ups))
+    }
+
+    /// The pick while the backups are in use: kept out of line, off the common path.
+    #[inline(never)]
+    fn pick_backup(&self, ctx: &PickCtx<'_>) -> Option<usize> {
+        let strategy = self.backup_strategy.as_deref()?;
+        let ups = self.backup_servers();
+        let index = strategy.pick(ctx, ups)?;
+        Some(self.primaries + self.warm(strategy, index, ctx, ups))
     }
 
     /// Slow start: a pick of a server still warming up (share `w` of [`health::FULL`]) stands with
