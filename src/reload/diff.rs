@@ -395,7 +395,7 @@ addr = "127.0.0.1:8081"
 connect = "2s"
 [pools.web]
 strategy = "weighted"
-servers = [{ name = "a", addr = "127.0.0.1:1", weight = 3 }, { name = "c", addr = "127.0.0.1:3" }]
+servers = [{ name = "a", addr = "127.0.0.1:1", weight = 3, backup = true }, { name = "c", addr = "127.0.0.1:3" }, { name = "d", addr = "127.0.0.1:5", backup = true }]
 [pools.web.retry]
 attempts = 3
 [pools.api]
@@ -410,8 +410,9 @@ pool = "web""#,
         let expected = [
             "+ listener 127.0.0.1:8081",
             "~ pool web: strategy round_robin -> weighted",
-            "~ pool web: server a: weight 1 -> 3",
+            "~ pool web: server a: weight 1 -> 3, backup false -> true",
             "~ pool web: + server c (127.0.0.1:3, weight 1)",
+            "~ pool web: + server d (127.0.0.1:5, weight 1, backup)",
             "~ pool web: - server b (127.0.0.1:2; requests in flight finish, it gets no new ones)",
             "~ pool web: settings changed: retry",
             "+ pool api (round_robin, 1 servers)",
@@ -454,5 +455,10 @@ pool = "web""#,
         let share = lines.iter().find(|l| l.contains("hash keys move")).expect("a share line");
         let percent: f64 = share.split(": ").nth(1).unwrap().split('%').next().unwrap().parse().unwrap();
         assert!((15.0..35.0).contains(&percent), "one server of four leaves: about a quarter moves: {share}");
+        // A backup has a ring of its own: adding one moves no key of the others.
+        let with_backup =
+            pool(&format!("{}, {{ addr = \"127.0.0.1:9\", backup = true }}", servers(3).join(", ")));
+        let lines = diff(&three, &with_backup);
+        assert_eq!(lines, ["~ pool p: + server 127.0.0.1:9 (127.0.0.1:9, weight 1, backup)"]);
     }
 }
