@@ -724,3 +724,27 @@ async fn invalid_upstream_responses_become_502_and_their_connection_is_discarded
     let answer = raw(lb.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(!answer.ends_with("0\r\n\r\n"), "the cut body looks complete: {answer:?}");
 }
+
+/// A pool's own `[pools.NAME.timeouts]` replaces `[timeouts]` for that pool's requests alone
+/// (HAProxy's `timeout server` in a backend, nginx's `proxy_read_timeout` in a location).
+#[tokio::test]
+async fn a_pool_s_own_response_timeout_applies_to_it_alone() {
+    let slow = Backend::start("slow").await;
+    let toml = format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n[timeouts]\nresponse = \"300ms\"\n\
+         [pools.quick]\nservers = [{{ addr = \"{0}\" }}]\n\
+         [pools.patient]\nservers = [{{ addr = \"{0}\" }}]\n[pools.patient.timeouts]\nresponse = \"30s\"\n\
+         [[routes]]\nhost = \"quick.test\"\npool = \"quick\"\n[[routes]]\nhost = \"patient.test\"\npool = \"patient\"\n",
+        slow.addr
+    );
+    let lb = Lb::start(&toml).await;
+    let client = client();
+    let status = |host: &'static str| {
+        let req =
+            Request::get(lb.url("/slow?ms=1500")).header("host", host).body(Full::new(Bytes::new())).unwrap();
+        let client = client.clone();
+        async move { client.request(req).await.unwrap().status() }
+    };
+    assert_eq!(status("quick.test").await, StatusCode::GATEWAY_TIMEOUT, "[timeouts] response");
+    assert_eq!(status("patient.test").await, StatusCode::OK, "the pool's own response timeout");
+}

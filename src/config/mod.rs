@@ -388,6 +388,18 @@ pub struct PoolConfig {
     pub limits: PoolLimits,
     /// TLS to the servers (`[pools.NAME.tls]`); `None` (default): plain HTTP.
     pub tls: Option<UpstreamTls>,
+    /// `[pools.NAME.timeouts]`: this pool's own upstream timeouts, instead of `[timeouts]`'s.
+    pub timeouts: PoolTimeouts,
+}
+
+/// A pool's own upstream timeouts (HAProxy's `timeout connect` and `timeout server` in a backend,
+/// nginx's `proxy_connect_timeout` and `proxy_read_timeout`): `None` takes `[timeouts]`'s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolTimeouts {
+    /// Instead of `timeouts.connect`.
+    pub connect: Option<Duration>,
+    /// Instead of `timeouts.response`.
+    pub response: Option<Duration>,
 }
 
 /// TLS from lb to a pool's servers.

@@ -179,8 +179,15 @@ pub(crate) struct RawPool {
     pub retry: Option<RawRetry>,
     pub limits: Option<RawPoolLimits>,
     pub tls: Option<RawUpstreamTls>,
+    pub timeouts: Option<RawPoolTimeouts>,
     #[serde(default)]
     pub servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawPoolTimeouts {
+    pub connect: Option<String>,
+    pub response: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

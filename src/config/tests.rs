@@ -518,3 +518,23 @@ fn workers_default_to_one_per_core_and_are_bounded() {
     let got = issues(&format!("workers = 5000\n{MINIMAL}"));
     assert!(got.iter().any(|i| i.ends_with("workers: 5000 is out of range 0..=1024")), "{got:?}");
 }
+
+#[test]
+fn a_pool_may_set_its_own_upstream_timeouts() {
+    let config = Config::from_toml(&format!(
+        "{MINIMAL}[pools.web.timeouts]\nresponse = \"5m\"\n[timeouts]\nconnect = \"2s\"\n"
+    ))
+    .unwrap();
+    let t = config.pools[0].timeouts;
+    assert_eq!((t.connect, t.response), (None, Some(std::time::Duration::from_secs(300))));
+    let got = issues(&format!(
+        "{MINIMAL}[pools.web.timeouts]\nconnect = \"0s\"\nresponse = \"soon\"\nread = \"1s\"\n"
+    ));
+    for expected in [
+        "pools.web.timeouts.connect: must be greater than zero",
+        "pools.web.timeouts.response:",
+        "pools.web.timeouts.read: unknown key",
+    ] {
+        assert!(got.iter().any(|g| g.contains(expected)), "missing {expected:?} in {got:?}");
+    }
+}

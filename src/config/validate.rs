@@ -2,13 +2,13 @@
 
 use super::health;
 use super::raw::{
-    RawAdmin, RawConfig, RawHttp, RawLimits, RawListener, RawPool, RawRoute, RawSize, RawSticky,
-    RawStickySecret, RawTimeouts,
+    RawAdmin, RawConfig, RawHttp, RawLimits, RawListener, RawPool, RawPoolTimeouts, RawRoute, RawSize,
+    RawSticky, RawStickySecret, RawTimeouts,
 };
 use super::{
     duration, AccessLog, Config, Digest, HashConfig, HashFallback, HashKey, HostMatch, HttpOptions, Issue,
-    Limits, ListenerConfig, PoolConfig, ReloadConfig, RouteConfig, SameSite, Secret, ServerConfig,
-    StickyConfig, StrategyKind, Timeouts, UnderscoreHeaders,
+    Limits, ListenerConfig, PoolConfig, PoolTimeouts, ReloadConfig, RouteConfig, SameSite, Secret,
+    ServerConfig, StickyConfig, StrategyKind, Timeouts, UnderscoreHeaders,
 };
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -182,6 +182,15 @@ fn timeouts(raw: &RawTimeouts, out: &mut Issues<'_>) -> Timeouts {
         drain: get("drain", &raw.drain, d.drain),
         body_rate_window: get("body_rate_window", &raw.body_rate_window, d.body_rate_window),
     }
+}
+
+fn pool_timeouts(base: &str, raw: Option<&RawPoolTimeouts>, out: &mut Issues<'_>) -> PoolTimeouts {
+    let Some(raw) = raw else { return PoolTimeouts::default() };
+    let mut get = |key: &str, value: &Option<String>| {
+        let path = format!("{base}.timeouts.{key}");
+        value.as_deref().map(|v| positive(&path, Some(v), Duration::ZERO, out)).filter(|d| !d.is_zero())
+    };
+    PoolTimeouts { connect: get("connect", &raw.connect), response: get("response", &raw.response) }
 }
 
 /// A duration greater than zero, or `default` when absent (or wrong, with an issue).
@@ -450,6 +459,7 @@ fn pool(name: &str, raw: &RawPool, out: &mut Issues<'_>) -> PoolConfig {
         retry: health::retry(&base, raw.retry.as_ref(), out),
         limits: health::limits(&base, raw.limits.as_ref(), out),
         tls: raw.tls.as_ref().and_then(|t| super::tls::upstream(&format!("{base}.tls"), t, out)),
+        timeouts: pool_timeouts(&base, raw.timeouts.as_ref(), out),
     };
     health::check_combination(&base, raw, &pool, out);
     if let Some(tls) = pool.tls.as_ref().filter(|t| t.server_name.is_none()) {

@@ -386,10 +386,10 @@ where
         let (snap, pool, client, target, spare, upload, whole) =
             (x.snap, x.pool, x.client, &x.target, &x.spare, &x.upload, &x.whole);
         let idempotent = is_idempotent(&parts.method);
-        let timeout = snap.config.timeouts.response;
+        let timeout = pool.response_timeout;
         let limits = x.shared.runtime.conn_limits();
         let conn_settings = ConnSettings {
-            connect: snap.config.timeouts.connect,
+            connect: pool.connect_timeout,
             idle: snap.config.timeouts.upstream_idle,
             idle_per_server: snap.config.limits.upstream_idle_per_server,
             // Only for HTTP/1 clients: an HTTP/2 connection's task polls all its streams, and
@@ -514,7 +514,7 @@ fn client_response(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     active: &mut Option<ActiveRequest>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let timeout = snap.config.timeouts.response;
+    let timeout = pool.response_timeout;
     let upstream = choice.upstream;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -146,7 +146,7 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig, out: &mut Vec<String>) {
             out.push(format!("~ pool {name}: {:.1}% of hash keys move to another server", share * 100.0));
         }
     }
-    let parts: [(&str, bool); 9] = [
+    let parts: [(&str, bool); 10] = [
         ("tls", old.tls != new.tls),
         ("hash", old.hash != new.hash),
         ("seed", old.seed != new.seed),
@@ -156,6 +156,7 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig, out: &mut Vec<String>) {
         ("slow_start", old.slow_start != new.slow_start),
         ("retry", old.retry != new.retry),
         ("limits", old.limits != new.limits),
+        ("timeouts", old.timeouts != new.timeouts),
     ];
     let changed: Vec<&str> = parts.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect();
     if !changed.is_empty() {

@@ -427,6 +427,8 @@ fn build(
                 slow_start: pool.slow_start,
                 retry: pool.retry,
                 limits: pool.limits,
+                connect_timeout: pool.timeouts.connect.unwrap_or(config.timeouts.connect),
+                response_timeout: pool.timeouts.response.unwrap_or(config.timeouts.response),
                 limited,
                 http2: pool.tls.as_ref().is_some_and(|t| t.http2),
                 warm_rng: Rng::from_entropy(),

@@ -48,6 +48,10 @@ pub struct Pool {
     pub retry: Retry,
     /// Circuit-breaking limits and queue.
     pub limits: PoolLimits,
+    /// `timeouts.connect`, or the pool's own.
+    pub connect_timeout: std::time::Duration,
+    /// `timeouts.response`, or the pool's own.
+    pub response_timeout: std::time::Duration,
     /// Whether any server has a request or connection limit (then a full pool queues requests).
     pub(super) limited: bool,
     /// The pool offers HTTP/2 to its servers (`[tls] http2 = true`).
