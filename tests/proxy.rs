@@ -748,3 +748,24 @@ async fn a_pool_s_own_response_timeout_applies_to_it_alone() {
     assert_eq!(status("quick.test").await, StatusCode::GATEWAY_TIMEOUT, "[timeouts] response");
     assert_eq!(status("patient.test").await, StatusCode::OK, "the pool's own response timeout");
 }
+
+/// `[error_pages]`: lb's own answers with that status carry the operator's page, with the
+/// Content-Type its name gives; other statuses keep lb's one-line text.
+#[tokio::test]
+async fn error_pages_replace_the_body_of_lb_s_own_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("503.html");
+    std::fs::write(&page, "<h1>Down for maintenance</h1>\n").unwrap();
+    let toml = format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n[pools.empty]\n[[routes]]\nhost = \"empty.test\"\npool = \"empty\"\n\
+         [error_pages]\n503 = \"{}\"\n",
+        page.display()
+    );
+    let lb = Lb::start(&toml).await;
+    let answer = raw(lb.addr, b"GET / HTTP/1.1\r\nHost: empty.test\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("content-type: text/html; charset=utf-8"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n<h1>Down for maintenance</h1>\n"), "{answer}");
+    let other = raw(lb.addr, b"GET / HTTP/1.1\r\nHost: nowhere.test\r\nConnection: close\r\n\r\n").await;
+    assert!(other.starts_with("HTTP/1.1 404") && other.ends_with("404 Not Found\n"), "{other}");
+}

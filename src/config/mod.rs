@@ -8,6 +8,7 @@
 mod cache;
 mod duration;
 mod edge;
+mod error_pages;
 mod health;
 mod locate;
 mod rate_limit;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::parse as parse_duration;
+pub use error_pages::{ErrorPage, ErrorPages, MAX_PAGE_BYTES};
 pub use health::{CheckKind, FailureKinds, HealthCheck, HttpCheck, Passive, PoolLimits, Retry};
 #[cfg(test)]
 pub(crate) use validate::order_routes;
@@ -67,6 +69,8 @@ pub struct Config {
     /// Runtime worker threads (`workers`); `0`, the default, means one per core lb may run on. Read
     /// at start only.
     pub workers: usize,
+    /// `[error_pages]`: bodies of lb's own error answers, by status.
+    pub error_pages: ErrorPages,
     /// SHA-256 of the file's text and of the TLS files it names (not of secret files, whose content
     /// may be guessable):
     /// tells configs apart in metrics, `/status` and the reload watcher (an event that left the file
@@ -630,8 +634,9 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Every certificate, key and CA file the listeners and pools read, and every htpasswd file the
-    /// routes read, with the SHA-256 of its content (a chain and its key share one).
+    /// Every certificate, key and CA file the listeners and pools read, every htpasswd file the
+    /// routes read and every error page, with the SHA-256 of its content (a chain and its key share
+    /// one).
     pub fn read_files(&self) -> impl Iterator<Item = (&str, [u8; 32])> + '_ {
         let auth = self
             .routes
@@ -655,6 +660,7 @@ impl Config {
             })
             .chain(upstream)
             .chain(auth)
+            .chain(self.error_pages.iter().map(|p| (p.path.as_str(), p.digest)))
     }
 
     /// Whether the file at `path` and every certificate, key, CA and htpasswd file this config read still

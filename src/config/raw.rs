@@ -35,6 +35,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub caches: BTreeMap<String, RawCache>,
     pub workers: Option<i64>,
+    #[serde(default)]
+    pub error_pages: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

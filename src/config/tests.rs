@@ -538,3 +538,38 @@ fn a_pool_may_set_its_own_upstream_timeouts() {
         assert!(got.iter().any(|g| g.contains(expected)), "missing {expected:?} in {got:?}");
     }
 }
+
+#[test]
+fn error_pages_are_read_with_the_config_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("503.html");
+    std::fs::write(&page, "<h1>Back soon</h1>\n").unwrap();
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, vec![b'x'; super::MAX_PAGE_BYTES + 1]).unwrap();
+    let config =
+        Config::from_toml(&format!("{MINIMAL}[error_pages]\n503 = \"{}\"\n", page.display())).unwrap();
+    let got = config.error_pages.get(http::StatusCode::SERVICE_UNAVAILABLE).expect("the 503 page");
+    assert_eq!(
+        (&got.body[..], got.content_type.to_str().unwrap()),
+        (&b"<h1>Back soon</h1>\n"[..], "text/html; charset=utf-8")
+    );
+    assert!(config.read_files().any(|(p, _)| p == page.to_str().unwrap()), "its changes reload");
+
+    let got = issues(&format!(
+        "{MINIMAL}[error_pages]\n200 = \"{0}\"\nabc = \"{0}\"\n502 = \"{1}\"\n504 = \"/nonexistent/504.html\"\n500 = \"{2}\"\n",
+        page.display(),
+        big.display(),
+        dir.path().join("page.php").display()
+    ));
+    for expected in [
+        "error_pages.200: \"200\" is not a 4xx or 5xx status",
+        "error_pages.abc: \"abc\" is not a 4xx or 5xx status",
+        "error_pages.502:",
+        "bytes; at most 65536",
+        "error_pages.504: cannot read /nonexistent/504.html",
+        "error_pages.500:",
+        "must end in .html, .json or .txt",
+    ] {
+        assert!(got.iter().any(|g| g.contains(expected)), "missing {expected:?} in {got:?}");
+    }
+}

@@ -78,6 +78,7 @@ pub(super) fn validate(raw: RawConfig, issues: &mut Vec<Issue>) -> Config {
         rate_limits,
         redis,
         caches,
+        error_pages: super::error_pages::error_pages(&raw.error_pages, &mut out),
         digest: Digest::default(),
     }
 }

@@ -1,6 +1,7 @@
 //! Every way a request can fail, and the one place failures become responses.
 
 use super::body::ResponseBody;
+use crate::config::ErrorPages;
 use http::{header, HeaderValue, Response, StatusCode};
 use std::time::Duration;
 
@@ -156,15 +157,22 @@ impl ProxyError {
     }
 }
 
-/// The response for a failure: its status, a one-line text body, and `Connection: close` when the
-/// client's own bytes were at fault (the connection's framing can no longer be trusted).
-pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
+/// The response for a failure: its status, the operator's page for it (`[error_pages]`) or a
+/// one-line text body, and `Connection: close` when the client's own bytes were at fault (the
+/// connection's framing can no longer be trusted).
+pub fn error_response(err: &ProxyError, pages: &ErrorPages) -> Response<ResponseBody> {
     let status = err.status();
-    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
-    let mut resp = Response::new(ResponseBody::full(text));
+    let (body, content_type) = match pages.get(status) {
+        Some(page) => (page.body.clone(), page.content_type.clone()),
+        None => {
+            let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+            (text.into(), HeaderValue::from_static("text/plain; charset=utf-8"))
+        }
+    };
+    let mut resp = Response::new(ResponseBody::full(body));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(header::CONTENT_TYPE, content_type);
     if err.source() == Source::Client {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -115,7 +115,7 @@ impl Proxy {
                     if let (ProxyError::RateLimited(limited), Some(record)) = (&e, access.as_mut()) {
                         record.rate_limit = Some(Arc::clone(&limited.rule));
                     }
-                    error::error_response(&e)
+                    error::error_response(&e, &snap.config.error_pages)
                 }
             };
             if let Some(hsts) = hsts {

@@ -66,6 +66,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     settings("limits", &old.limits, &new.limits, &mut out);
     settings("http", &old.http, &new.http, &mut out);
     settings("reload", &old.reload, &new.reload, &mut out);
+    error_page_changes(old, new, &mut out);
     let rules = |c: &Config| -> Vec<String> { c.rate_limits.iter().map(ToString::to_string).collect() };
     let (was, is) = (rules(old), rules(new));
     for r in was.iter().filter(|r| !is.contains(r)) {
@@ -216,6 +217,28 @@ fn server_changes(pool: &str, old: &ServerConfig, new: &ServerConfig, out: &mut 
     if !what.is_empty() {
         out.push(format!("~ pool {pool}: server {}: {}", new.name, what.join(", ")));
     }
+}
+
+/// `~ error_pages: + 503 (path), 502 changed (path), - 504`: pages added, re-read with new content
+/// or another file, and removed.
+fn error_page_changes(old: &Config, new: &Config, out: &mut Vec<String>) {
+    if old.error_pages == new.error_pages {
+        return;
+    }
+    let mut what = Vec::new();
+    for page in new.error_pages.iter() {
+        match old.error_pages.get(page.status) {
+            None => what.push(format!("+ {} ({})", page.status.as_u16(), page.path)),
+            Some(was) if was != page => {
+                what.push(format!("{} changed ({})", page.status.as_u16(), page.path))
+            }
+            Some(_) => {}
+        }
+    }
+    for page in old.error_pages.iter().filter(|p| new.error_pages.get(p.status).is_none()) {
+        what.push(format!("- {}", page.status.as_u16()));
+    }
+    out.push(format!("~ error_pages: {}", what.join(", ")));
 }
 
 fn strategy(kind: StrategyKind) -> &'static str {
@@ -440,6 +463,23 @@ pool = "web""#,
         let lines = diff(&table(0..1000), &table(500..1500));
         assert_eq!(lines.len(), MAX_ROUTE_LINES + 1);
         assert_eq!(lines[MAX_ROUTE_LINES], "~ routes: 950 more changes (1000 routes now)");
+    }
+
+    #[test]
+    fn error_pages_show_what_was_added_changed_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (a, b, c) = (file("a.html", "a"), file("b.html", "b"), file("c.txt", "c"));
+        let pages = |body: &str| config(&format!("[pools.web]\n[error_pages]\n{body}"));
+        let old = pages(&format!("502 = \"{a}\"\n503 = \"{b}\"\n504 = \"{c}\"\n"));
+        std::fs::write(&b, "b, reworded").unwrap();
+        let new = pages(&format!("500 = \"{c}\"\n502 = \"{a}\"\n503 = \"{b}\"\n"));
+        assert_eq!(diff(&old, &new), [format!("~ error_pages: + 500 ({c}), 503 changed ({b}), - 504")]);
+        assert!(diff(&new, &pages(&format!("500 = \"{c}\"\n502 = \"{a}\"\n503 = \"{b}\"\n"))).is_empty());
     }
 
     #[test]
