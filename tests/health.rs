@@ -221,6 +221,41 @@ async fn a_post_is_retried_when_nothing_was_sent() {
     assert_eq!(alive.requests(), 4);
 }
 
+/// `retry.on_status = [503]`: an idempotent request answered 503 goes to another server; a POST,
+/// or a request that has run out of servers, gets the 503 the server sent.
+#[tokio::test]
+async fn a_503_is_retried_on_another_server_when_the_pool_asks() {
+    let (sick, well) = (Backend::start("sick").await, Backend::start("well").await);
+    sick.seen.sick.store(true, Ordering::SeqCst);
+    let retrying = "[pools.web.retry]\non_status = [503]\n";
+    let lb = Lb::start(&config_with(&[("sick", sick.addr), ("well", well.addr)], retrying)).await;
+    let client = client();
+    for i in 0..6 {
+        let (status, body) = get(&client, &lb.url("/health")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "well"), "GET {i}");
+    }
+    assert!(sick.requests() >= 3, "the GETs that met the sick server first were retried");
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let req = http::Request::post(lb.url("/health")).body(Full::new(bytes::Bytes::new())).unwrap();
+        statuses.push(client.request(req).await.unwrap().status().as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 503, 503], "a POST is never sent twice");
+
+    well.seen.sick.store(true, Ordering::SeqCst);
+    let (status, body) = get(&client, &lb.url("/health")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "sick"),
+        "the last server's answer"
+    );
+
+    // Without `on_status`, a 503 is the client's answer, as before.
+    let plain = Lb::start(&config_with(&[("sick", sick.addr)], "")).await;
+    assert_eq!(get(&client, &plain.url("/health")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+}
+
 #[tokio::test]
 async fn every_server_down_answers_503_at_once() {
     let (x, y) = (closed_port().await, closed_port().await);

@@ -109,11 +109,49 @@ pub struct Retry {
     pub budget_percent: u32,
     /// Retries in progress always allowed, whatever the budget says. Default 3 (Envoy).
     pub budget_min: u32,
+    /// Response statuses after which an idempotent request whose body can be sent again is retried
+    /// on another server (HAProxy's `retry-on 503`, nginx's `proxy_next_upstream http_503`). Default
+    /// none.
+    pub on_status: StatusSet,
 }
 
 impl Default for Retry {
     fn default() -> Self {
-        Self { attempts: 2, budget_percent: 20, budget_min: 3 }
+        Self { attempts: 2, budget_percent: 20, budget_min: 3, on_status: StatusSet::default() }
+    }
+}
+
+/// A set of 4xx and 5xx statuses, as bits: `Copy`, and a lookup is one shift.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusSet([u64; 4]);
+
+impl StatusSet {
+    /// Whether `status` is in the set.
+    pub fn contains(&self, status: http::StatusCode) -> bool {
+        let Some(i) = status.as_u16().checked_sub(400).map(usize::from) else { return false };
+        self.0.get(i / 64).is_some_and(|word| word & (1 << (i % 64)) != 0)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
+
+    fn insert(&mut self, status: u16) {
+        let i = usize::from(status - 400);
+        if let Some(word) = self.0.get_mut(i / 64) {
+            *word |= 1 << (i % 64);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        (400..600).filter(|s| self.0[usize::from(s - 400) / 64] & (1 << (usize::from(s - 400) % 64)) != 0)
+    }
+}
+
+impl std::fmt::Debug for StatusSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -280,7 +318,20 @@ pub(super) fn retry(base: &str, raw: Option<&RawRetry>, out: &mut Issues<'_>) ->
         attempts: count(&key("attempts"), raw.attempts, (0, 10), d.attempts, out),
         budget_percent: count(&key("budget_percent"), raw.budget_percent, (0, 100), d.budget_percent, out),
         budget_min: count(&key("budget_min"), raw.budget_min, (0, 10_000), d.budget_min, out),
+        on_status: statuses(&key("on_status"), raw.on_status.as_deref().unwrap_or_default(), out),
     }
+}
+
+/// `on_status`: 4xx and 5xx statuses only; a 2xx or 3xx answer is not a failure to retry.
+fn statuses(path: &str, raw: &[i64], out: &mut Issues<'_>) -> StatusSet {
+    let mut set = StatusSet::default();
+    for &s in raw {
+        match u16::try_from(s) {
+            Ok(s) if (400..600).contains(&s) => set.insert(s),
+            _ => out.push(path, format!("{s} is not a 4xx or 5xx status")),
+        }
+    }
+    set
 }
 
 /// Validates `[pools.NAME.limits]`.

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use duration::parse as parse_duration;
 pub use error_pages::{ErrorPage, ErrorPages, MAX_PAGE_BYTES};
-pub use health::{CheckKind, FailureKinds, HealthCheck, HttpCheck, Passive, PoolLimits, Retry};
+pub use health::{CheckKind, FailureKinds, HealthCheck, HttpCheck, Passive, PoolLimits, Retry, StatusSet};
 #[cfg(test)]
 pub(crate) use validate::order_routes;
 

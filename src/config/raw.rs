@@ -231,6 +231,7 @@ pub(crate) struct RawRetry {
     pub attempts: Option<i64>,
     pub budget_percent: Option<i64>,
     pub budget_min: Option<i64>,
+    pub on_status: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

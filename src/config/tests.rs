@@ -573,3 +573,20 @@ fn error_pages_are_read_with_the_config_and_checked() {
         assert!(got.iter().any(|g| g.contains(expected)), "missing {expected:?} in {got:?}");
     }
 }
+
+#[test]
+fn retry_on_status_takes_4xx_and_5xx_only() {
+    let config =
+        Config::from_toml(&format!("{MINIMAL}[pools.web.retry]\non_status = [502, 503, 429]\n")).unwrap();
+    let on = config.pools[0].retry.on_status;
+    assert!(
+        on.contains(http::StatusCode::SERVICE_UNAVAILABLE)
+            && on.contains(http::StatusCode::TOO_MANY_REQUESTS)
+    );
+    assert!(!on.contains(http::StatusCode::INTERNAL_SERVER_ERROR) && !on.contains(http::StatusCode::OK));
+    assert_eq!(format!("{on:?}"), "[429, 502, 503]");
+    let got = issues(&format!("{MINIMAL}[pools.web.retry]\non_status = [200, 600, 503]\n"));
+    for expected in ["pools.web.retry.on_status: 200 is not", "pools.web.retry.on_status: 600 is not"] {
+        assert!(got.iter().any(|g| g.contains(expected)), "missing {expected:?} in {got:?}");
+    }
+}

@@ -413,51 +413,85 @@ where
             // this function's state.
             let sending =
                 |parts, body| lease::send(limits, upstream, conn_settings, parts, body, x.upgrading);
-            let (failure, attempt) =
-                match respond_within(timeout, sent_at, upload.as_deref(), sending(&mut *parts, body)).await {
-                    Some(Ok((resp, lease))) if ambiguous_framing(resp.headers()) => {
-                        // hyper let Transfer-Encoding win, but the server meant something lb cannot know:
-                        // nothing of it is relayed, and the connection is closed (what follows on it cannot
-                        // be trusted either).
-                        drop((resp, lease));
-                        let reason = "response with both Transfer-Encoding and Content-Length".to_owned();
-                        (ProxyError::Upstream { upstream: who(upstream), reason }, Attempt::Invalid)
+            let (failure, attempt) = match respond_within(
+                timeout,
+                sent_at,
+                upload.as_deref(),
+                sending(&mut *parts, body),
+            )
+            .await
+            {
+                Some(Ok((resp, lease))) if ambiguous_framing(resp.headers()) => {
+                    // hyper let Transfer-Encoding win, but the server meant something lb cannot know:
+                    // nothing of it is relayed, and the connection is closed (what follows on it cannot
+                    // be trusted either).
+                    drop((resp, lease));
+                    let reason = "response with both Transfer-Encoding and Content-Length".to_owned();
+                    (ProxyError::Upstream { upstream: who(upstream), reason }, Attempt::Invalid)
+                }
+                Some(Ok((resp, mut lease))) => {
+                    // A response that came while the client's body was still being sent leaves the rest
+                    // of that body unsent: the connection cannot carry another request.
+                    if let (Some(lease), Some(upload)) = (lease.as_mut(), upload.as_ref()) {
+                        if upload.done_at.get().is_none() {
+                            lease.forbid_reuse();
+                        }
                     }
-                    Some(Ok((resp, mut lease))) => {
-                        // A response that came while the client's body was still being sent leaves the rest
-                        // of that body unsent: the connection cannot carry another request.
-                        if let (Some(lease), Some(upload)) = (lease.as_mut(), upload.as_ref()) {
-                            if upload.done_at.get().is_none() {
-                                lease.forbid_reuse();
+                    let outcome =
+                        if resp.status().is_server_error() { Outcome::Status5xx } else { Outcome::Success };
+                    pool.observe(upstream, outcome);
+                    // `retry.on_status`: another server, if the request may go to one now; else this
+                    // answer stands, as nginx relays the last one once its tries are spent.
+                    if pool.retry.on_status.contains(resp.status())
+                        && idempotent
+                        && tried.len() < pool.retry.attempts as usize
+                    {
+                        let unsent = if bodyless {
+                            Some(RequestBody::empty())
+                        } else {
+                            whole.as_ref().and_then(|w| w.replay())
+                        };
+                        let head = spare.as_ref().and_then(|s| s.to_parts(target));
+                        if let (Some(next_body), Some(head)) = (unsent, head) {
+                            tried.push(choice.index);
+                            // The retry slot is taken before the next server's, so a spent budget
+                            // leaves every server's count as it was.
+                            _retrying = None;
+                            let slot = pool.retry_slot();
+                            let next =
+                                slot.is_some().then(|| pool.claim_other(client, &head, &tried)).flatten();
+                            if let Some((next, next_guard)) = next {
+                                metrics::upstream_error(&upstream.key.pool, &upstream.key.name, "status");
+                                tracing::warn!(%client, status = resp.status().as_u16(), from = %who(upstream),
+                                        to = %who(next.upstream), "retrying on another server: retry.on_status");
+                                pool.metrics.retries.increment(1);
+                                drop((resp, lease, guard));
+                                _retrying = slot;
+                                *parts = head;
+                                (body, choice, guard) = (next_body, next, next_guard);
+                                continue;
                             }
                         }
-                        let outcome = if resp.status().is_server_error() {
-                            Outcome::Status5xx
-                        } else {
-                            Outcome::Success
-                        };
-                        pool.observe(upstream, outcome);
-                        // The upstream's time starts once the client's upload is over (it is the client's).
-                        let from = upload.as_ref().and_then(|u| u.done_at.get().copied()).unwrap_or(sent_at);
-                        let elapsed = from.elapsed();
-                        upstream.metrics.ttfb.record(elapsed.as_secs_f64());
-                        trace.upstream_time = Some(elapsed);
-                        return Ok((resp, guard, lease, choice));
                     }
-                    None => {
-                        (ProxyError::Timeout { upstream: who(upstream), after: timeout }, Attempt::Timeout)
-                    }
-                    Some(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled.load(Ordering::Relaxed)) => {
-                        return Err(ProxyError::ClientTimeout);
-                    }
-                    Some(Err(_)) if upload.as_ref().is_some_and(|u| u.too_large.load(Ordering::Relaxed)) => {
-                        return Err(ProxyError::BodyTooLarge);
-                    }
-                    Some(Err(e)) if upload.as_ref().is_some_and(|u| u.broken.load(Ordering::Relaxed)) => {
-                        return Err(ProxyError::ClientBody(e.to_string()));
-                    }
-                    Some(Err(e)) => classify(&e, upstream),
-                };
+                    // The upstream's time starts once the client's upload is over (it is the client's).
+                    let from = upload.as_ref().and_then(|u| u.done_at.get().copied()).unwrap_or(sent_at);
+                    let elapsed = from.elapsed();
+                    upstream.metrics.ttfb.record(elapsed.as_secs_f64());
+                    trace.upstream_time = Some(elapsed);
+                    return Ok((resp, guard, lease, choice));
+                }
+                None => (ProxyError::Timeout { upstream: who(upstream), after: timeout }, Attempt::Timeout),
+                Some(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled.load(Ordering::Relaxed)) => {
+                    return Err(ProxyError::ClientTimeout);
+                }
+                Some(Err(_)) if upload.as_ref().is_some_and(|u| u.too_large.load(Ordering::Relaxed)) => {
+                    return Err(ProxyError::BodyTooLarge);
+                }
+                Some(Err(e)) if upload.as_ref().is_some_and(|u| u.broken.load(Ordering::Relaxed)) => {
+                    return Err(ProxyError::ClientBody(e.to_string()));
+                }
+                Some(Err(e)) => classify(&e, upstream),
+            };
             metrics::upstream_error(&upstream.key.pool, &upstream.key.name, attempt.label());
             if let Some(outcome) = attempt.outcome() {
                 pool.observe(upstream, outcome);
