@@ -383,13 +383,25 @@ async fn prefix_rewrites_change_what_the_upstream_sees() {
     assert_eq!(b.last_head().uri, "/v2/items");
 }
 
-#[tokio::test]
-async fn basic_auth_lets_in_the_right_password_only() {
-    use base64::Engine as _;
-    let b = Backend::start("b").await;
+/// An htpasswd file (in a directory removed when dropped) with one user: alice, password
+/// "wonderland".
+fn alice_htpasswd() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("users");
     std::fs::write(&file, format!("alice:{}\n", bcrypt::hash("wonderland", 4).unwrap())).unwrap();
+    (dir, file)
+}
+
+/// An `Authorization: Basic` value for `user:password`.
+fn basic(creds: &str) -> String {
+    use base64::Engine as _;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(creds))
+}
+
+#[tokio::test]
+async fn basic_auth_lets_in_the_right_password_only() {
+    let b = Backend::start("b").await;
+    let (_dir, file) = alice_htpasswd();
     let toml = config_with(
         &[("b", b.addr)],
         &format!(
@@ -400,7 +412,6 @@ async fn basic_auth_lets_in_the_right_password_only() {
         ),
     );
     let lb = Lb::start(&toml).await;
-    let basic = |creds: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(creds));
 
     let ok = send(lb.addr, "/admin", &[("authorization", &basic("alice:wonderland"))]).await;
     assert_eq!(ok.status(), StatusCode::OK);
@@ -435,11 +446,8 @@ async fn basic_auth_lets_in_the_right_password_only() {
 /// and a rule can count by the `Authorization` header even when the route does not forward it.
 #[tokio::test]
 async fn password_guesses_are_rate_limited_before_their_check() {
-    use base64::Engine as _;
     let b = Backend::start("b").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("users");
-    std::fs::write(&file, format!("alice:{}\n", bcrypt::hash("wonderland", 4).unwrap())).unwrap();
+    let (_dir, file) = alice_htpasswd();
     let toml = config_with(
         &[("b", b.addr)],
         &format!(
@@ -454,7 +462,6 @@ async fn password_guesses_are_rate_limited_before_their_check() {
         ),
     );
     let lb = Lb::start(&toml).await;
-    let basic = |creds: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(creds));
     let wrong = basic("alice:guess");
     for i in 0..3 {
         let refused = send(lb.addr, "/admin", &[("authorization", &wrong)]).await;
