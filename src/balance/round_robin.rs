@@ -28,6 +28,16 @@ impl Strategy for RoundRobin {
         }
         ups.ready().nth(n % ready).map(|(i, _)| i)
     }
+
+    /// The next ready server after the last one excluded, without moving the cursor. A retry that
+    /// moved it would take the next request's turn: with two servers, every request would then
+    /// meet a failing one first, and with more, the failing one would get more than its share of
+    /// first tries.
+    fn pick_other(&self, _ctx: &PickCtx<'_>, ups: Upstreams<'_>, exclude: &[usize]) -> Option<usize> {
+        let n = ups.len();
+        let start = exclude.last().map_or(0, |&i| i.wrapping_add(1));
+        (0..n).map(|k| start.wrapping_add(k) % n.max(1)).find(|i| !exclude.contains(i) && ups.is_ready(*i))
+    }
 }
 
 #[cfg(test)]
@@ -53,6 +63,30 @@ mod tests {
         assert!(!got.contains(&1));
         let first = got.iter().filter(|&&i| i == 0).count();
         assert!((250..=350).contains(&first), "ready servers keep about even shares: {first} of 600");
+    }
+
+    #[test]
+    fn a_retry_takes_the_next_server_and_leaves_the_turns_alone() {
+        let (rr, ups, parts) = (RoundRobin::default(), pool(&[1, 1, 1]), ctx_parts());
+        let ctx = PickCtx { client: client(), parts: &parts, hash: None };
+        let ups = Upstreams(&ups);
+        let mut first_tries = Vec::new();
+        for _ in 0..6 {
+            let first = rr.pick(&ctx, ups).unwrap();
+            first_tries.push(first);
+            if first == 0 {
+                // Server 0 fails every request: the retry goes to the next server.
+                assert_eq!(rr.pick_other(&ctx, ups, &[0]), Some(1));
+            }
+        }
+        assert_eq!(
+            first_tries,
+            [0, 1, 2, 0, 1, 2],
+            "the failing server gets its share of first tries, no more"
+        );
+        assert_eq!(rr.pick_other(&ctx, ups, &[2, 0]), Some(1));
+        assert_eq!(rr.pick_other(&ctx, ups, &[0, 1, 2]), None);
+        assert_eq!(rr.pick_other(&ctx, Upstreams(&pool(&[1, 0, 1])), &[0]), Some(2), "skips one not ready");
     }
 
     #[test]

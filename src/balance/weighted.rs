@@ -46,6 +46,17 @@ impl Strategy for Weighted {
         ups.ready().next()?;
         (1..len).map(|k| self.cycle[(start + k) % len] as usize).find(|&i| ups.is_ready(i))
     }
+
+    /// The next entry of the cycle that is ready and not excluded, without moving the cursor: a
+    /// retry that moved it would take the next request's turn (with two equal servers, every
+    /// request would meet a failing one first).
+    fn pick_other(&self, _ctx: &PickCtx<'_>, ups: Upstreams<'_>, exclude: &[usize]) -> Option<usize> {
+        let len = self.cycle.len();
+        let start = self.next.load(Ordering::Relaxed) % len.max(1);
+        (0..len)
+            .map(|k| self.cycle[(start + k) % len] as usize)
+            .find(|i| !exclude.contains(i) && ups.is_ready(*i))
+    }
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -93,6 +104,23 @@ mod tests {
     use super::*;
     use crate::balance::testing::{ctx_parts, pool};
     use proptest::prelude::{prop, prop_assert, prop_assert_eq, proptest};
+
+    #[test]
+    fn a_retry_leaves_the_turns_alone() {
+        let (w, ups, parts) = (Weighted::new(&pool(&[1, 1])), pool(&[1, 1]), ctx_parts());
+        let ctx = PickCtx { client: crate::balance::testing::client(), parts: &parts, hash: None };
+        let ups = Upstreams(&ups);
+        let mut first_tries = Vec::new();
+        for _ in 0..4 {
+            let first = w.pick(&ctx, ups).unwrap();
+            first_tries.push(first);
+            if first == 0 {
+                assert_eq!(w.pick_other(&ctx, ups, &[0]), Some(1));
+            }
+        }
+        assert_eq!(first_tries, [0, 1, 0, 1], "the failing server gets its share of first tries, no more");
+        assert_eq!(w.pick_other(&ctx, ups, &[0, 1]), None);
+    }
 
     #[test]
     fn nginx_example_interleaves() {
