@@ -159,15 +159,12 @@ impl Strategy for ConsistentHash {
     }
 
     /// With a key, the next usable server on the ring after the excluded ones: every lb instance
-    /// retries a key on the same server.
+    /// retries a key on the same server. Without one, round robin's retry (which takes no turn from
+    /// the rotation).
     fn pick_other(&self, ctx: &PickCtx<'_>, ups: Upstreams<'_>, exclude: &[usize]) -> Option<usize> {
         match ctx.hash {
             Some(hash) => self.walk(hash, ups, exclude),
-            None => {
-                let from_fallback =
-                    (0..3).filter_map(|_| self.fallback.pick(ctx, ups)).find(|i| !exclude.contains(i));
-                from_fallback.or_else(|| ups.ready().map(|(i, _)| i).find(|i| !exclude.contains(i)))
-            }
+            None => self.fallback.pick_other(ctx, ups, exclude),
         }
     }
 }
