@@ -413,14 +413,12 @@ where
             // this function's state.
             let sending =
                 |parts, body| lease::send(limits, upstream, conn_settings, parts, body, x.upgrading);
-            let (failure, attempt) = match respond_within(
-                timeout,
-                sent_at,
-                upload.as_deref(),
-                sending(&mut *parts, body),
-            )
-            .await
-            {
+            let answered =
+                respond_within(timeout, sent_at, upload.as_deref(), sending(&mut *parts, body)).await;
+            // An answer a retry would replace (`retry.on_status`); it stands if no retry is made.
+            // Declared after the await, so it takes no room in this future's state.
+            let mut standing = None;
+            let (failure, attempt) = match answered {
                 Some(Ok((resp, lease))) if ambiguous_framing(resp.headers()) => {
                     // hyper let Transfer-Encoding win, but the server meant something lb cannot know:
                     // nothing of it is relayed, and the connection is closed (what follows on it cannot
@@ -440,45 +438,21 @@ where
                     let outcome =
                         if resp.status().is_server_error() { Outcome::Status5xx } else { Outcome::Success };
                     pool.observe(upstream, outcome);
-                    // `retry.on_status`: another server, if the request may go to one now; else this
-                    // answer stands, as nginx relays the last one once its tries are spent.
-                    if pool.retry.on_status.contains(resp.status())
-                        && idempotent
-                        && tried.len() < pool.retry.attempts as usize
-                    {
-                        let unsent = if bodyless {
-                            Some(RequestBody::empty())
-                        } else {
-                            whole.as_ref().and_then(|w| w.replay())
-                        };
-                        let head = spare.as_ref().and_then(|s| s.to_parts(target));
-                        if let (Some(next_body), Some(head)) = (unsent, head) {
-                            tried.push(choice.index);
-                            // The retry slot is taken before the next server's, so a spent budget
-                            // leaves every server's count as it was.
-                            _retrying = None;
-                            let slot = pool.retry_slot();
-                            let next =
-                                slot.is_some().then(|| pool.claim_other(client, &head, &tried)).flatten();
-                            if let Some((next, next_guard)) = next {
-                                metrics::upstream_error(&upstream.key.pool, &upstream.key.name, "status");
-                                tracing::warn!(%client, status = resp.status().as_u16(), from = %who(upstream),
-                                        to = %who(next.upstream), "retrying on another server: retry.on_status");
-                                pool.metrics.retries.increment(1);
-                                drop((resp, lease, guard));
-                                _retrying = slot;
-                                *parts = head;
-                                (body, choice, guard) = (next_body, next, next_guard);
-                                continue;
-                            }
-                        }
-                    }
                     // The upstream's time starts once the client's upload is over (it is the client's).
                     let from = upload.as_ref().and_then(|u| u.done_at.get().copied()).unwrap_or(sent_at);
                     let elapsed = from.elapsed();
                     upstream.metrics.ttfb.record(elapsed.as_secs_f64());
                     trace.upstream_time = Some(elapsed);
-                    return Ok((resp, guard, lease, choice));
+                    let status = resp.status();
+                    if !(idempotent && pool.retry.on_status.contains(status)) {
+                        return Ok((resp, guard, lease, choice));
+                    }
+                    // `retry.on_status`: a failed attempt like the others below, except that this
+                    // answer stands if no retry is made, as nginx relays the last one once its tries
+                    // are spent.
+                    standing = Some((resp, lease));
+                    let reason = format!("answered {status}, listed in retry.on_status");
+                    (ProxyError::Upstream { upstream: who(upstream), reason }, Attempt::Status)
                 }
                 None => (ProxyError::Timeout { upstream: who(upstream), after: timeout }, Attempt::Timeout),
                 Some(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled.load(Ordering::Relaxed)) => {
@@ -496,35 +470,54 @@ where
             if let Some(outcome) = attempt.outcome() {
                 pool.observe(upstream, outcome);
             }
-            drop(guard);
-            // The body, if it can still be sent: empty, read whole ahead of time, or never read by the
-            // failed attempt.
-            let unsent = if bodyless {
-                Some(RequestBody::empty())
-            } else if let Some(whole) = whole {
-                whole.replay()
-            } else {
-                handback.and_then(|mut rx| rx.try_recv().ok())
+            // A failed attempt's server slot goes back before another is claimed; a standing answer
+            // keeps its slot until a retry replaces it.
+            let standing = match standing {
+                Some((resp, lease)) => Some((resp, lease, guard)),
+                None => {
+                    drop(guard);
+                    None
+                }
             };
-            let (Some(spare), Some(next_body)) = (spare, unsent) else { return Err(failure) };
-            if tried.len() >= pool.retry.attempts as usize || !attempt.may_retry(idempotent) {
-                return Err(failure);
-            }
-            // The client's target, as the first choice of server saw it.
-            let Some(head) = spare.to_parts(target) else { return Err(failure) };
-            tried.push(choice.index);
-            let Some((next, next_guard)) = pool.claim_other(client, &head, &tried) else {
-                return Err(failure);
-            };
-            // This request's previous retry, if any, is over: its slot goes back before taking another.
-            _retrying = None;
-            if attempt.budgeted() {
-                let Some(slot) = pool.retry_slot() else {
-                    tracing::warn!(%client, error = %failure, pool = %pool.name, "not retried: retry budget spent");
-                    return Err(failure);
+            let retry = 'retry: {
+                // The body, if it can still be sent: empty, read whole ahead of time, or never read
+                // by the failed attempt.
+                let unsent = if bodyless {
+                    Some(RequestBody::empty())
+                } else if let Some(whole) = whole {
+                    whole.replay()
+                } else {
+                    handback.and_then(|mut rx| rx.try_recv().ok())
                 };
-                _retrying = Some(slot);
-            }
+                let (Some(spare), Some(next_body)) = (spare, unsent) else { break 'retry None };
+                if tried.len() >= pool.retry.attempts as usize || !attempt.may_retry(idempotent) {
+                    break 'retry None;
+                }
+                // The client's target, as the first choice of server saw it.
+                let Some(head) = spare.to_parts(target) else { break 'retry None };
+                tried.push(choice.index);
+                let Some((next, next_guard)) = pool.claim_other(client, &head, &tried) else {
+                    break 'retry None;
+                };
+                // This request's previous retry, if any, is over: its slot goes back before taking
+                // another.
+                _retrying = None;
+                if attempt.budgeted() {
+                    let Some(slot) = pool.retry_slot() else {
+                        tracing::warn!(%client, error = %failure, pool = %pool.name, "not retried: retry budget spent");
+                        break 'retry None;
+                    };
+                    _retrying = Some(slot);
+                }
+                Some((head, next_body, next, next_guard))
+            };
+            let Some((head, next_body, next, next_guard)) = retry else {
+                return match standing {
+                    Some((resp, lease, guard)) => Ok((resp, guard, lease, choice)),
+                    None => Err(failure),
+                };
+            };
+            drop(standing);
             tracing::warn!(%client, error = %failure, to = %who(next.upstream), "retrying on another server");
             pool.metrics.retries.increment(1);
             *parts = head;
@@ -705,6 +698,8 @@ enum Attempt {
     Reset,
     /// The server answered with a response lb refuses to relay (ambiguous framing).
     Invalid,
+    /// The server answered an idempotent request with a status its pool's `retry.on_status` lists.
+    Status,
 }
 
 impl Attempt {
@@ -715,6 +710,7 @@ impl Attempt {
             Self::Timeout => "timeout",
             Self::Reset => "reset",
             Self::Invalid => "invalid",
+            Self::Status => "status",
         }
     }
 
@@ -724,6 +720,8 @@ impl Attempt {
             Self::AtLimit => None,
             Self::Timeout => Some(Outcome::Timeout),
             Self::Reset | Self::Invalid => Some(Outcome::Reset),
+            // Passive checks saw the answer as an answer (a 5xx) when it arrived.
+            Self::Status => None,
         }
     }
 
@@ -735,17 +733,20 @@ impl Attempt {
             Self::Timeout | Self::Reset => idempotent,
             // The server answered: it acted on the request, and another would likely answer alike.
             Self::Invalid => false,
+            // Only idempotent requests get here (see `retry.on_status`).
+            Self::Status => idempotent,
         }
     }
 
-    /// Whether retrying after this failure draws on the pool's retry budget. Only a timeout does: the
+    /// Whether retrying after this failure draws on the pool's retry budget. A timeout does: the
     /// server may still be working on the request, so a retry adds work, and when every server is
-    /// slow that is how retries multiply load. A failed connect or a connection at its limit sent
+    /// slow that is how retries multiply load. So does a listed status: the server did the work,
+    /// and the retry repeats it. A failed connect or a connection at its limit sent
     /// nothing, and a broken connection ends the server's work on the request, so resending it
     /// elsewhere moves the request rather than multiplying it (HAProxy's `redispatch` has no budget
     /// either); budgeting those would turn one dead server into a burst of 502s.
     fn budgeted(self) -> bool {
-        self == Self::Timeout
+        matches!(self, Self::Timeout | Self::Status)
     }
 }
 
